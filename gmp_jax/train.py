@@ -1,0 +1,243 @@
+"""Jitted train and eval steps for retraining with the mixture prior.
+
+`make_train_step` turns any `apply_fn(params, x) -> outputs` into a
+`(state, batch) -> (state, metrics)` step compiled once with `jax.jit`. The
+batch is a dict; the keys present choose the data loss:
+
+* ``{'x', 'label'}``: label cross-entropy;
+* ``{'x', 'teacher_logits'}``: teacher-student distillation;
+* ``{'x', 'label', 'teacher_logits'}``: both, weighted.
+
+A custom `data_loss_fn(outputs, batch) -> (loss, metrics)` replaces these
+(layer-wise distillation uses it). The step contains no `pmap` and no device
+placement, so inputs sharded with `jax.sharding.NamedSharding` run unchanged
+and the output follows the input shardings.
+
+`make_scan_step` runs many steps per dispatch with `jax.lax.scan`, drawing
+batches from a dataset kept on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gmp_jax import losses
+from gmp_jax import prior as prior_lib
+
+Batch = Mapping[str, jax.Array]
+DataLossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class TrainState(NamedTuple):
+  """Everything a train step updates; a pytree, so it checkpoints as is."""
+  step: jax.Array
+  params: Any
+  mixture: prior_lib.GaussianMixture
+  opt_state: optax.OptState
+
+
+def create_train_state(params, mixture: prior_lib.GaussianMixture,
+                       optimizer: optax.GradientTransformation) -> TrainState:
+  """Initial state; the optimiser is built by `gmp_jax.gmp_optimizer`."""
+  prior_lib.mixture_leaves(params, mixture)  # Validates the pairing.
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    mixture=mixture,
+                    opt_state=optimizer.init((params, mixture)))
+
+
+def mixture_summary(mixture: prior_lib.GaussianMixture) -> dict[str, Any]:
+  return {'means': mixture.means, 'variances': mixture.variances,
+          'mixing_proportions': mixture.mixing_proportions}
+
+
+def _default_data_loss(*, temperature, distillation, distillation_weight,
+                       label_weight) -> DataLossFn:
+  distill_fn = {'mse': losses.distillation_loss,
+                'kl': losses.kl_distillation_loss}[distillation]
+
+  def data_loss_fn(logits, batch):
+    has_teacher = 'teacher_logits' in batch
+    has_label = 'label' in batch
+    if not (has_teacher or has_label):
+      raise ValueError(
+          "The batch needs 'label', 'teacher_logits' or both; it has keys "
+          f'{sorted(batch)}.')
+    metrics, loss = {}, 0.0
+    if has_teacher:
+      d = distill_fn(logits, batch['teacher_logits'], temperature)
+      metrics['distillation_loss'] = d
+      loss = loss + distillation_weight * d
+    if has_label:
+      ce = losses.cross_entropy_loss(logits, batch['label'])
+      metrics['cross_entropy'] = ce
+      metrics['accuracy'] = jnp.mean(
+          jnp.argmax(logits, -1) == batch['label'])
+      loss = loss + (label_weight if has_teacher else 1.0) * ce
+    return loss, metrics
+
+  return data_loss_fn
+
+
+def build_train_step(apply_fn: Callable[[Any, Any], Any],
+                     optimizer: optax.GradientTransformation, *,
+                     tau: float, dataset_size: int,
+                     temperature: float = 1.0,
+                     distillation: str = 'mse',
+                     distillation_weight: float = 1.0,
+                     label_weight: float = 1.0,
+                     hyperpriors: prior_lib.Hyperpriors | None = (
+                         prior_lib.Hyperpriors()),
+                     use_prior: bool = True,
+                     data_loss_fn: DataLossFn | None = None):
+  """The un-jitted train step; see `make_train_step` for the arguments."""
+  if distillation not in ('mse', 'kl'):
+    raise ValueError(
+        f"distillation must be 'mse' or 'kl', got {distillation!r}.")
+  losses._check_temperature(temperature)  # pylint: disable=protected-access
+  if not dataset_size > 0:
+    raise ValueError(f'dataset_size must be > 0, got {dataset_size!r}.')
+  if tau < 0:
+    raise ValueError(f'tau must be >= 0, got {tau!r}.')
+  if data_loss_fn is None:
+    data_loss_fn = _default_data_loss(
+        temperature=temperature, distillation=distillation,
+        distillation_weight=distillation_weight, label_weight=label_weight)
+
+  def loss_fn(params, mixture, batch):
+    data_loss, metrics = data_loss_fn(apply_fn(params, batch['x']), batch)
+    if use_prior:
+      loss, aux = losses.gmp_objective(
+          data_loss, params, mixture, tau=tau, dataset_size=dataset_size,
+          hyperpriors=hyperpriors)
+      metrics.update(aux)
+    else:
+      loss = data_loss
+      metrics['data_loss'] = data_loss
+    metrics['loss'] = loss
+    return loss, metrics
+
+  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+  def train_step(state: TrainState, batch: Batch):
+    (_, metrics), grads = grad_fn(state.params, state.mixture, batch)
+    updates, opt_state = optimizer.update(
+        grads, state.opt_state, (state.params, state.mixture))
+    params, mixture = optax.apply_updates((state.params, state.mixture),
+                                          updates)
+    metrics.update(mixture_summary(mixture))
+    return TrainState(state.step + 1, params, mixture, opt_state), metrics
+
+  return train_step
+
+
+def make_train_step(apply_fn: Callable[[Any, Any], Any],
+                    optimizer: optax.GradientTransformation, *,
+                    tau: float, dataset_size: int,
+                    temperature: float = 1.0,
+                    distillation: str = 'mse',
+                    distillation_weight: float = 1.0,
+                    label_weight: float = 1.0,
+                    hyperpriors: prior_lib.Hyperpriors | None = (
+                        prior_lib.Hyperpriors()),
+                    use_prior: bool = True,
+                    data_loss_fn: DataLossFn | None = None,
+                    donate: bool = False):
+  """Builds a jitted `(state, batch) -> (state, metrics)` train step.
+
+  The loss is poster eq. 1, `data + tau / N * complexity`
+  (`gmp_jax.gmp_objective`).
+
+  Args:
+    apply_fn: `(params, x) -> outputs`, e.g. `lambda p, x: model.apply(
+      {'params': p}, x)`.
+    optimizer: from `gmp_jax.gmp_optimizer`.
+    tau: prior strength.
+    dataset_size: N, the number of training examples.
+    temperature: T of the distillation softmax.
+    distillation: 'mse' (poster eq. 2) or 'kl' (Hinton's T^2 KL).
+    distillation_weight: weight of the distillation term.
+    label_weight: weight of the label cross-entropy when a teacher is also
+      present (alone, the cross-entropy has weight 1).
+    hyperpriors: `gmp_jax.Hyperpriors` or None.
+    use_prior: False trains on the data loss alone (the mixture stays put).
+    data_loss_fn: custom `(outputs, batch) -> (loss, metrics)`.
+    donate: donate the input state's buffers (saves memory; the old state
+      must not be used afterwards).
+
+  Returns:
+    The jitted step. Metrics hold `loss`, `data_loss`, `complexity_loss`,
+    the individual data terms, `accuracy` when labels are present, and the
+    mixture's `means`, `variances` and `mixing_proportions`.
+  """
+  step = build_train_step(
+      apply_fn, optimizer, tau=tau, dataset_size=dataset_size,
+      temperature=temperature, distillation=distillation,
+      distillation_weight=distillation_weight, label_weight=label_weight,
+      hyperpriors=hyperpriors, use_prior=use_prior,
+      data_loss_fn=data_loss_fn)
+  return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def make_scan_step(train_step: Callable[[TrainState, Batch], Any], *,
+                   donate: bool = False):
+  """Runs many train steps per dispatch on a dataset held on the device.
+
+  Args:
+    train_step: an un-jitted step from `build_train_step`.
+    donate: donate the input state's buffers.
+
+  Returns:
+    A jitted `(state, data, indices) -> (state, metrics)`. `data` is a dict
+    of arrays with a leading example axis (kept on the device across calls),
+    `indices` an int array of shape (num_steps, batch_size); step t trains
+    on `data[indices[t]]`. Metrics are stacked along a leading step axis.
+  """
+
+  def scan_step(state, data, indices):
+    def body(carry, idx):
+      batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+      return train_step(carry, batch)
+    return jax.lax.scan(body, state, indices)
+
+  return jax.jit(scan_step, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(apply_fn: Callable[[Any, Any], Any]):
+  """Jitted `(params, batch) -> {'correct', 'cross_entropy_sum', 'count'}`.
+
+  Sums rather than means, so batches of any size accumulate exactly.
+  """
+
+  def eval_step(params, batch):
+    logits = apply_fn(params, batch['x'])
+    labels = batch['label']
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32),
+                               axis=-1)
+    return {'correct': jnp.sum(jnp.argmax(logits, -1) == labels),
+            'cross_entropy_sum': jnp.sum(nll),
+            'count': jnp.asarray(labels.shape[0])}
+
+  return jax.jit(eval_step)
+
+
+def evaluate(eval_step, params, x, labels, *, batch_size: int = 1000
+             ) -> dict[str, float]:
+  """Accuracy and mean cross-entropy of `params` on `(x, labels)`."""
+  if len(x) != len(labels):
+    raise ValueError(f'x has {len(x)} examples but labels has {len(labels)}.')
+  if len(x) == 0:
+    raise ValueError('Cannot evaluate on an empty dataset.')
+  totals = None
+  for start in range(0, len(x), batch_size):
+    out = eval_step(params, {'x': x[start:start + batch_size],
+                             'label': labels[start:start + batch_size]})
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  count = float(totals['count'])
+  return {'accuracy': float(totals['correct']) / count,
+          'cross_entropy': float(totals['cross_entropy_sum']) / count}

@@ -1,0 +1,121 @@
+"""Tests for gmp_jax.quantize against independent NumPy computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import gmp_jax
+
+
+def _params(seed=0, dtype=jnp.float32):
+  rng = np.random.default_rng(seed)
+  return {'a': {'kernel': jnp.asarray(rng.normal(0, .3, (20, 7)), dtype),
+                'bias': jnp.asarray(rng.normal(0, .3, (7,)), dtype)},
+          'b': jnp.asarray(rng.normal(0, .3, (2, 3, 4, 5)), dtype)}
+
+
+def _np_assign(w, mixture):
+  comp = (np.log(np.asarray(mixture.mixing_proportions, np.float64))
+          + stats.norm.logpdf(np.asarray(w, np.float64)[..., None],
+                              np.asarray(mixture.means, np.float64),
+                              np.sqrt(np.asarray(mixture.variances,
+                                                 np.float64))))
+  return comp.argmax(-1)
+
+
+@pytest.mark.parametrize('num_components', [2, 4, 9])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_quantize_matches_numpy_argmax(num_components, dtype):
+  params = _params(dtype=dtype)
+  mixture = gmp_jax.init_mixture(params, num_components, init_std=0.1,
+                                 zero_proportion=0.5)
+  q = jax.jit(gmp_jax.quantize)(params, mixture)
+  idx = jax.jit(gmp_jax.assign)(params, mixture)
+  means = np.asarray(mixture.means)
+  for w, qw, iw in zip(jax.tree.leaves(params), jax.tree.leaves(q),
+                       jax.tree.leaves(idx)):
+    want = _np_assign(w, mixture)
+    np.testing.assert_array_equal(iw, want)
+    assert qw.dtype == w.dtype and qw.shape == w.shape
+    expected = np.where(want == 0, 0.0, means[want]).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(qw, np.float32),
+                                  np.asarray(jnp.asarray(expected, dtype),
+                                             np.float32))
+    allowed = set(np.asarray(jnp.asarray(means, dtype), np.float32)) | {0.0}
+    assert set(np.unique(np.asarray(qw, np.float32))) <= allowed
+  assert np.sum(np.asarray(q['b']) == 0) > 0
+
+
+def test_uncovered_leaves_pass_through():
+  params = _params()
+  mixture = gmp_jax.init_mixture(params, 3,
+                                 filter_fn=lambda p, x: x.ndim == 2)
+  q = gmp_jax.quantize(params, mixture)
+  np.testing.assert_array_equal(q['b'], params['b'])
+  np.testing.assert_array_equal(q['a']['bias'], params['a']['bias'])
+  assert len(np.unique(q['a']['kernel'])) <= 3
+  masks = gmp_jax.prune_masks(params, mixture)
+  assert masks['b'] is None
+  np.testing.assert_array_equal(masks['a']['kernel'], q['a']['kernel'] != 0)
+
+
+def test_merge_reduces_k_when_components_coincide():
+  params = _params()
+  mixture = gmp_jax.init_mixture(params, 5, init_std=0.05)
+  means = mixture.nonzero_means.at[2].set(mixture.nonzero_means[1] + 1e-4)
+  mixture = mixture.replace(nonzero_means=means)
+  merged = gmp_jax.merge_components(mixture, threshold=1e-3)
+  assert merged.num_components == 4
+  pis = np.asarray(mixture.mixing_proportions)
+  np.testing.assert_allclose(jnp.sum(merged.mixing_proportions), 1.0,
+                             rtol=1e-6)
+  want_mean = (pis[2] * mixture.means[2] + pis[3] * mixture.means[3]) / (
+      pis[2] + pis[3])
+  assert np.any(np.isclose(np.asarray(merged.means), want_mean, atol=1e-6))
+  assert merged.means[0] == 0.0
+  # Distinct components are not merged.
+  assert gmp_jax.merge_components(
+      gmp_jax.init_mixture(params, 5, init_std=0.05),
+      threshold=1e-3).num_components == 5
+
+
+def test_merge_into_zero_keeps_mean_zero():
+  params = _params()
+  mixture = gmp_jax.init_mixture(params, 4, means_range=(1e-5, 1.0),
+                                 init_std=0.05)
+  merged = gmp_jax.merge_components(mixture, threshold=1e-2)
+  assert merged.num_components == 3
+  assert merged.means[0] == 0.0
+  np.testing.assert_allclose(merged.mixing_proportions[0],
+                             float(np.sum(mixture.mixing_proportions[:2])),
+                             rtol=1e-5)
+  q = gmp_jax.quantize(params, merged)
+  assert len(np.unique(np.asarray(q['b']))) <= 3
+
+
+def test_merge_bad_threshold():
+  mixture = gmp_jax.init_mixture(_params(), 3)
+  with pytest.raises(ValueError, match='threshold'):
+    gmp_jax.merge_components(mixture, threshold=-1.0)
+
+
+def test_compression_summary_counts():
+  params = {'k': jnp.array([[0.0, 0.5, 0.5], [-0.25, 0.0, 0.0]]),
+            'b': jnp.array([0.0, 0.0, 0.75, 0.5])}
+  s = gmp_jax.compression_summary(params)
+  rows = {r['name']: r for r in s['rows']}
+  assert rows["['k']"] == {'name': "['k']", 'shape': [2, 3], 'parameters': 6,
+                           'nonzero': 3, 'sparsity': 0.5,
+                           'distinct_nonzero': 2}
+  assert rows["['b']"]['sparsity'] == 0.5
+  assert s['total']['parameters'] == 10 and s['total']['nonzero'] == 5
+  assert s['total']['distinct_nonzero'] == 3
+  assert s['total']['sparsity'] == 0.5
+
+
+def test_quantize_other_tree():
+  mixture = gmp_jax.init_mixture(_params(), 3)
+  with pytest.raises(ValueError, match='another tree'):
+    gmp_jax.quantize({'x': jnp.ones(2)}, mixture)

@@ -1,0 +1,209 @@
+"""Tests for gmp_jax.train: jitted steps, compile-once, sharding, pytrees."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import gmp_jax
+
+
+class MLP(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(16)(x))
+    return nn.Dense(4)(x)
+
+
+def _data(n=32, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 8)).astype(np.float32)
+  y = (x[:, :4].argmax(-1)).astype(np.int32)
+  return x, y
+
+
+def _setup(**step_kwargs):
+  model = MLP()
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8)))['params']
+  apply_fn = lambda p, x: model.apply({'params': p}, x)
+  mixture = gmp_jax.init_mixture(params, 5)
+  tx = gmp_jax.gmp_optimizer(weights=1e-2)
+  state = gmp_jax.create_train_state(params, mixture, tx)
+  kwargs = dict(tau=1.0, dataset_size=32, temperature=2.0)
+  kwargs.update(step_kwargs)
+  return model, apply_fn, tx, state, kwargs
+
+
+@pytest.mark.parametrize('keys', [('label',), ('teacher_logits',),
+                                  ('label', 'teacher_logits')])
+@pytest.mark.parametrize('distillation', ['mse', 'kl'])
+def test_three_cases_compile_once(keys, distillation):
+  chex.clear_trace_counter()
+  _, apply_fn, tx, state, kwargs = _setup(distillation=distillation)
+  traced = chex.assert_max_traces(apply_fn, n=1)
+  step = gmp_jax.make_train_step(traced, tx, **kwargs)
+  x, y = _data()
+  teacher = np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32)
+  losses = []
+  for i in range(4):
+    xb = x + 0.01 * i  # New values, same shapes: no retrace.
+    batch = {'x': xb, 'label': y, 'teacher_logits': teacher}
+    batch = {k: batch[k] for k in ('x',) + keys}
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['data_loss']))
+  assert step._cache_size() == 1
+  assert int(state.step) == 4
+  for k in ('loss', 'data_loss', 'complexity_loss', 'means', 'variances',
+            'mixing_proportions'):
+    assert k in metrics
+  assert metrics['means'].shape == (5,)
+  assert ('accuracy' in metrics) == ('label' in keys)
+  assert ('distillation_loss' in metrics) == ('teacher_logits' in keys)
+  assert all(np.isfinite(losses))
+  assert losses[-1] < losses[0]
+
+
+def test_loss_decomposition():
+  _, apply_fn, tx, state, kwargs = _setup(tau=3.0, label_weight=0.5)
+  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  x, y = _data()
+  t = np.ones((32, 4), np.float32)
+  _, m = step(state, {'x': x, 'label': y, 'teacher_logits': t})
+  logits = apply_fn(state.params, x)
+  data = (gmp_jax.distillation_loss(logits, t, 2.0)
+          + 0.5 * gmp_jax.cross_entropy_loss(logits, y))
+  np.testing.assert_allclose(m['data_loss'], data, rtol=1e-5)
+  complexity = gmp_jax.complexity_loss(state.params, state.mixture)
+  np.testing.assert_allclose(m['complexity_loss'], complexity, rtol=1e-5)
+  np.testing.assert_allclose(m['loss'], data + 3.0 / 32 * complexity,
+                             rtol=1e-5)
+
+
+def test_prior_off_keeps_mixture():
+  _, apply_fn, tx, state, kwargs = _setup(use_prior=False)
+  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  x, y = _data()
+  new, m = step(state, {'x': x, 'label': y})
+  np.testing.assert_array_equal(new.mixture.nonzero_means,
+                                state.mixture.nonzero_means)
+  assert 'complexity_loss' not in m
+
+
+def test_prior_clusters_weights():
+  """With a strong prior, the weights collapse onto at most K values."""
+  _, apply_fn, tx, state, kwargs = _setup(tau=50.0)
+  tx = gmp_jax.gmp_optimizer(weights=3e-3, means=3e-3)
+  state = gmp_jax.create_train_state(state.params, state.mixture, tx)
+  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  x, y = _data()
+  before = gmp_jax.mixture_log_prob(state.params, state.mixture)
+  for _ in range(300):
+    state, _ = step(state, {'x': x, 'label': y})
+  assert gmp_jax.mixture_log_prob(state.params, state.mixture) > before
+  q = gmp_jax.quantize(state.params, state.mixture)
+  summary = gmp_jax.compression_summary(q, state.mixture)
+  assert summary['total']['distinct_nonzero'] <= 4
+  assert summary['total']['sparsity'] > 0.5
+  # Quantisation moves the clustered weights only slightly.
+  err = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+            zip(jax.tree.leaves(q), jax.tree.leaves(state.params)))
+  assert err < 0.2
+
+
+def test_scan_step_equals_sequential_steps():
+  _, apply_fn, tx, state, kwargs = _setup()
+  raw = gmp_jax.build_train_step(apply_fn, tx, **kwargs)
+  step = jax.jit(raw)
+  scan = gmp_jax.make_scan_step(raw)
+  x, y = _data()
+  idx = np.random.default_rng(0).permutation(32).reshape(4, 8)
+  seq = state
+  for row in idx:
+    seq, _ = step(seq, {'x': x[row], 'label': y[row]})
+  scanned, metrics = scan(state, {'x': jnp.asarray(x), 'label': jnp.asarray(y)},
+                          jnp.asarray(idx))
+  assert metrics['loss'].shape == (4,)
+  for a, b in zip(jax.tree.leaves(seq), jax.tree.leaves(scanned)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_sharded_batch_runs_unchanged():
+  devices = jax.devices()
+  if len(devices) < 2:
+    pytest.skip('needs 2 devices (XLA_FLAGS is set in conftest.py)')
+  mesh = Mesh(np.array(devices[:2]), ('data',))
+  _, apply_fn, tx, state, kwargs = _setup()
+  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  x, y = _data()
+  ref_state, ref_m = step(state, {'x': x, 'label': y})
+  shard = NamedSharding(mesh, P('data'))
+  replicated = NamedSharding(mesh, P())
+  batch = {'x': jax.device_put(x, shard), 'label': jax.device_put(y, shard)}
+  state_r = jax.device_put(state, replicated)
+  new_state, m = step(state_r, batch)
+  np.testing.assert_allclose(m['loss'], ref_m['loss'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_eval_and_evaluate():
+  _, apply_fn, _, state, _ = _setup()
+  x, y = _data(50)
+  ev = gmp_jax.make_eval_step(apply_fn)
+  got = gmp_jax.evaluate(ev, state.params, x, y, batch_size=16)
+  logits = np.asarray(apply_fn(state.params, x))
+  assert got['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == y))
+  with pytest.raises(ValueError, match='examples'):
+    gmp_jax.evaluate(ev, state.params, x, y[:3])
+
+
+def test_batch_without_targets():
+  _, apply_fn, tx, state, kwargs = _setup()
+  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  with pytest.raises(ValueError, match="'label', 'teacher_logits'"):
+    step(state, {'x': _data()[0]})
+
+
+def test_bad_step_args():
+  _, apply_fn, tx, _, _ = _setup()
+  with pytest.raises(ValueError, match='temperature'):
+    gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=3,
+                            temperature=0.0)
+  with pytest.raises(ValueError, match='distillation'):
+    gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=3,
+                            distillation='l1')
+
+
+def test_flax_nnx_state():
+  class Net(nnx.Module):
+
+    def __init__(self, rngs):
+      self.l1 = nnx.Linear(8, 16, rngs=rngs)
+      self.l2 = nnx.Linear(16, 4, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(nnx.relu(self.l1(x)))
+
+  graphdef, state = nnx.split(Net(nnx.Rngs(0)))
+  apply_fn = lambda s, x: nnx.merge(graphdef, s)(x)
+  mixture = gmp_jax.init_mixture(state, 5)
+  assert len(mixture.signature) == 4
+  tx = gmp_jax.gmp_optimizer(weights=1e-2)
+  ts = gmp_jax.create_train_state(state, mixture, tx)
+  step = gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=32)
+  x, y = _data()
+  for _ in range(3):
+    ts, m = step(ts, {'x': x, 'label': y})
+  assert np.isfinite(m['loss'])
+  q = gmp_jax.quantize(ts.params, ts.mixture)
+  assert type(q) is type(state)
+  values = np.concatenate([np.ravel(v) for v in jax.tree.leaves(q)])
+  allowed = np.asarray(ts.mixture.means)
+  assert np.all(np.isin(values, allowed))
+  logits = nnx.merge(graphdef, q)(x)
+  assert logits.shape == (32, 4)
