@@ -6,6 +6,10 @@ steps) -> quantize (merge, prune, quantise) -> codec (compressed file) ->
 report (true size and paper-style compression rates).
 """
 
+from gmp_jax.codec import CorruptFileError
+from gmp_jax.codec import load_compressed
+from gmp_jax.codec import load_compressed_with_metadata
+from gmp_jax.codec import save_compressed
 from gmp_jax.losses import cross_entropy_loss
 from gmp_jax.losses import distillation_loss
 from gmp_jax.losses import gmp_objective
@@ -26,6 +30,7 @@ from gmp_jax.quantize import compression_summary
 from gmp_jax.quantize import merge_components
 from gmp_jax.quantize import prune_masks
 from gmp_jax.quantize import quantize
+from gmp_jax.report import compression_report
 from gmp_jax.train import build_train_step
 from gmp_jax.train import create_train_state
 from gmp_jax.train import evaluate
@@ -37,6 +42,11 @@ from gmp_jax.train import TrainState
 __version__ = '0.1.0'
 
 __all__ = (
+    'compression_report',
+    'save_compressed',
+    'load_compressed_with_metadata',
+    'load_compressed',
+    'CorruptFileError',
     'assign',
     'build_train_step',
     'complexity_loss',
