@@ -472,3 +472,22 @@ def _load_tfds(name: str, *, data_dir, download: bool
       name, split=['train', 'test'], data_dir=data_dir, as_supervised=True,
       batch_size=-1, download=download))
   return {'x_train': x_tr, 'y_train': y_tr, 'x_test': x_te, 'y_test': y_te}
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m experiments.data [mnist|fashion_mnist]`: fetch and verify."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument('name', nargs='?', default='mnist', choices=DATASETS)
+  parser.add_argument('--data_dir', default=None)
+  args = parser.parse_args(argv)
+  start = time.perf_counter()
+  ds = load_dataset(args.name, data_dir=args.data_dir)
+  print(f"{args.name}: {len(ds['train'][0])} train / {len(ds['test'][0])} "
+        f'test images ready in {time.perf_counter() - start:.1f} s '
+        f'(cache: {_resolve_dir(args.data_dir)})')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -202,8 +202,7 @@ def train_loop(*, stage: str, workdir: str, state: gmp_jax.TrainState,
           record[k] = float(np.mean([m[k] for m in epoch_metrics]))
         epoch_metrics = []
         if eval_fn is not None:
-          record.update({f'test_{k}': v
-                         for k, v in eval_fn(state.params).items()})
+          record.update(eval_fn(state))
         summary = record_summary(state.mixture, stage)
         record.update(summary)
         log.write(record)
@@ -251,6 +250,23 @@ def _eval_fn(model_name: str, test, batch_size: int):
                                          batch_size=batch_size)
 
 
+def _state_eval_fn(model_name: str, test, batch_size: int, *, prune: bool):
+  """Per-epoch test metrics; with `prune`, also of the quantised weights."""
+  evaluate = _eval_fn(model_name, test, batch_size)
+
+  def eval_fn(state: gmp_jax.TrainState) -> dict[str, float]:
+    out = {f'test_{k}': v for k, v in evaluate(state.params).items()}
+    if prune:
+      q = gmp_jax.quantize(state.params, state.mixture)
+      out['test_pruned_accuracy'] = evaluate(q)['accuracy']
+      nonzero = sum(int(jnp.count_nonzero(x)) for x in jax.tree.leaves(q))
+      size = sum(x.size for x in jax.tree.leaves(q))
+      out['nonzero_fraction'] = nonzero / size
+    return out
+
+  return eval_fn
+
+
 def _save_params(path: str, params) -> None:
   """Stores float params exactly (raw leaves) in the compressed format."""
   codec.save_compressed(path, jax.device_get(params), codebook_dtype=None)
@@ -294,8 +310,8 @@ def run_teacher(config, workdir, dataset, log) -> tuple[Any, dict]:
       scan_step=gmp_jax.make_scan_step(step), data=data,
       num_epochs=tc.epochs, batch_size=tc.batch_size, seed=config.seed,
       config=config, log=log,
-      eval_fn=_eval_fn(config.model, dataset['test'],
-                       config.eval_batch_size))
+      eval_fn=_state_eval_fn(config.model, dataset['test'],
+                             config.eval_batch_size, prune=False))
   test = _eval_fn(config.model, dataset['test'],
                   config.eval_batch_size)(state.params)
   _save_params(params_path, state.params)
@@ -430,7 +446,9 @@ def run_retrain(config, workdir, dataset, teacher_params, log):
       stage='retrain', workdir=workdir, state=state,
       scan_step=gmp_jax.make_scan_step(step), data=jax.device_put(data),
       num_epochs=rc.epochs, batch_size=rc.batch_size, seed=config.seed,
-      config=config, log=log, eval_fn=evaluate)
+      config=config, log=log,
+      eval_fn=_state_eval_fn(student, dataset['test'],
+                             config.eval_batch_size, prune=True))
   test = evaluate(state.params)
   codec.save_compressed(
       os.path.join(stage_dir, 'state.gmpz'), jax.device_get(state.params),

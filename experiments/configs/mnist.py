@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.retrain.epochs = 2
     config.retrain.batch_size = 64
     config.retrain.num_components = 5
+    config.retrain.tau = 1e-4
     config.steps_per_dispatch = 4
     config.checkpoint_every = 4
     config.eval_batch_size = 256
