@@ -6,7 +6,8 @@ After retraining, each weight is assigned to its most responsible component,
 
 weights of the zero component become exactly 0 (pruned) and all others take
 their component's mean. Everything runs as jax ops on the device holding the
-params; NumPy appears only in `compression_summary`, for reporting.
+params. NumPy handles only the K-entry mixture arrays in `merge_components`
+and the counting in `compression_summary`.
 
 Reference: Ullrich, Meeds & Welling, ICLR 2017, section 6 (post-processing).
 """
@@ -53,13 +54,22 @@ def assign(params, mixture: GaussianMixture):
                     if jax.tree_util.keystr(p) in covered else None), params)
 
 
+def _quantize(params, mixture: GaussianMixture):
+  return prior_lib.map_mixture_leaves(
+      lambda w: _quantize_values(w, mixture), params, mixture)
+
+
+_quantize_jit = jax.jit(_quantize)
+
+
 def quantize(params, mixture: GaussianMixture):
   """Prunes and quantises the covered weights; returns the same tree.
 
   Each covered weight becomes the mean of its most responsible component,
   argmax_k pi_k N(w | mu_k, sigma_k^2); weights of the zero component become
   exactly 0. Leaves the mixture does not cover are returned unchanged and
-  every leaf keeps its dtype. Jittable.
+  every leaf keeps its dtype. Compiled with `jax.jit` (once per tree and K);
+  it runs on the device that holds the params.
 
   Args:
     params: the tree the mixture was built for.
@@ -68,8 +78,8 @@ def quantize(params, mixture: GaussianMixture):
   Returns:
     The quantised tree.
   """
-  return prior_lib.map_mixture_leaves(
-      lambda w: _quantize_values(w, mixture), params, mixture)
+  prior_lib.mixture_leaves(params, mixture)  # Clear errors before tracing.
+  return _quantize_jit(params, mixture)
 
 
 def prune_masks(params, mixture: GaussianMixture):
@@ -80,8 +90,8 @@ def prune_masks(params, mixture: GaussianMixture):
 
 
 def gaussian_kl(mu0, var0, mu1, var1):
-  """KL(N(mu0, var0) || N(mu1, var1)), elementwise."""
-  return 0.5 * (jnp.log(var1 / var0) + (var0 + (mu0 - mu1)**2) / var1 - 1.0)
+  """KL(N(mu0, var0) || N(mu1, var1)), elementwise (NumPy or jax arrays)."""
+  return 0.5 * (np.log(var1 / var0) + (var0 + (mu0 - mu1)**2) / var1 - 1.0)
 
 
 def merge_components(mixture: GaussianMixture, *,
@@ -94,8 +104,8 @@ def merge_components(mixture: GaussianMixture, *,
   variance; a pair that includes the zero component keeps mean 0 and
   index 0. The result has fewer components and a free pi_0.
 
-  Runs eagerly (the number of components changes), with jax ops on the
-  mixture's device; K is small, so this costs microseconds per merge.
+  Runs on the host (the number of components changes; the arrays have
+  only K entries).
 
   Args:
     mixture: the retrained mixture.
@@ -106,31 +116,30 @@ def merge_components(mixture: GaussianMixture, *,
   """
   if not threshold >= 0:
     raise ValueError(f'threshold must be >= 0, got {threshold!r}.')
-  means = mixture.means
-  variances = mixture.variances
-  pis = mixture.mixing_proportions
+  # K is small: the greedy loop runs on the host in float64, so shrinking K
+  # costs no recompilation.
+  means = np.asarray(mixture.means, np.float64)
+  variances = np.asarray(mixture.variances, np.float64)
+  pis = np.asarray(mixture.mixing_proportions, np.float64)
   while means.shape[0] > 2:
     k = means.shape[0]
     m0, v0 = means[:, None], variances[:, None]
     m1, v1 = means[None, :], variances[None, :]
     sym = 0.5 * (gaussian_kl(m0, v0, m1, v1) + gaussian_kl(m1, v1, m0, v0))
-    sym = jnp.where(jnp.eye(k, dtype=bool), jnp.inf, sym)
-    flat = int(jnp.argmin(sym))
-    i, j = divmod(flat, k)
-    if not float(sym[i, j]) < threshold:
+    np.fill_diagonal(sym, np.inf)
+    i, j = np.unravel_index(np.argmin(sym), sym.shape)
+    if not sym[i, j] < threshold:
       break
     i, j = min(i, j), max(i, j)
     w = pis[i] + pis[j]
-    mean = jnp.where(i == 0, 0.0, (pis[i] * means[i] + pis[j] * means[j]) / w)
-    var = (pis[i] * variances[i] + pis[j] * variances[j]) / w
-    keep = jnp.asarray([c for c in range(k) if c != j])
-    means = means.at[i].set(mean)[keep]
-    variances = variances.at[i].set(var)[keep]
-    pis = pis.at[i].set(w)[keep]
+    means[i] = 0.0 if i == 0 else (pis[i] * means[i] + pis[j] * means[j]) / w
+    variances[i] = (pis[i] * variances[i] + pis[j] * variances[j]) / w
+    pis[i] = w
+    means, variances, pis = (np.delete(a, j) for a in (means, variances, pis))
   dtype = mixture.log_precisions.dtype
   return GaussianMixture(
-      means[1:].astype(dtype), (-jnp.log(variances)).astype(dtype),
-      jnp.log(pis).astype(dtype), zero_proportion=None,
+      jnp.asarray(means[1:], dtype), jnp.asarray(-np.log(variances), dtype),
+      jnp.asarray(np.log(pis), dtype), zero_proportion=None,
       signature=mixture.signature)
 
 

@@ -1,0 +1,30 @@
+"""A seconds-long run of `python -m benchmarks.train_step --smoke`.
+
+The benchmark itself stays out of CI; this checks that it runs and that its
+JSON report holds what BUILD_NOTES.md and README.md quote.
+"""
+
+import json
+
+from benchmarks import train_step
+
+
+def test_smoke_run_writes_a_complete_report(tmp_path, capsys):
+  out = tmp_path / 'report.json'
+  train_step.main(['--smoke', '--json', str(out)])
+  report = json.loads(out.read_text())
+
+  rows = {(r['config'], r['batch_size']): r for r in report['results']}
+  assert set(rows) == {('jax_plain', 16), ('jax_gmp', 16),
+                       ('jax_gmp_multi', 16)}
+  for row in rows.values():
+    assert row['images_per_s'] > 0
+    assert len(row['window_images_per_s']) == report['settings']['windows']
+  assert rows[('jax_gmp_multi', 16)]['dispatch'] == 'multi-step'
+  assert 'jax_gmp/jax_plain@16' in report['ratios']
+  assert report['targets'] == {'jax_gmp/torch_gmp': 2.0,
+                               'jax_gmp/jax_plain': 0.85}
+  assert report['settings']['num_params'] == 642_460
+  assert len(report['load_before']['loadavg']) == 3
+  assert report['machine']['accelerator'] is None
+  assert '| jax_gmp | per-step | 16 |' in capsys.readouterr().out

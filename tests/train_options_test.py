@@ -1,0 +1,61 @@
+"""The XLA compiler options of gmp_jax.train's step builders."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gmp_jax
+from gmp_jax import train as train_lib
+
+
+def _setup():
+  rng = np.random.default_rng(0)
+  params = {'w': jnp.asarray(rng.normal(0, 0.1, (8, 4)), jnp.float32),
+            'b': jnp.zeros((4,), jnp.float32)}
+  apply_fn = lambda p, x: x @ p['w'] + p['b']
+  tx = gmp_jax.gmp_optimizer(weights=1e-2)
+  state = gmp_jax.create_train_state(params, gmp_jax.init_mixture(params, 3),
+                                     tx)
+  batch = {'x': jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, 4, 16), jnp.int32)}
+  return apply_fn, tx, state, batch
+
+
+def test_cpu_defaults_are_accepted_options():
+  options = train_lib.default_compiler_options()
+  assert jax.default_backend() == 'cpu'
+  assert set(options) <= set(train_lib.CPU_COMPILER_OPTIONS)
+  # Each option compiles on this XLA.
+  jax.jit(lambda x: x * 2, compiler_options=options or None).lower(
+      jnp.ones(3)).compile()
+
+
+def test_unknown_options_are_dropped(monkeypatch):
+  monkeypatch.setitem(train_lib.CPU_COMPILER_OPTIONS,
+                      'xla_cpu_no_such_option_for_the_test', True)
+  train_lib._supported_cpu_options.cache_clear()  # pylint: disable=protected-access
+  try:
+    options = train_lib.default_compiler_options()
+  finally:
+    monkeypatch.undo()
+    train_lib._supported_cpu_options.cache_clear()  # pylint: disable=protected-access
+  assert 'xla_cpu_no_such_option_for_the_test' not in options
+
+
+def test_steps_agree_with_and_without_options():
+  apply_fn, tx, state, batch = _setup()
+  kwargs = dict(tau=1.0, dataset_size=16)
+  tuned = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  plain = gmp_jax.make_train_step(apply_fn, tx, compiler_options={}, **kwargs)
+  a, ma = tuned(state, batch)
+  b, mb = plain(state, batch)
+  np.testing.assert_allclose(ma['loss'], mb['loss'], rtol=1e-6)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  ev = gmp_jax.make_eval_step(apply_fn, compiler_options={})
+  assert int(ev(a.params, batch)['count']) == 16
+  scan = gmp_jax.make_scan_step(gmp_jax.build_train_step(apply_fn, tx,
+                                                         **kwargs),
+                                compiler_options={})
+  _, metrics = scan(state, batch, jnp.zeros((2, 4), jnp.int32))
+  assert metrics['loss'].shape == (2,)
