@@ -13,6 +13,7 @@ epoch end; a killed run resumes from the last checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -243,8 +244,14 @@ def _apply_fn(model_name: str):
   return lambda params, x: model.apply({'params': params}, x)
 
 
+@functools.cache
+def _eval_step(model_name: str):
+  # One jitted eval step per model, shared by every stage and epoch.
+  return gmp_jax.make_eval_step(_apply_fn(model_name))
+
+
 def _eval_fn(model_name: str, test, batch_size: int):
-  eval_step = gmp_jax.make_eval_step(_apply_fn(model_name))
+  eval_step = _eval_step(model_name)
   x, y = test
   return lambda params: gmp_jax.evaluate(eval_step, params, x, y,
                                          batch_size=batch_size)
@@ -349,15 +356,19 @@ def _teacher_logits(model_name, params, x, batch_size):
                          for i in range(0, len(x), batch_size)])
 
 
+def _student(config, teacher_params):
+  """The student's architecture and initial params (the teacher's if same)."""
+  student = config.retrain.student or config.model
+  if student == config.model:
+    return student, teacher_params
+  return student, models.init_params(student, jax.random.key(config.seed + 1))
+
+
 def _end_to_end_step(config, teacher_params, dataset):
-  """Student, train step and device data for end-to-end distillation."""
+  """Train step and device data for end-to-end distillation."""
   rc = config.retrain
   x, y = dataset['train']
-  student = rc.student or config.model
-  if student == config.model:
-    params = teacher_params
-  else:
-    params = models.init_params(student, jax.random.key(config.seed + 1))
+  student, _ = _student(config, teacher_params)
   data = {'x': x}
   if rc.distillation_weight > 0:
     data['teacher_logits'] = _teacher_logits(
@@ -370,7 +381,7 @@ def _end_to_end_step(config, teacher_params, dataset):
       temperature=rc.temperature, distillation=rc.distillation,
       distillation_weight=rc.distillation_weight,
       label_weight=rc.label_weight, hyperpriors=_hyperpriors(rc))
-  return student, params, tx, step, data
+  return tx, step, data
 
 
 def _layerwise_step(config, teacher_params, dataset):
@@ -409,7 +420,7 @@ def _layerwise_step(config, teacher_params, dataset):
   step = gmp_jax.build_train_step(
       apply_fn, tx, tau=rc.tau, dataset_size=len(x),
       hyperpriors=_hyperpriors(rc), data_loss_fn=data_loss_fn)
-  return config.model, teacher_params, tx, step, {'x': x}
+  return tx, step, {'x': x}
 
 
 def run_retrain(config, workdir, dataset, teacher_params, log):
@@ -423,8 +434,7 @@ def run_retrain(config, workdir, dataset, teacher_params, log):
   if rc.mode == 'layerwise' and rc.student not in ('', config.model):
     raise ValueError('Layer-wise distillation needs the teacher architecture '
                      f'for the student; got student={rc.student!r}.')
-  builder = _end_to_end_step if rc.mode == 'end_to_end' else _layerwise_step
-  student, params, tx, step, data = builder(config, teacher_params, dataset)
+  student, params = _student(config, teacher_params)
   if os.path.exists(done):
     logging.info('retrain: found %s, skipping.', done)
     result = read_json(done)
@@ -439,6 +449,8 @@ def run_retrain(config, workdir, dataset, teacher_params, log):
     return student, params, jax.tree.map(jnp.asarray, state_params), \
         mixture, result
   start = time.perf_counter()
+  builder = _end_to_end_step if rc.mode == 'end_to_end' else _layerwise_step
+  tx, step, data = builder(config, teacher_params, dataset)
   mixture = _mixture_from_params(params, rc)
   state = gmp_jax.create_train_state(params, mixture, tx)
   evaluate = _eval_fn(student, dataset['test'], config.eval_batch_size)
@@ -499,7 +511,7 @@ def layer_table(quantized) -> list[dict[str, Any]]:
                  'distinct_values': int(np.unique(nonzero).size)})
   n = sum(r['parameters'] for r in rows)
   nz = sum(r['nonzero'] for r in rows)
-  all_values = np.concatenate([_flat(quantized)])
+  all_values = _flat(quantized)
   rows.append({'layer': 'total', 'shape': None, 'parameters': n,
                'nonzero': nz, 'sparsity': 1.0 - nz / n,
                'distinct_values': int(np.unique(
