@@ -41,6 +41,8 @@ from collections.abc import Mapping
 from absl import logging
 import numpy as np
 
+from gmp_jax import fileio
+
 Split = tuple[np.ndarray, np.ndarray]
 Dataset = dict[str, Split]
 
@@ -307,24 +309,9 @@ def _file_sha256(path: str) -> str:
 
 
 def _write_cache(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  """Writes ``arrays`` to ``path`` as .npz atomically (temp file + rename)."""
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
-                             suffix='.npz')
-  try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates files private (0600).
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes ``arrays`` to ``path`` as .npz atomically (`fileio.write_atomic`)."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fileio.write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _read_cache(path: str, *, expected_sha256: str,
