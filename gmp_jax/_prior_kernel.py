@@ -37,8 +37,8 @@ import jax.numpy as jnp
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
-# P of the module docstring. XLA:CPU vectorises a reduction this short; from P = 20 on the
-# backward pass ran 5x slower, at P = 8 about 15% slower (jax 0.10.2).
+# P of the module docstring. XLA:CPU vectorises a reduction this short; from
+# P = 20 on the backward pass ran 5x slower, at P = 8 about 15% slower (jax 0.10.2).
 _SUM_SPLIT = 16
 _UNROLLED_MAX_COMPONENTS = 32  # Above this, the max over k is a reduce.
 

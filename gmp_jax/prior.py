@@ -9,10 +9,11 @@ means, the log-precisions log(1 / sigma_k^2) and the mixing logits are learned
 together with the weights.
 
 `GaussianMixture` is a pytree (a frozen dataclass), so it passes through
-`jax.jit`, `jax.grad` and optax. It also remembers which leaves of which tree it was built for, so a
-mixture applied to another tree fails with a clear error instead of silently
-regularising the wrong weights. The fused likelihood kernel behind
-`mixture_log_prob` lives in the private `gmp_jax._prior_kernel`.
+`jax.jit`, `jax.grad` and optax. It also remembers which leaves of which
+tree it was built for, so a mixture applied to another tree fails with a
+clear error instead of silently regularising the wrong weights. The fused
+likelihood kernel behind `mixture_log_prob` lives in the private
+`gmp_jax._prior_kernel`.
 
 References:
   Ullrich, Meeds & Welling, "Soft Weight-Sharing for Neural Network
