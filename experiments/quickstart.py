@@ -59,8 +59,8 @@ def run(*, num_components: int = 8, pretrain_steps: int = 300,
   # 2. Retrain with the prior: data loss + tau/N * complexity (eq. 1).
   mixture = gmp_jax.init_mixture(pretrained, num_components, init_std=0.1)
   tx = gmp_jax.gmp_optimizer(weights=1e-3, means=3e-3)
-  step = gmp_jax.compile_step(gmp_jax.make_train_step(
-      apply_fn, tx, tau=0.02, dataset_size=512))
+  step = gmp_jax.compile_step(
+      gmp_jax.make_train_step(apply_fn, tx, tau=0.02, dataset_size=512))
   state = gmp_jax.create_train_state(pretrained, mixture, tx)
   for _ in range(retrain_steps):
     state, metrics = step(state, batch)
