@@ -234,9 +234,9 @@ def main(argv: list[str]) -> int:
     print(main.__doc__)
     return 2
   for path in argv[1:]:
-    f = codec.read_compressed(path)
-    model = (f.metadata or {}).get('model', 'poster')
-    _, report = cleanup(f.params, model)
+    params, metadata = codec.load_compressed(path, with_metadata=True)
+    model = (metadata or {}).get('model', 'poster')
+    _, report = cleanup(params, model)
     print(f'{path} ({model}):')
     print(report.summary())
   return 0

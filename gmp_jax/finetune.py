@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gmp_jax import losses
 from gmp_jax import prior as prior_lib
 from gmp_jax import train as train_lib
 
@@ -295,7 +296,7 @@ def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
   if distillation not in ('mse', 'kl'):
     raise ValueError(
         f"distillation must be 'mse' or 'kl', got {distillation!r}.")
-  train_lib.losses._check_temperature(temperature)  # pylint: disable=protected-access
+  losses.check_temperature(temperature)
   if data_loss_fn is None:
     data_loss_fn = train_lib._default_data_loss(  # pylint: disable=protected-access
         temperature=temperature, distillation=distillation,

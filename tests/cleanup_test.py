@@ -183,9 +183,9 @@ def test_no_relu_units_with_a_bias_are_not_dead():
 
 
 def test_committed_poster_model_counts_and_predictions():
-  f = codec.read_compressed(os.path.join(REPO, 'results', 'mnist',
-                                         'model.gmpz'))
-  cleaned, report = cleanup.cleanup(f.params, 'poster')
+  params = codec.load_compressed(
+      os.path.join(REPO, 'results', 'mnist', 'model.gmpz'))
+  cleaned, report = cleanup.cleanup(params, 'poster')
   dense1, conv2 = report.layers['dense1'], report.layers['conv2']
   assert (dense1.dead_units, dense1.units) == (201, 500)
   assert dense1.dead_outgoing_weights == 288
@@ -193,21 +193,22 @@ def test_committed_poster_model_counts_and_predictions():
   assert conv2.unread_kernel_weights == 258
   # Independent counts: dense1 columns with no input and bias <= 0, and the
   # non-zero dense2 rows they feed.
-  k1, b1 = f.params['dense1']['kernel'], f.params['dense1']['bias']
+  k1, b1 = params['dense1']['kernel'], params['dense1']['bias']
   dead = (np.count_nonzero(k1, axis=0) == 0) & (b1 <= 0)
   assert dead.sum() == 201
-  assert np.count_nonzero(f.params['dense2']['kernel'][dead]) == 288
+  assert np.count_nonzero(params['dense2']['kernel'][dead]) == 288
   unread = [c for c in range(50) if not np.any(k1[c::50])]
-  assert np.count_nonzero(f.params['conv2']['kernel'][..., unread]) == 258
+  assert np.count_nonzero(params['conv2']['kernel'][..., unread]) == 258
   assert report.removed == 288 + 258 + conv2.unread_biases
-  assert report.removed == _nonzero(f.params) - _nonzero(cleaned)
+  assert report.removed == _nonzero(params) - _nonzero(cleaned)
 
 
 def _committed_models():
   out = []
   for path in sorted(glob.glob(os.path.join(REPO, 'results', '*',
                                             'model.gmpz'))):
-    meta = codec.read_compressed(path).metadata or {}
+    _, meta = codec.load_compressed(path, with_metadata=True)
+    meta = meta or {}
     out.append((os.path.relpath(path, REPO), meta.get('model', 'poster')))
   return out
 

@@ -219,7 +219,7 @@ def test_works_with_the_multi_step_driver():
   codebook, indices, _ = finetune.codebook_from_quantized(q)
   state = finetune.create_codebook_state(codebook, indices, tx, frozen=q)
   step = finetune.make_codebook_step(_apply, tx)
-  multi = gmp_jax.make_scan_step(step)
+  multi = gmp_jax.compile_step(gmp_jax.make_multi_step(step))
   order = jnp.asarray(rng.permutation(128)[:96].reshape(3, 32))
   state_m, metrics = multi(state, data, order)
   state_s = state
