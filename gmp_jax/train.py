@@ -276,7 +276,8 @@ def make_eval_step(apply_fn: Callable[[Any, Any], Any]):
   .. math::
 
     \\mathrm{correct} = \\sum_b [\\arg\\max_c z_{bc} = y_b], \\qquad
-    \\mathrm{cross\\_entropy\\_sum} = -\\sum_b \\log \\mathrm{softmax}(z_b)_{y_b}
+    \\mathrm{cross\\_entropy\\_sum} =
+      -\\sum_b \\log \\mathrm{softmax}(z_b)_{y_b}
   """
 
   def eval_step(params, batch):
