@@ -117,8 +117,8 @@ def codebook_from_quantized(params, mixture=None, *,
     raise ValueError(f'max_size must be >= 1, got {max_size!r}.')
   covered = _covered_paths(params, mixture)
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  coded = [(prior_lib._path_str(p), leaf) for p, leaf in flat  # pylint: disable=protected-access
-           if prior_lib._path_str(p) in covered]  # pylint: disable=protected-access
+  coded = [(jax.tree_util.keystr(p), leaf) for p, leaf in flat
+           if jax.tree_util.keystr(p) in covered]
   dtypes = {np.dtype(leaf.dtype) for _, leaf in coded}
   if len(dtypes) != 1:
     raise ValueError('The coded leaves must share one dtype to share a '
@@ -156,7 +156,7 @@ def codebook_from_quantized(params, mixture=None, *,
 
   leaves = []
   for path, _ in flat:
-    name = prior_lib._path_str(path)  # pylint: disable=protected-access
+    name = jax.tree_util.keystr(path)
     leaves.append(index_of(name, host[name]) if name in host else None)
   indices = jax.tree_util.tree_unflatten(
       treedef, [None if i is None else jnp.asarray(i) for i in leaves])
