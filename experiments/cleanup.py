@@ -161,7 +161,11 @@ def cleanup(params: Mapping[str, Any], model: str | models.SequentialNet
   """
   if set(params) == {'params'}:
     params = params['params']
-  specs = models._specs(model)  # pylint: disable=protected-access
+  net = model if isinstance(model, models.SequentialNet) else (
+      models.get_model(model))
+  if not isinstance(net, models.SequentialNet):
+    raise ValueError(f'{model!r} is not a SequentialNet of LayerSpecs.')
+  specs = tuple(net.layers)
   names = [s.name for s in specs]
   if set(params) != set(names):
     raise ValueError(f'params have layers {sorted(params)}, the model has '

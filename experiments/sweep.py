@@ -46,8 +46,9 @@ FIGURE_FILE = 'pareto.png'
 DEFAULT_TAUS = (5e-3, 1e-2, 2e-2, 4e-2, 8e-2)
 # Config fields that determine the teacher stage's output.
 TEACHER_FIELDS = ('seed', 'model', 'data', 'teacher')
-_NETS = {'poster': 'poster', 'lenet300100': 'lenet300',
-         'lenet5caffe': 'lenet5'}
+# Model class -> the key of its anchors in experiments/compare.py.
+_NETS = {'PosterNet': 'poster', 'LeNet300100': 'lenet300',
+         'LeNet5Caffe': 'lenet5'}
 
 
 # ------------------------------------------------------------------ points ---
@@ -310,7 +311,7 @@ def anchors_for(model: str, parameters: int) -> list[dict[str, Any]]:
   equivalent for Han-style counts. Sparsity-only anchors have no bytes.
   """
   from experiments import models  # pylint: disable=import-outside-toplevel
-  net = _NETS.get(models._canonical_name(model))  # pylint: disable=protected-access
+  net = _NETS.get(type(models.get_model(model)).__name__)
   out = []
   for a in compare.ANCHORS.get(net, []):
     entry = {'label': a['method'], 'accuracy': 1 - a['error'],
