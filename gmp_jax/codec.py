@@ -119,10 +119,7 @@ of counts; if 0 < nnz < N a position stream; if K > 1 an index stream. A
 stream is a varint word count and that many uint32 words of its own ANS
 coder, under the global model and the counts model of version 2.
 
-References:
-  Bamler, "Understanding Entropy Coding With Asymmetric Numeral Systems (ANS):
-  a Statistician's Perspective", 2022 (the `constriction` library).
-  Duda, "Asymmetric numeral systems", arXiv:0902.0271, 2009.
+The references on ANS are in `gmp_jax._ans`.
 """
 
 from __future__ import annotations
