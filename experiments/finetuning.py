@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 import gmp_jax
+from experiments import evaluation
 from experiments import retraining
 
 
@@ -82,6 +83,22 @@ def setup(config: ml_collections.ConfigDict, student: str, quantized,
       distillation_weight=rc.distillation_weight,
       label_weight=rc.label_weight)
   return CodebookTraining(state, step, data)
+
+
+def epoch_metrics(test_set, apply_fn):
+  """One compiled `state -> {metric: device scalar}` for epoch ends.
+
+  `test_accuracy` and `test_cross_entropy` of the expanded codebook state
+  on an `experiments.evaluation.TestSet`.
+  """
+  eval_step = gmp_jax.make_eval_step(apply_fn)
+
+  def metrics(state, x, labels):
+    return evaluation.device_summary(
+        test_set.totals(eval_step, params_of(state), x, labels))
+
+  compiled = gmp_jax.compile_step(metrics)
+  return lambda state: compiled(state, test_set.x, test_set.labels)
 
 
 def params_of(state: gmp_jax.CodebookState):

@@ -1,160 +1,139 @@
-"""The train loop shared by the training stages, and where its time goes.
+"""The train loop shared by the training stages.
 
 `train_loop` trains a `gmp_jax.TrainState` for a number of epochs on a
-dataset held on the device, with Orbax checkpoints that a killed run resumes
-from. The batch order of epoch `e` depends only on `(seed, e)`, so a resumed
-run sees the same batches as an uninterrupted one.
+dataset held on the device, and keeps the device busy:
 
-Output goes one way: a tqdm bar per stage and absl logging for everything
-else (resumes, per-epoch summaries). `quiet_third_party_logs` keeps Orbax's
-per-save INFO lines out of it.
+* Steps run in compiled chunks (`LoopOptions`): on CPU a few steps unrolled
+  into one program (XLA:CPU runs a loop body's convolutions several times
+  slower than straight-line code), on GPU and TPU a whole epoch as one
+  `lax.scan`. Each call draws its batches on the device from the epoch's
+  permutation, which is uploaded once per epoch.
+* Metrics are summed on the device and come to the host once per epoch (or
+  every `log_every_steps`); with them comes a device-side record of the
+  first step whose metrics were NaN or inf. Between those points the host
+  only waits for the previous chunk, so one call is always queued.
+* Evaluation is one compiled call (`eval_fn`) at the end of every
+  `eval_every_epochs`-th epoch.
+* Orbax checkpoints are taken at a host sync once `checkpoint_interval_s`
+  has passed since the last one, and at the stage's end; they are
+  synchronous, so a kill at any moment leaves the last complete one.
+
+The batch order of epoch `e` is `data.epoch_batches` with
+`np.random.default_rng([*seed, e])`: it depends only on the seed, the stage
+and the epoch, so a resumed run sees the same batches as an uninterrupted
+one, and the order is the one of earlier versions of this loop.
 """
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Mapping, Sequence
-import contextlib
-import json
-import logging as py_logging
-import math
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
 
 import gmp_jax
 from experiments import data as data_lib
+from experiments import monitor
 
-# Sections of a stage's wall time (`StageTimer`); the rest is 'other'.
-SECTIONS = ('compile', 'step', 'sync', 'eval', 'checkpoint', 'data')
-
-_OUR_PACKAGES = tuple(
-    os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-    for m in (gmp_jax, data_lib))
+KINDS = ('unroll', 'scan')
+UNROLL_STEPS = 5  # Steps per call of an unrolled chunk (CPU default).
+_NO_BAD_STEP = np.iinfo(np.int32).max
 
 
-class _ThirdPartyFilter(py_logging.Filter):
-  """Drops records below `level` that come from outside this project."""
+class LoopOptions(NamedTuple):
+  """How `train_loop` runs; `from_config` reads them from `config.loop`.
 
-  def __init__(self, level: int):
-    super().__init__()
-    self.level = level
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    if record.levelno >= self.level:
-      return True
-    return os.path.abspath(record.pathname).startswith(_OUR_PACKAGES)
-
-
-def quiet_third_party_logs(level: int = py_logging.WARNING) -> None:
-  """Hides other libraries' log records below `level` (ours stay).
-
-  Orbax logs every checkpoint save at INFO through absl, the logger this
-  project uses too, so a logger level cannot tell them apart; the filter
-  looks at the file a record comes from instead. `experiments.mnist` calls
-  it unless run with `-v 1`.
+  Attributes:
+    kind: 'unroll' (steps as straight-line code) or 'scan' (`lax.scan`).
+    steps_per_call: train steps per compiled call; None means
+      `UNROLL_STEPS` for 'unroll' and a whole epoch for 'scan'.
+    log_every_steps: host syncs (metrics, NaN check, progress, checkpoint
+      opportunity) every this many steps as well as at every epoch end;
+      None: at epoch ends only.
+    checkpoint_interval_s: seconds between checkpoints (0: at every sync).
+    eval_every_epochs: run `eval_fn` at the end of every this-many-th epoch
+      and at the last; None: never during training.
   """
-  # On absl's handler, which every propagated record reaches (a logger's
-  # own filters only see records logged on that logger).
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _ThirdPartyFilter) for f in handler.filters):
-    handler.addFilter(_ThirdPartyFilter(level))
+  kind: str
+  steps_per_call: int | None = None
+  log_every_steps: int | None = None
+  checkpoint_interval_s: float = 60.0
+  eval_every_epochs: int | None = 1
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> LoopOptions:
+    lc = config.loop
+    return cls(kind=lc.get('kind') or default_kind(),
+               steps_per_call=lc.get('steps_per_call'),
+               log_every_steps=lc.get('log_every_steps'),
+               checkpoint_interval_s=lc.checkpoint_interval_s,
+               eval_every_epochs=lc.get('eval_every_epochs'))
 
 
-def log_info(message: str, *args) -> None:
-  """`logging.info` that leaves tqdm bars intact."""
-  with tqdm.tqdm.external_write_mode():
-    logging.info(message, *args, stacklevel=2)  # Name the caller's line.
+def default_kind(backend: str | None = None) -> str:
+  """'unroll' on CPU, 'scan' on GPU and TPU (BUILD_NOTES, issue 13)."""
+  return 'unroll' if (backend or jax.default_backend()) == 'cpu' else 'scan'
 
 
-class StageTimer:
-  """Wall time per (stage, section); see `SECTIONS`.
+def multi_step(train_step: Callable[..., Any], kind: str):
+  """Pure `(state, data, indices) -> (state, stacked metrics)`.
 
-  `run(stage, section, fn, *args)` calls `fn` and adds its wall time to the
-  section. With `block=True` it waits for the result's device buffers
-  first, so device work is charged to the section that launched it rather
-  than to whichever later call waits for it (profiling; it costs some
-  overlap between host and device).
+  'unroll' is `gmp_jax.make_multi_step`; 'scan' runs the same steps in a
+  `lax.scan` over the rows of `indices`.
   """
+  if kind == 'unroll':
+    return gmp_jax.make_multi_step(train_step)
+  if kind != 'scan':
+    raise ValueError(f'loop kind must be one of {KINDS}, got {kind!r}.')
 
-  def __init__(self, *, block: bool = False):
-    self.block = block
-    self.seconds: dict[str, dict[str, float]] = collections.defaultdict(
-        lambda: collections.defaultdict(float))
+  def scan_steps(state, data, indices):
+    def body(state, idx):
+      return train_step(state, jax.tree.map(
+          lambda a: jnp.take(a, idx, axis=0), data))
+    return jax.lax.scan(body, state, indices)
 
-  def run(self, stage: str, section: str, fn: Callable[..., Any], *args,
-          **kwargs) -> Any:
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    if self.block:
-      out = jax.block_until_ready(out)
-    self.seconds[stage][section] += time.perf_counter() - start
-    return out
-
-  @contextlib.contextmanager
-  def section(self, stage: str, section: str):
-    start = time.perf_counter()
-    try:
-      yield
-    finally:
-      self.seconds[stage][section] += time.perf_counter() - start
+  return scan_steps
 
 
-class MetricsLog:
-  """Appends one JSON record per line to `<workdir>/metrics.jsonl`.
+def chunk_program(train_step: Callable[..., Any], kind: str, size: int):
+  """Pure `(state, acc, data, order, offset, first_step) -> (state, acc)`.
 
-  An append log rather than an atomic rewrite: a line cut short by a kill is
-  skipped when read back, and a resumed epoch's record supersedes the old.
+  Runs `size` steps on the batches `order[offset:offset + size]` and adds
+  their scalar metrics to `acc['sums']`; `acc['first_bad']` becomes the
+  smallest step number (1-based, `first_step + 1` for the first of this
+  call) whose scalar metrics are not all finite, or stays `_NO_BAD_STEP`.
   """
+  steps = multi_step(train_step, kind)
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+  def chunk(state, acc, data, order, offset, first_step):
+    indices = jax.lax.dynamic_slice_in_dim(order, offset, size, axis=0)
+    state, metrics = steps(state, data, indices)
+    scalars = {k: v for k, v in metrics.items() if v.ndim == 1}
+    finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in scalars.values()]),
+                     axis=0)
+    number = first_step + 1 + jnp.arange(size, dtype=jnp.int32)
+    bad = jnp.min(jnp.where(finite, _NO_BAD_STEP, number))
+    return state, {
+        'sums': {k: acc['sums'][k] + jnp.sum(v) for k, v in scalars.items()},
+        'first_bad': jnp.minimum(acc['first_bad'], bad)}
 
-  def write(self, record: Mapping[str, Any]) -> None:
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record, default=_jsonable) + '\n')
-      f.flush()
-      os.fsync(f.fileno())
-
-  def records(self) -> list[dict[str, Any]]:
-    """The records, keeping the last one per (stage, step) after resumes."""
-    if not os.path.exists(self.path):
-      return []
-    latest = {}
-    with open(self.path) as f:
-      for line in f:
-        line = line.strip()
-        if not line:
-          continue
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # A line cut short by a kill.
-        latest[(rec.get('stage'), rec.get('step'))] = rec
-    return list(latest.values())
+  return chunk
 
 
-def _jsonable(x):
-  if isinstance(x, (np.ndarray, jax.Array, np.generic)):
-    return np.asarray(x).tolist()
-  raise TypeError(f'not JSON serialisable: {type(x).__name__}')
-
-
-def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-  """Means over the step axis of the scalar metrics."""
-  out = {}
-  for k, v in metrics.items():
-    v = np.asarray(v)
-    if v.ndim == 1:
-      out[k] = float(v.mean())
-  return out
+def _zero_acc(train_step, state, data) -> dict[str, Any]:
+  batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]),
+                                                      a.dtype), data)
+  _, metrics = jax.eval_shape(train_step, state, batch)
+  return {'sums': {k: jnp.zeros((), jnp.float32) for k, v in metrics.items()
+                   if v.ndim == 0},
+          'first_bad': jnp.asarray(_NO_BAD_STEP, jnp.int32)}
 
 
 def _checkpoint_manager(directory: str) -> ocp.CheckpointManager:
@@ -164,32 +143,29 @@ def _checkpoint_manager(directory: str) -> ocp.CheckpointManager:
 
 
 def train_loop(*, stage: str, state: gmp_jax.TrainState,
-               multi_step: Callable[..., Any], data: Mapping[str, jax.Array],
+               train_step: Callable[..., Any], data: Mapping[str, jax.Array],
                num_epochs: int, batch_size: int, seed: Sequence[int],
-               checkpoint_dir: str, steps_per_call: int,
-               checkpoint_every: int, log: MetricsLog,
+               checkpoint_dir: str, options: LoopOptions,
+               log: monitor.MetricsLog,
                eval_fn: Callable[[gmp_jax.TrainState], dict] | None = None,
-               timer: StageTimer | None = None) -> gmp_jax.TrainState:
+               summary_fn: Callable[[gmp_jax.TrainState], dict] | None = None,
+               timer: monitor.StageTimer | None = None
+               ) -> gmp_jax.TrainState:
   """Trains `state` for `num_epochs`, checkpointing and resuming.
-
-  Batches are drawn on the device from `data` (a dict of arrays with a
-  leading example axis) by index arrays, `steps_per_call` steps per call of
-  the compiled `multi_step(state, data, indices)`. Epoch `e` uses the
-  permutation drawn by `np.random.default_rng([*seed, e])`.
 
   Args:
     stage: the stage's name, used in logs, metrics and errors.
     state: the initial state (ignored when a checkpoint exists).
-    multi_step: compiled `(state, data, indices) -> (state, metrics)`.
-    data: the training arrays, on the device.
+    train_step: pure `(state, batch) -> (state, metrics)`.
+    data: the training arrays with a leading example axis, on the device.
     num_epochs: epochs to train.
     batch_size: examples per step; the epoch's remainder is dropped.
     seed: the entropy of the epoch permutations.
     checkpoint_dir: Orbax checkpoint directory of the stage.
-    steps_per_call: train steps per dispatch.
-    checkpoint_every: steps between checkpoints (and at every epoch end).
+    options: how the loop runs (`LoopOptions`).
     log: receives one record per epoch.
-    eval_fn: `state -> metrics` run at every epoch end.
+    eval_fn: `state -> {name: device scalar}`, one compiled call.
+    summary_fn: `state -> {name: JSON value}` for every epoch's record.
     timer: collects the wall time per section.
 
   Returns:
@@ -197,17 +173,21 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
 
   Raises:
     ValueError: `batch_size` exceeds the number of examples.
-    FloatingPointError: a metric became NaN or inf; names the stage and the
-      steps, and keeps the last checkpoint.
+    FloatingPointError: a metric became NaN or inf; names the stage, the
+      first bad step and the steps since the last sync, and keeps the last
+      checkpoint (every checkpoint was taken from a finite state).
   """
-  timer = timer or StageTimer()
+  timer = timer or monitor.StageTimer()
   n = int(next(iter(data.values())).shape[0])
   if batch_size > n:
     raise ValueError(f'{stage}: batch_size {batch_size} exceeds the '
                      f'{n} training examples.')
   steps_per_epoch = n // batch_size
   total = num_epochs * steps_per_epoch
-  chunk = max(1, int(steps_per_call))
+  chunk = options.steps_per_call or (
+      UNROLL_STEPS if options.kind == 'unroll' else steps_per_epoch)
+  sync_every = min(options.log_every_steps or steps_per_epoch,
+                   steps_per_epoch)
   manager = _checkpoint_manager(checkpoint_dir)
   step = 0
   latest = manager.latest_step()
@@ -216,46 +196,79 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
     state = timer.run(stage, 'checkpoint', manager.restore, latest,
                       args=ocp.args.StandardRestore(abstract))
     step = int(latest)
-    log_info('%s: resuming from step %d/%d', stage, step, total)
-  last_saved = step
-  epoch_metrics: list[dict[str, float]] = []
+    monitor.log_info('%s: resuming from step %d/%d', stage, step, total)
+  # The chunks donate the state; the caller's arrays stay untouched.
+  state = jax.tree.map(jnp.copy, state)
+  zero = _zero_acc(train_step, state, data)
+  programs: dict[int, Any] = {}
+
+  def program(size, *args):
+    if size not in programs:
+      jitted = gmp_jax.compile_step(
+          chunk_program(train_step, options.kind, size), donate_state=True)
+      programs[size] = timer.run(stage, 'compile',
+                                 lambda: jitted.lower(*args).compile())
+    return programs[size]
+
   bar = tqdm.tqdm(total=total, initial=step, desc=stage, unit='step',
                   dynamic_ncols=True, mininterval=2.0)
+  saved_at = time.monotonic()
+  order_epoch, order, acc, acc_from = None, None, zero, step
+  synced = step  # Steps up to here were checked and shown.
+  queued: list[tuple[Any, int]] = []  # Calls not yet waited for.
   try:
     while step < total:
       epoch, offset = divmod(step, steps_per_epoch)
-      size = min(chunk, steps_per_epoch - offset)
-      with timer.section(stage, 'data'):
-        order = data_lib.epoch_batches(
-            np.random.default_rng([*seed, epoch]), n, batch_size)
-        indices = jnp.asarray(order[offset:offset + size])
-      state, metrics = timer.run(stage, 'step', multi_step, state, data,
-                                 indices)
-      scalars = timer.run(stage, 'sync', _scalars, metrics)
-      if not all(math.isfinite(v) for v in scalars.values()):
-        bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
-        raise FloatingPointError(
-            f'Stage {stage!r}: non-finite metrics {bad} in steps '
-            f'{step + 1}-{step + size} (epoch {epoch + 1}). Lower the '
-            'learning rates or tau; the run stops here and the last '
-            'checkpoint is kept.')
+      if epoch != order_epoch:
+        order = timer.run(stage, 'data', jax.device_put,
+                          data_lib.epoch_batches(
+                              np.random.default_rng([*seed, epoch]), n,
+                              batch_size))
+        order_epoch, acc, acc_from = epoch, zero, step
+      next_sync = min((step // sync_every + 1) * sync_every,
+                      (epoch + 1) * steps_per_epoch)
+      size = min(chunk, next_sync - step)
+      args = (state, acc, data, order, np.int32(offset), np.int32(step))
+      state, acc = timer.run(stage, 'step', program(size, *args), *args)
       step += size
-      epoch_metrics.append(scalars)
-      bar.update(size)
-      bar.set_postfix(loss=f"{scalars['loss']:.4g}")
+      timer.steps[stage] += size
+      queued.append((acc['first_bad'], size))
+      if len(queued) > 1:  # Keep one call queued; show the finished one.
+        done, done_size = queued.pop(0)
+        timer.run(stage, 'sync', jax.block_until_ready, done)
+        bar.update(done_size)
+      if step != next_sync:
+        continue
       epoch_end = step % steps_per_epoch == 0
-      if epoch_end or step - last_saved >= checkpoint_every:
+      evaluate = eval_fn is not None and epoch_end and _eval_due(
+          epoch + 1, num_epochs, options.eval_every_epochs)
+      evaluated = timer.run(stage, 'eval', eval_fn, state) if evaluate else {}
+      host, evaluated = timer.run(stage, 'sync', jax.device_get,
+                                  (acc, evaluated))
+      bar.update(sum(s for _, s in queued))
+      queued.clear()
+      first_bad = int(host['first_bad'])
+      if first_bad != _NO_BAD_STEP:
+        raise FloatingPointError(
+            f'Stage {stage!r}: non-finite metrics from step {first_bad} '
+            f'(steps {synced + 1}-{step} checked, epoch {epoch + 1}). Lower '
+            'the learning rates or tau; the run stops here and the last '
+            'checkpoint is kept.')
+      synced = step
+      means = {k: float(v) / (step - acc_from)
+               for k, v in host['sums'].items()}
+      bar.set_postfix(loss=f"{means['loss']:.4g}")
+      if step == total or (time.monotonic() - saved_at
+                           >= options.checkpoint_interval_s):
         with timer.section(stage, 'checkpoint'):
           manager.save(step, args=ocp.args.StandardSave(state))
           manager.wait_until_finished()
-        last_saved = step
+        saved_at = time.monotonic()
       if epoch_end:
-        record = {'stage': stage, 'step': step, 'epoch': epoch + 1}
-        for k in epoch_metrics[0]:
-          record[k] = float(np.mean([m[k] for m in epoch_metrics]))
-        epoch_metrics = []
-        if eval_fn is not None:
-          record.update(timer.run(stage, 'eval', eval_fn, state))
+        record = {'stage': stage, 'step': step, 'epoch': epoch + 1, **means,
+                  **{k: float(v) for k, v in evaluated.items()}}
+        if summary_fn is not None:
+          record.update(summary_fn(state))
         log.write(record)
         _log_epoch(stage, epoch + 1, num_epochs, record)
   finally:
@@ -264,9 +277,17 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
   return state
 
 
+def _eval_due(epoch: int, num_epochs: int, every: int | None) -> bool:
+  return every is not None and (epoch % every == 0 or epoch == num_epochs)
+
+
 def _log_epoch(stage: str, epoch: int, num_epochs: int,
                record: Mapping[str, Any]) -> None:
   shown = ' '.join(f'{k}={v:.4g}' for k, v in record.items()
                    if k not in ('stage', 'step', 'epoch')
                    and isinstance(v, float))
-  log_info('%s epoch %d/%d: %s', stage, epoch, num_epochs, shown)
+  monitor.log_info('%s epoch %d/%d: %s', stage, epoch, num_epochs, shown)
+
+
+__all__ = ('KINDS', 'LoopOptions', 'UNROLL_STEPS', 'chunk_program',
+           'default_kind', 'multi_step', 'train_loop')

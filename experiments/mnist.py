@@ -13,7 +13,7 @@ from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import loop
+from experiments import monitor
 from experiments import pipeline
 
 FLAGS = flags.FLAGS
@@ -28,7 +28,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if logging.get_verbosity() <= logging.INFO:  # -v 1 shows every log line.
-    loop.quiet_third_party_logs()  # Orbax logs each save at INFO.
+    monitor.quiet_third_party_logs()  # Orbax logs each save at INFO.
   pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

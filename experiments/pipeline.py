@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -50,9 +49,11 @@ import gmp_jax
 from gmp_jax import fileio
 from experiments import cleanup as cleanup_lib
 from experiments import data as data_lib
+from experiments import evaluation
 from experiments import finetuning
 from experiments import loop
 from experiments import models
+from experiments import monitor
 from experiments import plots
 from experiments import reporting
 from experiments import retraining
@@ -73,7 +74,7 @@ class Context:
   Attributes:
     config: the run's config.
     workdir: where the stages read and write.
-    timer: wall time per stage and section (`loop.StageTimer`).
+    timer: wall time per stage and section (`monitor.StageTimer`).
     results: the records of the stages run or skipped so far.
     ran: the stages that ran (were not skipped) in this invocation.
     data_seconds: time spent loading the dataset (0 if never loaded).
@@ -81,19 +82,26 @@ class Context:
   """
   config: ml_collections.ConfigDict
   workdir: str
-  timer: loop.StageTimer
+  timer: monitor.StageTimer
   results: dict[str, Record] = dataclasses.field(default_factory=dict)
   ran: list[str] = dataclasses.field(default_factory=list)
   data_seconds: float = 0.0
   started: float = dataclasses.field(default_factory=time.perf_counter)
   _dataset: data_lib.Dataset | None = None
+  _test_set: evaluation.TestSet | None = None
+  _evaluators: dict[str, Callable[[Any], dict[str, float]]] = (
+      dataclasses.field(default_factory=dict))
+
+  @property
+  def options(self) -> loop.LoopOptions:
+    return loop.LoopOptions.from_config(self.config)
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
 
   @property
-  def log(self) -> loop.MetricsLog:
-    return loop.MetricsLog(self.workdir)
+  def log(self) -> monitor.MetricsLog:
+    return monitor.MetricsLog(self.workdir)
 
   @property
   def dataset(self) -> data_lib.Dataset:
@@ -104,13 +112,22 @@ class Context:
       self.data_seconds = time.perf_counter() - start
     return self._dataset
 
+  @property
+  def test_set(self) -> evaluation.TestSet:
+    """The test split on the device, uploaded once."""
+    if self._test_set is None:
+      x, y = self.dataset['test']
+      self._test_set = evaluation.TestSet(
+          x, y, batch_size=self.config.eval_batch_size,
+          kind=self.options.kind)
+    return self._test_set
+
   def evaluator(self, model_name: str) -> Callable[[Any], dict[str, float]]:
     """`params -> {'accuracy', 'cross_entropy'}` on the test split."""
-    x, y = self.dataset['test']
-    step = _eval_step(model_name)
-    batch_size = self.config.eval_batch_size
-    return lambda params: gmp_jax.evaluate(step, params, x, y,
-                                           batch_size=batch_size)
+    if model_name not in self._evaluators:
+      self._evaluators[model_name] = self.test_set.evaluator(
+          retraining.apply_fn(model_name))
+    return self._evaluators[model_name]
 
 
 StageFn = Callable[[Context], Record]
@@ -151,12 +168,13 @@ def run_stage(ctx: Context, name: str) -> Record:
   done = done_path(ctx.workdir, name)
   earlier = list(STAGES)[:list(STAGES).index(name)]
   if is_finished(ctx.workdir, name) and not set(earlier) & set(ctx.ran):
-    loop.log_info('%s: finished earlier (%s), skipping.', name, done)
+    monitor.log_info('%s: finished earlier (%s), skipping.', name, done)
     with open(done) as f:
       record = json.load(f)
   else:
     start = time.perf_counter()
-    record = STAGES[name](ctx)
+    with ctx.timer.section(name, 'total'):
+      record = STAGES[name](ctx)
     record['wall_time_s'] = time.perf_counter() - start
     fileio.write_json_atomic(done, record)
     ctx.ran.append(name)
@@ -165,13 +183,13 @@ def run_stage(ctx: Context, name: str) -> Record:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       timer: loop.StageTimer | None = None
+                       timer: monitor.StageTimer | None = None
                        ) -> dict[str, Any]:
   """Runs every stage; returns the report (also written to the workdir)."""
   retraining.check_config(config)
   finetuning.epochs(config)  # Rejects a bad value before any training.
   os.makedirs(workdir, exist_ok=True)
-  ctx = Context(config, workdir, timer or loop.StageTimer())
+  ctx = Context(config, workdir, timer or monitor.StageTimer())
   for name in STAGES:
     run_stage(ctx, name)
   with open(ctx.path('report.json')) as f:
@@ -189,13 +207,6 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
       d.name, source=d.source, data_dir=d.get('data_dir'),
       num_train=d.get('num_train'), num_test=d.get('num_test'),
       seed=config.seed)
-
-
-@functools.cache
-def _eval_step(model_name: str):
-  # One compiled eval step per model, shared by every stage and epoch.
-  return gmp_jax.compile_step(
-      gmp_jax.make_eval_step(retraining.apply_fn(model_name)))
 
 
 def _save_params(path: str, params, metadata=None) -> None:
@@ -216,42 +227,23 @@ def _flat(params) -> np.ndarray:
 
 
 def _train(ctx: Context, name: str, state, train_step, data, *, epochs: int,
-           batch_size: int, eval_fn):
+           batch_size: int, eval_fn, summary_fn=None):
   config = ctx.config
-  multi_step = gmp_jax.compile_step(gmp_jax.make_multi_step(train_step))
   data = ctx.timer.run(name, 'data', jax.device_put, data)
   return loop.train_loop(
-      stage=name, state=state, multi_step=multi_step, data=data,
+      stage=name, state=state, train_step=train_step, data=data,
       num_epochs=epochs, batch_size=batch_size,
       # The stage's index keeps each stage's batch order of earlier runs.
       seed=[config.seed, list(STAGES).index(name)],
-      checkpoint_dir=ctx.path(name, 'checkpoints'),
-      steps_per_call=config.steps_per_dispatch,
-      checkpoint_every=config.checkpoint_every, log=ctx.log,
-      eval_fn=eval_fn, timer=ctx.timer)
+      checkpoint_dir=ctx.path(name, 'checkpoints'), options=ctx.options,
+      log=ctx.log, eval_fn=eval_fn, summary_fn=summary_fn, timer=ctx.timer)
 
 
-def _test_metrics(evaluate, params) -> dict[str, float]:
-  return {f'test_{k}': v for k, v in evaluate(params).items()}
-
-
-def _retrain_epoch_metrics(evaluate):
-  """Per-epoch test metrics of the weights and of their quantised copy."""
-
-  def epoch_metrics(state: gmp_jax.TrainState) -> dict[str, Any]:
-    out = _test_metrics(evaluate, state.params)
-    q = gmp_jax.quantize(state.params, state.mixture)
-    out['test_pruned_accuracy'] = evaluate(q)['accuracy']
-    nonzero = sum(int(jnp.count_nonzero(x)) for x in jax.tree.leaves(q))
-    out['nonzero_fraction'] = nonzero / sum(x.size
-                                            for x in jax.tree.leaves(q))
-    mixture = state.mixture
-    out['mixture_means'] = np.asarray(mixture.means).tolist()
-    out['mixture_stds'] = np.sqrt(np.asarray(mixture.variances)).tolist()
-    out['mixture_pis'] = np.asarray(mixture.mixing_proportions).tolist()
-    return out
-
-  return epoch_metrics
+def _mixture_summary(state: gmp_jax.TrainState) -> dict[str, Any]:
+  mixture = state.mixture
+  return {'mixture_means': np.asarray(mixture.means).tolist(),
+          'mixture_stds': np.sqrt(np.asarray(mixture.variances)).tolist(),
+          'mixture_pis': np.asarray(mixture.mixing_proportions).tolist()}
 
 
 def _retrained(ctx: Context):
@@ -285,13 +277,13 @@ def teacher(ctx: Context) -> Record:
   step = gmp_jax.make_train_step(retraining.apply_fn(config.model), tx,
                                  tau=0.0, dataset_size=len(x),
                                  use_prior=False)
-  evaluate = ctx.evaluator(config.model)
   state = _train(ctx, 'teacher', state, step, {'x': x, 'label': y},
                  epochs=tc.epochs, batch_size=tc.batch_size,
-                 eval_fn=lambda s: _test_metrics(evaluate, s.params))
-  test = evaluate(state.params)
+                 eval_fn=ctx.test_set.epoch_metrics(
+                     retraining.apply_fn(config.model), pruned=False))
+  test = ctx.evaluator(config.model)(state.params)
   _save_params(ctx.path('teacher', 'params.gmpz'), state.params)
-  loop.log_info('teacher: test accuracy %.4f', test['accuracy'])
+  monitor.log_info('teacher: test accuracy %.4f', test['accuracy'])
   return {'test_accuracy': test['accuracy'],
           'test_cross_entropy': test['cross_entropy']}
 
@@ -307,17 +299,18 @@ def retrain(ctx: Context) -> Record:
                         teacher_params, ctx.dataset)
   state = gmp_jax.create_train_state(
       params, retraining.init_mixture(params, rc), setup.optimizer)
-  evaluate = ctx.evaluator(student)
   state = _train(ctx, 'retrain', state, setup.train_step, setup.data,
                  epochs=rc.epochs, batch_size=rc.batch_size,
-                 eval_fn=_retrain_epoch_metrics(evaluate))
-  test = evaluate(state.params)
+                 eval_fn=ctx.test_set.epoch_metrics(
+                     retraining.apply_fn(student), pruned=True),
+                 summary_fn=_mixture_summary)
+  test = ctx.evaluator(student)(state.params)
   mixture = state.mixture
   _save_params(ctx.path('retrain', 'state.gmpz'), state.params, metadata={
       'nonzero_means': np.asarray(mixture.nonzero_means),
       'log_precisions': np.asarray(mixture.log_precisions),
       'mixing_logits': np.asarray(mixture.mixing_logits)})
-  loop.log_info('retrain (%s): test accuracy before pruning %.4f', rc.mode,
+  monitor.log_info('retrain (%s): test accuracy before pruning %.4f', rc.mode,
                 test['accuracy'])
   return {'test_accuracy': test['accuracy'], 'student': student,
           'mode': rc.mode}
@@ -338,7 +331,7 @@ def postprocess(ctx: Context) -> Record:
           'mixture_means': np.asarray(merged.means),
           'mixture_variances': np.asarray(merged.variances),
           'mixture_proportions': np.asarray(merged.mixing_proportions)})
-  loop.log_info('postprocess: %d -> %d components, pruned test accuracy '
+  monitor.log_info('postprocess: %d -> %d components, pruned test accuracy '
                 '%.4f', mixture.num_components, merged.num_components,
                 test['accuracy'])
   return {'test_accuracy': test['accuracy'],
@@ -367,13 +360,13 @@ def finetune(ctx: Context) -> Record:
     state = _train(ctx, 'finetune', setup.state, setup.train_step,
                    setup.data, epochs=epochs,
                    batch_size=finetuning.batch_size(config),
-                   eval_fn=lambda s: _test_metrics(
-                       evaluate, finetuning.params_of(s)))
+                   eval_fn=finetuning.epoch_metrics(
+                       ctx.test_set, retraining.apply_fn(student)))
     record['codebook_before'] = np.asarray(setup.state.codebook).tolist()
     record['codebook_after'] = np.asarray(state.codebook).tolist()
     quantized = finetuning.host_params(state)
     record['test_accuracy'] = evaluate(quantized)['accuracy']
-    loop.log_info('finetune: %d epochs, test accuracy %.4f -> %.4f', epochs,
+    monitor.log_info('finetune: %d epochs, test accuracy %.4f -> %.4f', epochs,
                   pruned, record['test_accuracy'])
   gmp_jax.save_compressed(ctx.path('finetune', 'quantized.gmpz'), quantized,
                           codebook_dtype='float32', metadata=meta)
@@ -391,7 +384,7 @@ def cleanup(ctx: Context) -> Record:
   if enabled and isinstance(models.get_model(student), models.SequentialNet):
     quantized, found = cleanup_lib.cleanup(quantized, student)
     record.update(found.to_dict())
-    loop.log_info('%s', found.summary())
+    monitor.log_info('%s', found.summary())
   else:
     record['skipped'] = 'disabled' if not enabled else 'not a SequentialNet'
   gmp_jax.save_compressed(ctx.path('cleanup', 'quantized.gmpz'), quantized,
@@ -445,5 +438,5 @@ def report(ctx: Context) -> Record:
       wall_time_s={'data': ctx.data_seconds, **stage_times},
       figures={k: os.path.relpath(v, workdir) for k, v in figures.items()})
   reporting.write_report(workdir, result, size_report.to_markdown())
-  loop.log_info('done: %s', reporting.summary_line(result))
+  monitor.log_info('done: %s', reporting.summary_line(result))
   return {'report': 'report.json'}

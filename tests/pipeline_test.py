@@ -14,7 +14,7 @@ import pytest
 
 import gmp_jax
 from experiments import data as data_lib
-from experiments import loop
+from experiments import monitor
 from experiments import models
 from experiments import pipeline
 from experiments.configs import mnist as mnist_config
@@ -153,7 +153,7 @@ def test_layerwise_mode(tmp_path):
   report = pipeline.train_and_evaluate(
       _smoke(**{'retrain.mode': 'layerwise'}), str(tmp_path))
   assert report['config']['retrain']['mode'] == 'layerwise'
-  records = loop.MetricsLog(str(tmp_path)).records()
+  records = monitor.MetricsLog(str(tmp_path)).records()
   retrain = [r for r in records if r['stage'] == 'retrain']
   assert retrain and all(f'rel_mse_{n}' in retrain[-1]
                          for n in ('conv1', 'conv2', 'dense1', 'dense2'))
@@ -163,38 +163,6 @@ def test_bad_mode(tmp_path):
   with pytest.raises(ValueError, match='retrain.mode'):
     pipeline.train_and_evaluate(_smoke(**{'retrain.mode': 'bogus'}),
                                 str(tmp_path))
-
-
-def test_non_finite_loss_stops_with_stage_and_step(tmp_path):
-  params = {'w': jax.numpy.ones(3)}
-  mixture = gmp_jax.init_mixture(params, 2)
-  tx = gmp_jax.gmp_optimizer()
-  state = gmp_jax.create_train_state(params, mixture, tx)
-
-  def multi_step(state, data, idx):
-    del data
-    return state, {'loss': np.full((len(idx),), np.nan)}
-
-  ckpts = str(tmp_path / 'checkpoints')
-  with pytest.raises(FloatingPointError, match="'retrain'.*steps 1-"):
-    loop.train_loop(
-        stage='retrain', state=state, multi_step=multi_step,
-        data={'x': np.zeros((16, 1))}, num_epochs=1, batch_size=4, seed=[0],
-        checkpoint_dir=ckpts, steps_per_call=2, checkpoint_every=1,
-        log=loop.MetricsLog(str(tmp_path)))
-  assert not [d for d in os.listdir(ckpts) if d.isdigit()]  # Nothing saved.
-
-
-def test_bad_batch_size(tmp_path):
-  state = gmp_jax.create_train_state(
-      {'w': jax.numpy.ones(3)}, gmp_jax.init_mixture({'w': jax.numpy.ones(3)},
-                                                     2), gmp_jax.gmp_optimizer())
-  with pytest.raises(ValueError, match='batch_size 32 exceeds the 16'):
-    loop.train_loop(
-        stage='teacher', state=state, multi_step=None,
-        data={'x': np.zeros((16, 1))}, num_epochs=1, batch_size=32, seed=[0],
-        checkpoint_dir=str(tmp_path / 'c'), steps_per_call=2,
-        checkpoint_every=1, log=loop.MetricsLog(str(tmp_path)))
 
 
 def test_config_placeholders_and_required_flag(tmp_path):

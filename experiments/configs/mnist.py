@@ -90,8 +90,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       cleanup=True,
   )
 
-  config.steps_per_dispatch = 5  # Train steps per jitted call (unrolled).
-  config.checkpoint_every = 200  # Steps between checkpoints (and epoch ends).
+  # How the train loop runs (experiments/loop.py, LoopOptions).
+  config.loop = dict(
+      # 'unroll' (steps as straight-line code) or 'scan'; None = 'unroll' on
+      # CPU, 'scan' on GPU and TPU.
+      kind=config_dict.placeholder(str),
+      # Train steps per compiled call; None = 5 unrolled, a whole epoch
+      # scanned.
+      steps_per_call=config_dict.placeholder(int),
+      # Host syncs (metrics, NaN check, progress) also every this many
+      # steps; None = at epoch ends only.
+      log_every_steps=config_dict.placeholder(int),
+      checkpoint_interval_s=60.0,  # At a host sync, and at the stage's end.
+      eval_every_epochs=1,  # Test metrics at epoch ends; None = never.
+  )
   config.eval_batch_size = 1000
 
   if arg == 'smoke':
@@ -104,8 +116,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.retrain.batch_size = 64
     config.retrain.num_components = 5
     config.retrain.tau = 1e-4
-    config.steps_per_dispatch = 4
-    config.checkpoint_every = 4
+    config.loop.steps_per_call = 4
+    config.loop.checkpoint_interval_s = 0.0  # At every epoch end.
     config.eval_batch_size = 256
   elif arg:
     raise ValueError(f'Unknown config argument {arg!r}; expected "smoke".')
