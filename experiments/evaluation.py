@@ -104,7 +104,8 @@ class TestSet:
         q = gmp_jax.quantize(state.params, state.mixture)
         totals = self.totals(eval_step, q, x, labels)
         out['test_pruned_accuracy'] = (
-            totals['correct'] / totals['count'].astype(jnp.float32))
+            totals['correct'].astype(jnp.float32)
+            / totals['count'].astype(jnp.float32))
         leaves = jax.tree.leaves(q)
         nonzero = sum(jnp.count_nonzero(w) for w in leaves)
         out['nonzero_fraction'] = nonzero / sum(w.size for w in leaves)
@@ -124,5 +125,5 @@ def summarize(totals: Totals) -> dict[str, float]:
 def device_summary(totals: Totals, prefix: str = 'test_') -> Totals:
   """`summarize` on the device, for per-epoch metrics (float32)."""
   count = totals['count'].astype(jnp.float32)
-  return {f'{prefix}accuracy': totals['correct'] / count,
+  return {f'{prefix}accuracy': totals['correct'].astype(jnp.float32) / count,
           f'{prefix}cross_entropy': totals['cross_entropy_sum'] / count}

@@ -249,9 +249,10 @@ def create_codebook_state(codebook: jax.Array, indices,
   expand_codebook(codebook, indices)  # Validates the indices.
   if frozen is not None:
     frozen = frozen_leaves(frozen, indices)
+  with jax.numpy_dtype_promotion('standard'):  # As in `make_codebook_step`.
+    opt_state = optimizer.init(jnp.asarray(codebook))
   return CodebookState(step=jnp.zeros((), jnp.int32),
-                       codebook=jnp.asarray(codebook),
-                       opt_state=optimizer.init(jnp.asarray(codebook)),
+                       codebook=jnp.asarray(codebook), opt_state=opt_state,
                        indices=indices, frozen=frozen)
 
 
@@ -311,8 +312,12 @@ def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
 
   def codebook_step(state: CodebookState, batch: Batch):
     (_, metrics), grad = grad_fn(state.codebook, state, batch)
-    updates, opt_state = optimizer.update(grad, state.opt_state,
-                                          state.codebook)
+    # optax relies on implicit promotion (Adam's bias correction raises a
+    # float to an int32 count): trace it under the standard rules so that
+    # the step also runs where promotion is 'strict'.
+    with jax.numpy_dtype_promotion('standard'):
+      updates, opt_state = optimizer.update(grad, state.opt_state,
+                                            state.codebook)
     codebook = optax.apply_updates(state.codebook, updates)
     return state._replace(step=state.step + 1, codebook=codebook,
                           opt_state=opt_state), metrics

@@ -13,8 +13,8 @@ D_IN, D_HID, D_OUT, BATCH = 12, 9, 4, 32
 
 
 def _apply(params, x):
-  h = jax.nn.relu(x @ params['l1']['kernel'] + params['l1']['bias'])
-  return h @ params['l2']['kernel'] + params['l2']['bias']
+  h = jax.nn.relu(x @ params['l1']['kernel'] + params['l1']['bias'][None])
+  return h @ params['l2']['kernel'] + params['l2']['bias'][None]
 
 
 def _params(seed=0):
