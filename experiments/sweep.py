@@ -193,8 +193,15 @@ def share_teacher(source: str, workdir: str, config) -> None:
   metrics_src = os.path.join(source, 'metrics.jsonl')
   metrics_dst = os.path.join(workdir, 'metrics.jsonl')
   if os.path.exists(metrics_src) and not os.path.exists(metrics_dst):
+    lines = []
     with open(metrics_src) as f:
-      lines = [line for line in f if '"stage": "teacher"' in line]
+      for line in f:
+        try:
+          if json.loads(line).get('stage') == 'teacher':
+            lines.append(line if line.endswith('\n') else line + '\n')
+        except (json.JSONDecodeError, AttributeError):
+          continue  # A line cut short by a kill.
+
     fileio.write_atomic(metrics_dst, ''.join(lines))
   fileio.write_json_atomic(os.path.join(dst, 'source.json'), {
       'source': os.path.abspath(source), 'teacher_key': want})
