@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -232,6 +233,10 @@ def main(argv: list[str]) -> int:
   """Prints what the cleanup removes from compressed model files.
 
     python -m experiments.cleanup results/mnist/model.gmpz [...]
+
+  Also the file's size as it is, re-encoded in the current format with the
+  model name as its only metadata (what the pipeline's save stage writes),
+  and the same after the cleanup.
   """
   from gmp_jax import codec  # pylint: disable=import-outside-toplevel
   if len(argv) < 2:
@@ -240,9 +245,16 @@ def main(argv: list[str]) -> int:
   for path in argv[1:]:
     params, metadata = codec.load_compressed(path, with_metadata=True)
     model = (metadata or {}).get('model', 'poster')
-    _, report = cleanup(params, model)
+    cleaned, report = cleanup(params, model)
     print(f'{path} ({model}):')
     print(report.summary())
+    lean = {'model': model}
+    sizes = (os.path.getsize(path),
+             len(codec.to_bytes(params, metadata=lean)),
+             len(codec.to_bytes(cleaned, metadata=lean)))
+    print(f'  file: {sizes[0]:,} bytes as committed; format version '
+          f'{codec.FORMAT_VERSION} with only the model name: {sizes[1]:,}; '
+          f'after the cleanup: {sizes[2]:,}')
   return 0
 
 
