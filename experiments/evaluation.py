@@ -103,12 +103,11 @@ class TestSet:
       if pruned:
         q = gmp_jax.quantize(state.params, state.mixture)
         totals = self.totals(eval_step, q, x, labels)
-        out['test_pruned_accuracy'] = (
-            totals['correct'].astype(jnp.float32)
-            / totals['count'].astype(jnp.float32))
+        out['test_pruned_accuracy'] = device_summary(totals)['test_accuracy']
         leaves = jax.tree.leaves(q)
         nonzero = sum(jnp.count_nonzero(w) for w in leaves)
-        out['nonzero_fraction'] = nonzero / sum(w.size for w in leaves)
+        out['nonzero_fraction'] = (nonzero.astype(jnp.float32)
+                                   / sum(w.size for w in leaves))
       return out
 
     compiled = gmp_jax.compile_step(metrics)
@@ -126,4 +125,5 @@ def device_summary(totals: Totals, prefix: str = 'test_') -> Totals:
   """`summarize` on the device, for per-epoch metrics (float32)."""
   count = totals['count'].astype(jnp.float32)
   return {f'{prefix}accuracy': totals['correct'].astype(jnp.float32) / count,
-          f'{prefix}cross_entropy': totals['cross_entropy_sum'] / count}
+          f'{prefix}cross_entropy': (
+              totals['cross_entropy_sum'].astype(jnp.float32) / count)}

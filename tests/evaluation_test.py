@@ -22,7 +22,7 @@ def _problem(seed=0):
 
 
 def _apply(params, x):
-  return x @ params['w'] + params['b']
+  return x @ params['w'] + params['b'][None, :]
 
 
 def _numpy_metrics(params, x, labels):
