@@ -1077,11 +1077,9 @@ def _read_record(r: _Reader2, dtype: np.dtype, shape: tuple[int, ...],
         np.frombuffer(r.take((table.size + 7) // 8), np.uint8),
         count=table.size, bitorder='little').astype(bool)
     plan.codebook = table[selected]
-    overhead = 0
   else:
     k = r.varint()
-    overhead = r.pos - cb_start
-    cb_start = r.pos
+    cb_start = r.pos  # The varint K counts as overhead.
     if not 1 <= k <= _MAX_CODEBOOK:
       raise CorruptFileError(f'bad codebook size {k}')
     plan.codebook = _from_le(r.take(k * uint.itemsize), uint, k)
@@ -1114,7 +1112,6 @@ def _read_record(r: _Reader2, dtype: np.dtype, shape: tuple[int, ...],
               position_bits=8 * (r.pos - pos_start),
               overhead_bits=8 * (pos_start - start - (table_bits
                                                       + codebook_bits) // 8))
-  del overhead
   return plan
 
 
@@ -1218,7 +1215,6 @@ def _from_bytes_v2(data: memoryview) -> CompressedFile:
     n_params = len(plans)
     meta = node((), True)
     for part in (plans[:n_params], plans[n_params:]):
-      start = r.pos
       n_words = r.varint()
       words = _from_le(r.take(4 * n_words), np.dtype(np.uint32), n_words)
       dec = _ans.StreamDecoder(words)
@@ -1232,7 +1228,6 @@ def _from_bytes_v2(data: memoryview) -> CompressedFile:
       if coded:
         coded[-1].info['overhead_bits'] = (
             coded[-1].info.get('overhead_bits', 0) + flush)
-      del start
     if r.pos != len(r.buf):
       raise CorruptFileError('file has trailing bytes before the checksums')
   except _ans.DecodeError as e:
