@@ -82,8 +82,8 @@ def compare_coders(params: dict) -> list[dict]:
              'indices': report.entropy_bits(counts)}
   streams = {'positions': (mask.astype(np.int32), np.array([n - nnz, nnz])),
              'indices': (idx.astype(np.int32), counts)}
-  table_bytes = next(i.table_bytes for i in codec.from_bytes(
-      codec.to_bytes({'x': x})).leaves)  # The counts table, as stored.
+  table_bytes = next(i.table_bits for i in codec.from_bytes(
+      codec.to_bytes({'x': x})).leaves) // 8  # The counts table, as stored.
   rows = []
 
   def add(coder, stream, bits, enc, dec):

@@ -1,8 +1,18 @@
-"""Prints the README's results table from committed report.json files.
+"""Prints the README's comparison tables from committed report.json files.
 
+  python -m experiments.compare
   python -m experiments.compare results/mnist results/mnist_layerwise
 
-Columns: the poster's published figures, then one per run directory.
+Without arguments: the literature table, one row per published method (the
+anchors of each benchmark) beside one row per committed run of that net
+(`results/lenet300`, `results/lenet5`, `results/mnist`; missing runs are
+listed as not run). Our rows give both test errors (uncompressed teacher ->
+compressed model) and the three compression figures: CR_file (32 bits x
+parameters / bits of the real file), CR_Han (Deep Compression's analytic
+storage count) and |W| / |W!=0|. A published figure sits in the column of
+what it counts: real bitstreams under CR_file, analytic counts under CR_Han.
+
+With run directories: the poster's Tables 1 and 2 beside each run.
 """
 
 from __future__ import annotations
@@ -20,6 +30,12 @@ def _pct(x, digits=2):
   return f'{100 * x:.{digits}f}%'
 
 
+def _final_accuracy(report) -> float:
+  """Test accuracy of the model in the compressed file."""
+  t2 = report['table2']
+  return t2.get('finetuned', t2['pruned'])
+
+
 def table(run_dirs: list[str]) -> str:
   reports = [json.load(open(os.path.join(d, 'report.json')))
              for d in run_dirs]
@@ -32,7 +48,7 @@ def table(run_dirs: list[str]) -> str:
       ['Retrained accuracy', _pct(POSTER['retrained'])]
       + [_pct(r['table2']['retrained']) for r in reports],
       ['**Pruned accuracy**', _pct(POSTER['pruned'])]
-      + [f"**{_pct(r['table2']['pruned'])}**" for r in reports],
+      + [f"**{_pct(_final_accuracy(r))}**" for r in reports],
       ['Sparsity (total)', _pct(POSTER['sparsity'], 1)]
       + [_pct(r['table1'][-1]['sparsity']) for r in reports],
       ['Non-zero weights', f"{642460 - round(POSTER['sparsity'] * 642460):,}"
@@ -58,10 +74,118 @@ def table(run_dirs: list[str]) -> str:
   return '\n'.join(lines)
 
 
+# Published anchors (Ullrich et al. 2017, Table 1; Oktay et al. 2020;
+# Louizos et al. 2017; Havasi et al. 2019; the poster; the Keras tutorial of
+# soft weight-sharing). `counts` says what the compression figure counts and
+# so which of our columns it belongs to: 'file' -> CR_file, 'analytic' ->
+# CR_Han, 'sparsity' -> |W| / |W!=0|.
+ANCHORS = {
+    'lenet300': [
+        dict(method='SWS (Ullrich et al. 2017)', error=0.0194,
+             compression=64, counts='analytic', note='Han-style'),
+        dict(method='EPR (Oktay et al. 2020)', error=0.019, compression=124,
+             counts='file', file='8.56 KB', note='real bitstream'),
+    ],
+    'lenet5': [
+        dict(method='SWS (Ullrich et al. 2017)', error=0.0097,
+             compression=162, counts='analytic', note='Han-style'),
+        dict(method='Bayesian Compression (Louizos et al. 2017)',
+             error=0.010, compression=419, counts='analytic',
+             note='analytic'),
+        dict(method='EPR (Oktay et al. 2020)', error=0.010, compression=606,
+             counts='file', file='2.84 KB', note='real bitstream'),
+        dict(method='MIRACLE (Havasi et al. 2019)', error=0.0096,
+             compression=1110, counts='file', file='1.52 kB',
+             note='encoded length'),
+    ],
+    'poster': [
+        dict(method='SWS poster (Ullrich et al.)',
+             error=1 - POSTER['pruned'],
+             error_reference=1 - POSTER['original'],
+             compression=1 / (1 - POSTER['sparsity']), counts='sparsity',
+             note='non-zero count'),
+        dict(method='SWS Keras tutorial', error=1 - 0.9902,
+             compression=1 / 0.0743, counts='sparsity',
+             note='non-zero count'),
+    ],
+}
+NETS = {
+    'lenet300': ('LeNet-300-100', 266_610, 'results/lenet300'),
+    'lenet5': ('LeNet-5-Caffe', 431_080, 'results/lenet5'),
+    'poster': ('Poster net', 642_460, 'results/mnist'),
+}
+COLUMNS = {'file': 'cr_file', 'analytic': 'cr_han', 'sparsity': 'sparsity'}
+
+
+def _x(value) -> str:
+  return 'n/a' if value is None else f'{value:.1f}x'
+
+
+def literature_rows(net: str, run_dir: str | None) -> list[list[str]]:
+  """Table rows of one net: its anchors, then our run (or 'not run')."""
+  name, params, default_dir = NETS[net]
+  run_dir = default_dir if run_dir is None else run_dir
+  rows = []
+  for a in ANCHORS[net]:
+    cells = {'cr_file': 'n/a', 'cr_han': 'n/a', 'sparsity': 'n/a'}
+    cells[COLUMNS[a['counts']]] = _x(a['compression'])
+    reference = a.get('error_reference')
+    rows.append([name, a['method'],
+                 'n/a' if reference is None else _pct(reference),
+                 _pct(a['error']),
+                 cells['cr_file'], cells['cr_han'], cells['sparsity'],
+                 a.get('file', 'n/a'),
+                 a['note']])
+  path = os.path.join(run_dir, 'report.json')
+  if not os.path.exists(path):
+    rows.append([name, f'gmp_jax (`{run_dir}`)', 'not run', 'not run',
+                 'n/a', 'n/a', 'n/a', 'n/a', ''])
+    return rows
+  with open(path) as f:
+    r = json.load(f)
+  n = r['table1'][-1]['parameters']
+  if n != params:
+    raise ValueError(f'{path}: {n:,} parameters, {name} has {params:,}.')
+  rows.append([
+      name, f'**gmp_jax** (`{run_dir}`)', _pct(1 - r['table2']['original']),
+      f"**{_pct(1 - _final_accuracy(r))}**", f"**{_x(r['cr_file'])}**",
+      _x(r['cr_han']), _x(1 / r['nonzero_fraction']),
+      f"{r['file_bytes']:,} B", 'real file; all three counts'])
+  return rows
+
+
+def literature_table(run_dirs: dict[str, str] | None = None) -> str:
+  """The anchors of issue-style benchmarks beside our committed runs.
+
+  Args:
+    run_dirs: `{net: directory}` overriding `NETS`' defaults, for nets in
+      'lenet300', 'lenet5', 'poster'.
+
+  Returns:
+    A Markdown table.
+  """
+  run_dirs = dict(run_dirs or {})
+  unknown = set(run_dirs) - set(NETS)
+  if unknown:
+    raise ValueError(f'unknown nets {sorted(unknown)}; expected {list(NETS)}')
+  head = ['Net', 'Method', 'Error (uncompressed)', 'Error (compressed)',
+          'CR_file (real bytes)', 'CR_Han (analytic)',
+          '\\|W\\| / \\|W≠0\\|', 'File', 'Published figure counts']
+  lines = ['| ' + ' | '.join(head) + ' |',
+           '|---|---|' + '---:|' * (len(head) - 3) + '---|']
+  for net in NETS:
+    lines += ['| ' + ' | '.join(row) + ' |'
+              for row in literature_rows(net, run_dirs.get(net))]
+  return '\n'.join(lines)
+
+
 def main(argv: list[str]) -> int:
-  if len(argv) < 2:
+  if len(argv) >= 2 and argv[1] in ('-h', '--help'):
     print(__doc__)
-    return 2
+    return 0
+  if len(argv) < 2:
+    print(literature_table())
+    return 0
   print(table(argv[1:]))
   return 0
 

@@ -2,7 +2,9 @@
 
 teacher -> retrain with the mixture prior (`experiments.retraining.MODES`:
 end-to-end distillation, or layer-wise as in Figure 1) -> post-process
-(merge, prune, quantise) -> save the compressed file -> report (tables,
+(merge, prune, quantise) -> fine-tune the codebook (optional,
+`experiments.finetuning`) -> lossless structural cleanup
+(`experiments.cleanup`) -> save the compressed file -> report (tables,
 figures).
 
 `STAGES` maps each stage's name to a function `stage(ctx) -> record` that
@@ -18,6 +20,9 @@ workdir, so a skipped stage needs nothing but its files:
   retrain/state.gmpz           retrained weights + mixture (metadata)
   retrain/checkpoints/
   postprocess/quantized.gmpz   merged, pruned, quantised weights + mixture
+  finetune/quantized.gmpz      the same with fine-tuned shared values
+  finetune/checkpoints/
+  cleanup/quantized.gmpz       the same without dead and unread units
   model.gmpz                   the compressed file
   report.json, report.md, figures/, metrics.jsonl
 
@@ -42,8 +47,10 @@ import optax
 
 import gmp_jax
 from gmp_jax import fileio
+from experiments import cleanup as cleanup_lib
 from experiments import data as data_lib
 from experiments import evaluation
+from experiments import finetuning
 from experiments import loop
 from experiments import models
 from experiments import monitor
@@ -180,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        ) -> dict[str, Any]:
   """Runs every stage; returns the report (also written to the workdir)."""
   retraining.check_config(config)
+  finetuning.epochs(config)  # Rejects a bad value before any training.
   os.makedirs(workdir, exist_ok=True)
   ctx = Context(config, workdir, timer or monitor.StageTimer())
   for name in STAGES:
@@ -218,9 +226,8 @@ def _flat(params) -> np.ndarray:
                          for x in jax.tree.leaves(params)])
 
 
-def _train(ctx: Context, name: str, state: gmp_jax.TrainState, train_step,
-           data, *, epochs: int, batch_size: int, eval_fn, summary_fn=None
-           ) -> gmp_jax.TrainState:
+def _train(ctx: Context, name: str, state, train_step, data, *, epochs: int,
+           batch_size: int, eval_fn, summary_fn=None):
   config = ctx.config
   data = ctx.timer.run(name, 'data', jax.device_put, data)
   return loop.train_loop(
@@ -332,14 +339,66 @@ def postprocess(ctx: Context) -> Record:
           'components_after_merge': merged.num_components}
 
 
+@stage('finetune', outputs=('finetune/quantized.gmpz',))
+def finetune(ctx: Context) -> Record:
+  """Trains the shared values, mask and assignment fixed (optional)."""
+  config = ctx.config
+  epochs = finetuning.epochs(config)
+  student = ctx.results['retrain']['student']
+  quantized, meta = gmp_jax.load_compressed(
+      ctx.path('postprocess', 'quantized.gmpz'), with_metadata=True)
+  pruned = ctx.results['postprocess']['test_accuracy']
+  record = {'epochs': epochs, 'pruned_accuracy': pruned,
+            'test_accuracy': pruned}
+  if epochs and not any(np.any(x) for x in jax.tree.leaves(quantized)):
+    record['epochs'], record['skipped'] = 0, 'no non-zero weight'
+  elif epochs:
+    teacher_params, _ = _load(ctx.path('teacher', 'params.gmpz'))
+    setup = ctx.timer.run('finetune', 'data', finetuning.setup, config,
+                          student, quantized, teacher_params, ctx.dataset)
+    evaluate = ctx.evaluator(student)
+    state = _train(ctx, 'finetune', setup.state, setup.train_step,
+                   setup.data, epochs=epochs,
+                   batch_size=finetuning.batch_size(config),
+                   eval_fn=finetuning.epoch_metrics(
+                       ctx.test_set, retraining.apply_fn(student)))
+    record['codebook_before'] = np.asarray(setup.state.codebook).tolist()
+    record['codebook_after'] = np.asarray(state.codebook).tolist()
+    quantized = finetuning.host_params(state)
+    record['test_accuracy'] = evaluate(quantized)['accuracy']
+    monitor.log_info('finetune: %d epochs, test accuracy %.4f -> %.4f', epochs,
+                  pruned, record['test_accuracy'])
+  gmp_jax.save_compressed(ctx.path('finetune', 'quantized.gmpz'), quantized,
+                          codebook_dtype='float32', metadata=meta)
+  return record
+
+
+@stage('cleanup', outputs=('cleanup/quantized.gmpz',))
+def cleanup(ctx: Context) -> Record:
+  """Zeroes the weights of dead and unread units (predictions unchanged)."""
+  student = ctx.results['retrain']['student']
+  quantized, meta = gmp_jax.load_compressed(
+      ctx.path('finetune', 'quantized.gmpz'), with_metadata=True)
+  record = {'test_accuracy': ctx.results['finetune']['test_accuracy']}
+  enabled = ctx.config.postprocess.get('cleanup', True)
+  if enabled and isinstance(models.get_model(student), models.SequentialNet):
+    quantized, found = cleanup_lib.cleanup(quantized, student)
+    record.update(found.to_dict())
+    monitor.log_info('%s', found.summary())
+  else:
+    record['skipped'] = 'disabled' if not enabled else 'not a SequentialNet'
+  gmp_jax.save_compressed(ctx.path('cleanup', 'quantized.gmpz'), quantized,
+                          codebook_dtype='float32', metadata=meta)
+  return record
+
+
 @stage('save', outputs=(COMPRESSED_FILE,))
 def save(ctx: Context) -> Record:
-  """The compressed file, with the model name and the final mixture."""
-  quantized, mixture = gmp_jax.load_compressed(
-      ctx.path('postprocess', 'quantized.gmpz'), with_metadata=True)
-  metadata = {'model': ctx.results['retrain']['student'], **mixture}
+  """The compressed file, with the model name as its only metadata."""
+  quantized = gmp_jax.load_compressed(ctx.path('cleanup', 'quantized.gmpz'))
   file_bytes = gmp_jax.save_compressed(
-      ctx.path(COMPRESSED_FILE), quantized, metadata=metadata,
+      ctx.path(COMPRESSED_FILE), quantized,
+      metadata={'model': ctx.results['retrain']['student']},
       codebook_dtype=ctx.config.postprocess.codebook_dtype)
   return {'compressed_file': COMPRESSED_FILE, 'file_bytes': file_bytes}
 
@@ -351,9 +410,10 @@ def report(ctx: Context) -> Record:
   config, workdir = ctx.config, ctx.workdir
   teacher_params, _ = _load(ctx.path('teacher', 'params.gmpz'))
   _, retrained, _ = _retrained(ctx)
-  # The float32 quantised weights, as the tables always showed them.
+  # The float32 weights of the compressed file, as the tables always showed
+  # them, and the merged mixture.
   quantized, meta = gmp_jax.load_compressed(
-      ctx.path('postprocess', 'quantized.gmpz'), with_metadata=True)
+      ctx.path('cleanup', 'quantized.gmpz'), with_metadata=True)
   fig_dir = ctx.path('figures')
   figures = {
       'retraining_clustering': plots.plot_retraining_clustering(

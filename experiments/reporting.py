@@ -50,11 +50,20 @@ def build_report(*, config: ml_collections.ConfigDict,
   totals = size['totals']
   rows = table1(quantized)
   post = results['postprocess']
+  table2 = {'original': results['teacher']['test_accuracy'],
+            'retrained': results['retrain']['test_accuracy'],
+            'pruned': post['test_accuracy']}
+  finetune = results.get('finetune') or {}
+  if finetune.get('epochs'):
+    table2['finetuned'] = finetune['test_accuracy']
+  extra = {}
+  if 'cleanup' in results:
+    extra['cleanup'] = {k: v for k, v in results['cleanup'].items()
+                        if k != 'wall_time_s'}
   return {
       'table1': rows,
-      'table2': {'original': results['teacher']['test_accuracy'],
-                 'retrained': results['retrain']['test_accuracy'],
-                 'pruned': post['test_accuracy']},
+      'table2': table2,
+      **extra,
       'student': results['retrain']['student'],
       'compressed_file': compressed_file,
       'file_bytes': totals['file_bytes'],
@@ -84,10 +93,14 @@ def markdown(report: Mapping[str, Any], size_markdown: str) -> str:
     name = '**Total**' if r['layer'] == 'total' else r['layer']
     lines.append(f"| {name} | {shape} | {r['parameters']:,} | "
                  f"{100 * r['sparsity']:.2f}% | {r['distinct_values']} |")
+  tuned = 'finetuned' in t2
   lines += ['', '## Table 2: test accuracy', '',
-            '| | Original | Retrained | Pruned |', '|---|---:|---:|---:|',
+            '| | Original | Retrained | Pruned |'
+            + (' Fine-tuned |' if tuned else ''),
+            '|---|---:|---:|---:|' + ('---:|' if tuned else ''),
             f"| Accuracy | {100 * t2['original']:.2f}% | "
-            f"{100 * t2['retrained']:.2f}% | {100 * t2['pruned']:.2f}% |", '',
+            f"{100 * t2['retrained']:.2f}% | {100 * t2['pruned']:.2f}% |"
+            + (f" {100 * t2['finetuned']:.2f}% |" if tuned else ''), '',
             '## Compressed file', '',
             f"`{report['compressed_file']}`: {report['file_bytes']:,} bytes, "
             f"CR_file {fmt(report['cr_file'], '.1f')}x, "
@@ -103,7 +116,10 @@ def markdown(report: Mapping[str, Any], size_markdown: str) -> str:
 
 def summary_line(report: Mapping[str, Any]) -> str:
   """One line for the log: pruned accuracy, non-zeros, file size."""
-  return (f"pruned accuracy {100 * report['table2']['pruned']:.2f}%, "
+  t2 = report['table2']
+  tuned = (f", fine-tuned {100 * t2['finetuned']:.2f}%"
+           if 'finetuned' in t2 else '')
+  return (f"pruned accuracy {100 * t2['pruned']:.2f}%{tuned}, "
           f"non-zero {100 * report['nonzero_fraction']:.3f}%, "
           f"{report['file_bytes']:,} bytes "
           f"(CR_file {fmt(report['cr_file'], '.1f')}x)")

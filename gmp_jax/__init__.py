@@ -2,14 +2,20 @@
 
 The pipeline, module by module: prior (Gaussian-mixture prior) -> losses
 (distillation, eq. 1 objective) -> optim (partitioned optax) -> train (pure
-steps, `compile_step`) -> quantize (merge, prune, quantise) -> codec
-(compressed file) -> report (Table 1 and true size). `fileio` holds the
-atomic writer every file goes through.
+steps, `compile_step`) -> quantize (merge, prune, quantise) -> finetune
+(train the shared values, assignment fixed) -> codec (compressed file) ->
+report (Table 1 and true size). `fileio` holds the atomic writer every file
+goes through.
 """
 
 from gmp_jax.codec import CorruptFileError
 from gmp_jax.codec import load_compressed
 from gmp_jax.codec import save_compressed
+from gmp_jax.finetune import codebook_from_quantized
+from gmp_jax.finetune import CodebookState
+from gmp_jax.finetune import create_codebook_state
+from gmp_jax.finetune import expand_codebook
+from gmp_jax.finetune import make_codebook_step
 from gmp_jax.losses import cross_entropy_loss
 from gmp_jax.losses import distillation_loss
 from gmp_jax.losses import gmp_objective
@@ -41,14 +47,18 @@ __version__ = '0.1.0'
 # Sorted case-insensitively.
 __all__ = (
     'assign',
+    'codebook_from_quantized',
+    'CodebookState',
     'compile_step',
     'complexity_loss',
     'compression_report',
     'CorruptFileError',
+    'create_codebook_state',
     'create_train_state',
     'cross_entropy_loss',
     'distillation_loss',
     'evaluate',
+    'expand_codebook',
     'GaussianMixture',
     'gmp_objective',
     'gmp_optimizer',
@@ -57,6 +67,7 @@ __all__ = (
     'init_mixture',
     'kl_distillation_loss',
     'load_compressed',
+    'make_codebook_step',
     'make_eval_step',
     'make_multi_step',
     'make_train_step',

@@ -65,3 +65,91 @@ def decode(words: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
   if not empty:
     raise DecodeError('stream has unused words')
   return symbols
+
+
+# ------------------------------------------------------- chained streams ---
+# Format version 2 codes every symbol of a file (of its params, and
+# separately of its metadata) in ONE coder: chunks under different models,
+# categorical (integer counts) or Bernoulli (one probability per symbol),
+# follow each other. One stream pays the coder's flush once instead of once
+# per leaf.
+
+
+def _bernoulli():
+  return constriction.stream.model.Bernoulli(perfect=False)
+
+
+class StreamEncoder:
+  """Collects chunks of symbols; `words()` codes them to decode in order."""
+
+  def __init__(self):
+    self._chunks = []
+
+  def categorical(self, symbols: np.ndarray, counts: np.ndarray) -> None:
+    """Symbols in {0..K-1} under the static model of integer `counts`."""
+    symbols = np.asarray(symbols).astype(np.int32, copy=False).reshape(-1)
+    if symbols.size:
+      self._chunks.append((symbols, _model(counts), None))
+
+  def bernoulli(self, bits: np.ndarray, p: np.ndarray) -> None:
+    """Bits in {0, 1}, bit i being 1 with probability `p[i]` (float64)."""
+    bits = np.asarray(bits).astype(np.int32, copy=False).reshape(-1)
+    p = np.asarray(p, np.float64).reshape(-1)
+    if bits.shape != p.shape:
+      raise ValueError(f'{bits.size} bits but {p.size} probabilities')
+    if bits.size:
+      self._chunks.append((bits, _bernoulli(), p))
+
+  def words(self) -> np.ndarray:
+    """The uint32 words of every chunk (the last chunk is coded first)."""
+    coder = constriction.stream.stack.AnsCoder()
+    for symbols, model, params in reversed(self._chunks):
+      if params is None:
+        coder.encode_reverse(symbols, model)
+      else:
+        coder.encode_reverse(symbols, model, params)
+    return coder.get_compressed().astype(np.uint32, copy=False)
+
+
+class StreamDecoder:
+  """Decodes the chunks of a `StreamEncoder` in order.
+
+  `bits_read` is the number of bits the chunks decoded so far have taken
+  from the stream (its decrease in `num_valid_bits`); after `finish`,
+  `32 * len(words) - bits_read` bits were the coder's flush.
+  """
+
+  def __init__(self, words: np.ndarray):
+    self.num_words = int(np.size(words))
+    try:
+      self._coder = constriction.stream.stack.AnsCoder(
+          np.asarray(words, np.uint32))
+      self._start = self._coder.num_valid_bits()
+    except Exception as e:  # The coder raises its own types on bad input.
+      raise DecodeError(f'undecodable stream: {e}') from e
+
+  @property
+  def bits_read(self) -> int:
+    return int(self._start - self._coder.num_valid_bits())
+
+  def categorical(self, counts: np.ndarray, n: int) -> np.ndarray:
+    if n == 0:
+      return np.zeros(0, np.int32)
+    try:
+      return self._coder.decode(_model(counts), n)
+    except Exception as e:
+      raise DecodeError(f'undecodable stream: {e}') from e
+
+  def bernoulli(self, p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, np.float64).reshape(-1)
+    if not p.size:
+      return np.zeros(0, np.int32)
+    try:
+      return self._coder.decode(_bernoulli(), p)
+    except Exception as e:
+      raise DecodeError(f'undecodable stream: {e}') from e
+
+  def finish(self) -> None:
+    """Raises `DecodeError` unless every word was used."""
+    if not self._coder.is_empty():
+      raise DecodeError('stream has unused words')

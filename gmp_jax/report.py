@@ -379,10 +379,10 @@ def compression_report(params=None, path=None, *, codebook_dtype='float32',
     rows.append(LeafRow(
         name=info.name, shape=tuple(x.shape), dtype=info.dtype,
         storage=info.kind, parameters=int(x.size), nonzeros=nnz,
-        distinct=distinct, position_bits=8 * info.position_bytes,
-        index_bits=8 * (info.index_bytes + info.table_bytes),
-        codebook_bits=8 * info.codebook_bytes, raw_bits=8 * info.raw_bytes,
-        overhead_bits=8 * info.overhead_bytes,
+        distinct=distinct, position_bits=info.position_bits,
+        index_bits=info.index_bits + info.table_bits,
+        codebook_bits=info.codebook_bits, raw_bits=info.raw_bits,
+        overhead_bits=info.overhead_bits,
         position_entropy_bits=(entropy_bits([x.size - nnz, nnz])
                                if coded else None),
         index_entropy_bits=entropy_bits(counts) if coded else None,
@@ -390,8 +390,8 @@ def compression_report(params=None, path=None, *, codebook_dtype='float32',
   return CompressionReport(
       rows=tuple(rows), file_bytes=decoded.file_bytes,
       header_bytes=decoded.header_bytes,
-      metadata_bytes=sum(i.total_bytes for i in decoded.leaves
-                         if i.is_metadata))
+      metadata_bytes=sum(i.total_bits for i in decoded.leaves
+                         if i.is_metadata) // 8)
 
 
 def _leaves(tree) -> list[np.ndarray]:

@@ -1,0 +1,335 @@
+"""Codebook fine-tuning: train the shared values, mask and assignment fixed.
+
+After quantisation every covered weight is one entry of a small codebook,
+
+  w_i = c[a_i],   c = (0, c_1, ..., c_K),   a_i in {0, ..., K},
+
+where a_i = 0 marks a pruned weight and c_0 = 0 is a constant, not a
+parameter. With the assignment a fixed, the loss is a function of the K
+shared values alone and, by the chain rule,
+
+  dL/dc_k = sum_{i : a_i = k} dL/dw_i,
+
+the sum of the gradients of the weights that share value k. Writing the
+expansion as a gather (`expand_codebook`) makes `jax.grad` with respect to
+the codebook compute exactly this sum (the gather's transpose is a
+scatter-add). Pruned weights read the constant c_0 and stay exactly zero,
+every fine-tuned tree has the same zero pattern and at most K distinct
+non-zero values, and the compressed file keeps its position and index
+streams: only the K codebook values change.
+
+The functions follow the library's constructor style:
+
+>>> codebook, indices, mask = codebook_from_quantized(quantized)
+>>> state = create_codebook_state(codebook, indices, optax.adam(1e-4),
+...                               frozen=quantized)
+>>> step = compile_step(make_codebook_step(apply_fn, optax.adam(1e-4)))
+>>> state, metrics = step(state, {'x': x, 'teacher_logits': t})
+>>> params = expand_codebook(state.codebook, state.indices, state.frozen)
+
+Reference: Han, Mao & Dally, "Deep Compression", ICLR 2016, section 3.3
+(centroid fine-tuning by summed gradients); Ullrich, Meeds & Welling, ICLR
+2017 (the quantised mixture whose means form the codebook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gmp_jax import losses
+from gmp_jax import prior as prior_lib
+from gmp_jax import train as train_lib
+
+Batch = train_lib.Batch
+DataLossFn = train_lib.DataLossFn
+
+# A quantised tree has a handful of distinct values; more than this many
+# means the tree was not quantised (e.g. the retrained weights were passed).
+DEFAULT_MAX_CODEBOOK = 4096
+
+
+class CodebookState(NamedTuple):
+  """Everything a codebook step reads; a pytree, so it checkpoints as is.
+
+  Attributes:
+    step: number of steps taken.
+    codebook: (K,) the shared non-zero values c_1..c_K (trained).
+    opt_state: the optimiser state of `codebook`.
+    indices: tree like the params; int32 arrays a_i in {0..K} (0 = pruned)
+      for the coded leaves, None for the others (fixed).
+    frozen: tree like the params; the leaves that are not coded (returned
+      unchanged by `expand_codebook`), None for the coded ones.
+  """
+  step: jax.Array
+  codebook: jax.Array
+  opt_state: optax.OptState
+  indices: Any
+  frozen: Any
+
+
+def _is_none(x) -> bool:
+  return x is None
+
+
+def _covered_paths(params, mixture) -> set[str]:
+  if mixture is None:
+    return {p for p, _ in prior_lib.select_leaves(params)}
+  prior_lib.mixture_leaves(params, mixture)  # Validates the pairing.
+  return {p for p, _, _ in mixture.signature}
+
+
+def codebook_from_quantized(params, mixture=None, *,
+                            max_size: int = DEFAULT_MAX_CODEBOOK):
+  """Splits a quantised tree into a codebook, assignments and a mask.
+
+  Args:
+    params: a quantised tree (from `gmp_jax.quantize`, or loaded from a
+      compressed file). Exact zeros are pruned weights.
+    mixture: optional; the (merged) `GaussianMixture` used to quantise. If
+      given, its leaves are the coded ones and the codebook is its K-1
+      non-zero means in the leaves' dtype (entries no weight uses stay in
+      the codebook and get zero gradient); every non-zero weight must equal
+      one of them. Without it, every floating leaf is coded and the
+      codebook is the sorted distinct non-zero values of those leaves.
+    max_size: the largest codebook accepted.
+
+  Returns:
+    `(codebook, indices, mask)`: `codebook` a (K,) array of the shared
+    non-zero values in the leaves' dtype; `indices` a tree like `params`
+    with int32 arrays a_i (0 = pruned, k = `codebook[k - 1]`) for coded
+    leaves and None elsewhere; `mask` the same with booleans `a_i != 0`
+    (True = kept). `expand_codebook(codebook, indices, params)` gives back
+    `params` bit for bit (a pruned -0.0 comes back as +0.0).
+
+  Raises:
+    ValueError: coded leaves of different dtypes, non-finite or
+      unquantised values (more than `max_size` distinct), or non-zero
+      weights that match no mixture mean.
+    TypeError: from the mixture's leaf selection.
+  """
+  if not max_size >= 1:
+    raise ValueError(f'max_size must be >= 1, got {max_size!r}.')
+  covered = _covered_paths(params, mixture)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  coded = [(jax.tree_util.keystr(p), leaf) for p, leaf in flat
+           if jax.tree_util.keystr(p) in covered]
+  dtypes = {np.dtype(leaf.dtype) for _, leaf in coded}
+  if len(dtypes) != 1:
+    raise ValueError('The coded leaves must share one dtype to share a '
+                     f'codebook; got {sorted(map(str, dtypes))}.')
+  dtype = dtypes.pop()
+  host = {p: np.asarray(jax.device_get(leaf)) for p, leaf in coded}
+  for p, x in host.items():
+    if not np.all(np.isfinite(x.astype(np.float32))):
+      raise ValueError(f'Leaf {p} has non-finite values; expected a '
+                       'quantised tree.')
+  nonzero = [x[x != 0] for x in host.values()]
+  if mixture is None:
+    codebook = np.unique(np.concatenate([v.ravel() for v in nonzero]))
+  else:
+    codebook = np.asarray(mixture.means[1:]).astype(dtype)
+  if codebook.size > max_size:
+    raise ValueError(
+        f'{codebook.size} distinct non-zero values exceed max_size='
+        f'{max_size}; pass a quantised tree (gmp_jax.quantize).')
+  if codebook.size == 0:
+    raise ValueError('Every coded weight is zero; nothing to fine-tune.')
+  order = np.argsort(codebook, kind='stable')
+  sorted_cb = codebook[order]
+
+  def index_of(p, x):
+    pos = np.minimum(np.searchsorted(sorted_cb, x), sorted_cb.size - 1)
+    idx = np.where(x != 0, order[pos] + 1, 0).astype(np.int32)
+    bad = (x != 0) & (sorted_cb[pos] != x)
+    if np.any(bad):
+      raise ValueError(
+          f'Leaf {p} has {int(bad.sum())} non-zero weights equal to no '
+          f'codebook value, e.g. {x[bad].ravel()[0]!r}; pass the tree '
+          'quantised with this mixture.')
+    return idx
+
+  leaves = []
+  for path, _ in flat:
+    name = jax.tree_util.keystr(path)
+    leaves.append(index_of(name, host[name]) if name in host else None)
+  indices = jax.tree_util.tree_unflatten(
+      treedef, [None if i is None else jnp.asarray(i) for i in leaves])
+  mask = jax.tree.map(lambda i: None if i is None else i != 0, indices,
+                      is_leaf=_is_none)
+  return jnp.asarray(codebook), indices, mask
+
+
+def _check_codebook(codebook) -> None:
+  if jnp.ndim(codebook) != 1:
+    raise ValueError(f'codebook must be 1-D, got shape {jnp.shape(codebook)}.')
+  if not jnp.issubdtype(jnp.result_type(codebook), jnp.floating):
+    raise TypeError(f'codebook must be floating, got {jnp.result_type(codebook)}.')
+
+
+def expand_codebook(codebook: jax.Array, indices, frozen=None):
+  """The parameter tree of a codebook and an assignment.
+
+  .. math::
+
+    w_i = (0, c_1, \\ldots, c_K)[a_i], \\qquad
+    \\frac{\\partial L}{\\partial c_k} = \\sum_{i: a_i = k}
+      \\frac{\\partial L}{\\partial w_i}
+
+  Pure and differentiable in `codebook`; pruned weights (a_i = 0) read a
+  constant zero, so they stay exactly zero and get no gradient.
+
+  Args:
+    codebook: (K,) shared non-zero values.
+    indices: tree of int arrays in {0..K} (None for leaves not coded), as
+      from `codebook_from_quantized`.
+    frozen: optional tree of the same structure supplying the leaves where
+      `indices` is None (e.g. the quantised params or `CodebookState.frozen`);
+      without it those leaves come back as None.
+
+  Returns:
+    A tree like `indices`; coded leaves have the codebook's dtype.
+
+  Raises:
+    ValueError: the codebook is not 1-D, or (for concrete indices) an index
+      is outside {0..K}.
+  """
+  _check_codebook(codebook)
+  k = jnp.shape(codebook)[0]
+  table = jnp.concatenate([jnp.zeros((1,), jnp.result_type(codebook)),
+                           codebook])
+
+  def expand(i):
+    if not jnp.issubdtype(jnp.result_type(i), jnp.integer):
+      raise TypeError(f'indices must be integer arrays, got {i.dtype}.')
+    if not isinstance(i, jax.core.Tracer):
+      lo, hi = int(jnp.min(i, initial=0)), int(jnp.max(i, initial=0))
+      if lo < 0 or hi > k:
+        raise ValueError(f'indices must lie in [0, {k}] for a codebook of '
+                         f'{k} values; got [{lo}, {hi}].')
+    return jnp.take(table, i, axis=0)
+
+  expanded = jax.tree.map(lambda i: None if i is None else expand(i),
+                          indices, is_leaf=_is_none)
+  if frozen is None:
+    return expanded
+  return jax.tree.map(lambda e, f: f if e is None else e, expanded, frozen,
+                      is_leaf=_is_none)
+
+
+def frozen_leaves(params, indices):
+  """`params` with the coded leaves (non-None in `indices`) set to None."""
+  return jax.tree.map(lambda i, x: x if i is None else None, indices, params,
+                      is_leaf=_is_none)
+
+
+def create_codebook_state(codebook: jax.Array, indices,
+                          optimizer: optax.GradientTransformation,
+                          frozen=None) -> CodebookState:
+  """Initial `CodebookState`.
+
+  Args:
+    codebook: (K,) shared values, from `codebook_from_quantized`.
+    indices: the assignment tree, from `codebook_from_quantized`.
+    optimizer: any optax transformation of the (K,) codebook, e.g.
+      `optax.adam(1e-4)`.
+    frozen: optional params tree; its leaves not coded by `indices` are kept
+      (the coded ones are dropped, they live in the codebook).
+
+  Returns:
+    The state; `expand_codebook(state.codebook, state.indices,
+    state.frozen)` is the current params tree.
+  """
+  _check_codebook(codebook)
+  expand_codebook(codebook, indices)  # Validates the indices.
+  if frozen is not None:
+    frozen = frozen_leaves(frozen, indices)
+  with jax.numpy_dtype_promotion('standard'):  # As in `make_codebook_step`.
+    opt_state = optimizer.init(jnp.asarray(codebook))
+  return CodebookState(step=jnp.zeros((), jnp.int32),
+                       codebook=jnp.asarray(codebook), opt_state=opt_state,
+                       indices=indices, frozen=frozen)
+
+
+def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
+                       optimizer: optax.GradientTransformation, *,
+                       temperature: float = 1.0,
+                       distillation: str = 'mse',
+                       distillation_weight: float = 1.0,
+                       label_weight: float = 1.0,
+                       data_loss_fn: DataLossFn | None = None):
+  """A pure `(state, batch) -> (state, metrics)` codebook step (un-jitted).
+
+  Minimises the data loss of `expand_codebook(c, a, frozen)` over the
+  codebook c only:
+
+  .. math::
+
+    c \\leftarrow c - \\eta\\,\\mathrm{opt}\\Big(\\sum_{i: a_i = k}
+      \\frac{\\partial \\ell_{data}}{\\partial w_i}\\Big)_{k=1..K}
+
+  There is no prior term: the assignment, and hence the complexity of the
+  compressed file, is fixed. The batch keys choose the data loss as in
+  `make_train_step` (`'teacher_logits'` for distillation, `'label'` for
+  cross-entropy, or both); `data_loss_fn` replaces it.
+
+  Args:
+    apply_fn: `(params, x) -> outputs`.
+    optimizer: the transformation `create_codebook_state` was given.
+    temperature: T of the distillation softmax.
+    distillation: 'mse' (poster eq. 2) or 'kl'.
+    distillation_weight: weight of the distillation term.
+    label_weight: weight of the label cross-entropy next to a teacher.
+    data_loss_fn: custom `(outputs, batch) -> (loss, metrics)`.
+
+  Returns:
+    The pure step; jit it with `compile_step` (or `jax.jit`). Metrics hold
+    `loss`, the data terms and `accuracy` when labels are present.
+
+  Raises:
+    ValueError: bad `distillation` or `temperature`.
+  """
+  if distillation not in ('mse', 'kl'):
+    raise ValueError(
+        f"distillation must be 'mse' or 'kl', got {distillation!r}.")
+  losses.check_temperature(temperature)
+  if data_loss_fn is None:
+    data_loss_fn = train_lib._default_data_loss(  # pylint: disable=protected-access
+        temperature=temperature, distillation=distillation,
+        distillation_weight=distillation_weight, label_weight=label_weight)
+
+  def loss_fn(codebook, state, batch):
+    params = expand_codebook(codebook, state.indices, state.frozen)
+    loss, metrics = data_loss_fn(apply_fn(params, batch['x']), batch)
+    return loss, {**metrics, 'loss': loss}
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def codebook_step(state: CodebookState, batch: Batch):
+    (_, metrics), grad = grad_fn(state.codebook, state, batch)
+    # optax relies on implicit promotion (Adam's bias correction raises a
+    # float to an int32 count): trace it under the standard rules so that
+    # the step also runs where promotion is 'strict'.
+    with jax.numpy_dtype_promotion('standard'):
+      updates, opt_state = optimizer.update(grad, state.opt_state,
+                                            state.codebook)
+    codebook = optax.apply_updates(state.codebook, updates)
+    return state._replace(step=state.step + 1, codebook=codebook,
+                          opt_state=opt_state), metrics
+
+  return codebook_step
+
+
+__all__ = (
+    'CodebookState',
+    'codebook_from_quantized',
+    'create_codebook_state',
+    'expand_codebook',
+    'frozen_leaves',
+    'make_codebook_step',
+)

@@ -1,0 +1,127 @@
+"""The pipeline's finetune and cleanup stages on a `:smoke` LeNet-300-100."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import gmp_jax
+from experiments import models
+from experiments import pipeline
+from experiments.configs import lenet300 as lenet300_config
+
+
+def _config(**overrides):
+  config = lenet300_config.get_config('smoke')
+  # Keep some weights: a weaker zero component and narrow initial clusters.
+  config.retrain.zero_proportion = 0.5
+  config.retrain.init_std = 0.05
+  config.postprocess.finetune_epochs = 1
+  config.postprocess.finetune_learning_rate = 1e-3
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('stages'))
+  return workdir, pipeline.train_and_evaluate(_config(), workdir)
+
+
+def _load(workdir, stage):
+  return gmp_jax.load_compressed(os.path.join(workdir, stage,
+                                              'quantized.gmpz'))
+
+
+def _logits(params, x):
+  net = models.get_model('lenet300100')
+  return np.asarray(jax.jit(lambda p, x: net.apply({'params': p}, x))(
+      params, x))
+
+
+def _test_set():
+  return pipeline.load_data(_config())['test']
+
+
+def test_stage_order():
+  names = list(pipeline.STAGES)
+  assert names.index('postprocess') < names.index('finetune') < names.index(
+      'cleanup') < names.index('save')
+
+
+def test_finetune_changes_values_not_structure(run):
+  workdir, report = run
+  pruned, tuned = _load(workdir, 'postprocess'), _load(workdir, 'finetune')
+  assert any(np.any(x) for x in jax.tree.leaves(pruned))
+  record = json.load(open(pipeline.done_path(workdir, 'finetune')))
+  assert record['epochs'] == 1
+  assert record['codebook_before'] != record['codebook_after']
+  all_p = np.concatenate([x.ravel() for x in jax.tree.leaves(pruned)])
+  all_t = np.concatenate([x.ravel() for x in jax.tree.leaves(tuned)])
+  np.testing.assert_array_equal(all_p != 0, all_t != 0)
+  # The same partition into clusters, one value each.
+  pairs = set(zip(all_p[all_p != 0].tolist(), all_t[all_t != 0].tolist()))
+  assert len(pairs) == len(set(all_p[all_p != 0].tolist())) == len(
+      set(all_t[all_t != 0].tolist()))
+  assert sorted(v for _, v in pairs) == sorted(record['codebook_after'])
+  x, y = _test_set()
+  accuracy = float(np.mean(np.argmax(_logits(tuned, x), -1) == y))
+  assert accuracy == pytest.approx(report['table2']['finetuned'], abs=1e-9)
+  assert report['table2']['pruned'] == record['pruned_accuracy']
+
+
+def test_cleanup_keeps_predictions_and_the_file_holds_its_output(run):
+  workdir, report = run
+  tuned, cleaned = _load(workdir, 'finetune'), _load(workdir, 'cleanup')
+  x, _ = _test_set()
+  assert np.array_equal(_logits(tuned, x), _logits(cleaned, x))
+  nonzero = lambda t: sum(int(np.count_nonzero(v))
+                          for v in jax.tree.leaves(t))
+  assert report['cleanup']['removed'] == nonzero(tuned) - nonzero(cleaned)
+  assert report['cleanup']['removed'] > 0
+  stored, metadata = gmp_jax.load_compressed(
+      os.path.join(workdir, report['compressed_file']), with_metadata=True)
+  assert metadata == {'model': 'lenet300100'}
+  for a, b in zip(jax.tree.leaves(stored), jax.tree.leaves(cleaned)):
+    np.testing.assert_array_equal(a, b)
+  assert report['table1'][-1]['nonzero'] == nonzero(cleaned)
+
+
+def test_rerun_runs_nothing(run):
+  workdir, report = run
+  before = {n: open(pipeline.done_path(workdir, n)).read()
+            for n in pipeline.STAGES}
+  assert pipeline.train_and_evaluate(_config(), workdir) == report
+  assert {n: open(pipeline.done_path(workdir, n)).read()
+          for n in pipeline.STAGES} == before
+
+
+def test_both_off(run, tmp_path):
+  workdir, report = run
+  copy = str(tmp_path / 'off')
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(os.path.join(copy, 'finetune'))
+  off = pipeline.train_and_evaluate(
+      _config(**{'postprocess.finetune_epochs': 0,
+                 'postprocess.cleanup': False}), copy)
+  assert 'finetuned' not in off['table2']
+  assert off['table2']['pruned'] == report['table2']['pruned']
+  assert off['cleanup']['skipped'] == 'disabled'
+  for a, b in zip(jax.tree.leaves(_load(copy, 'postprocess')),
+                  jax.tree.leaves(gmp_jax.load_compressed(
+                      os.path.join(copy, 'model.gmpz')))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_negative_epochs_are_rejected(tmp_path):
+  with pytest.raises(ValueError, match='finetune_epochs'):
+    pipeline.train_and_evaluate(
+        _config(**{'postprocess.finetune_epochs': -1}), str(tmp_path))
