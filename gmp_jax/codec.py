@@ -96,7 +96,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import zlib
 from collections.abc import Mapping
 from typing import Any, BinaryIO, Union
@@ -104,6 +103,8 @@ from typing import Any, BinaryIO, Union
 import constriction
 import ml_dtypes
 import numpy as np
+
+from gmp_jax import fileio
 
 MAGIC = b'\x89GMPJAX\n'
 FORMAT_VERSION = 1
@@ -320,6 +321,19 @@ def _unflatten(node, leaves: list, names: list, *, path: tuple = ()):
   except (IndexError, TypeError, ValueError, KeyError) as e:
     raise CorruptFileError(f'malformed tree node {node!r:.80}') from e
   raise CorruptFileError(f'unknown tree node {tag!r:.20}')
+
+
+def named_leaves(tree) -> list[tuple[str, np.ndarray]]:
+  """`(name, array)` of every array leaf, in the order a file stores them.
+
+  Names are '/'-joined paths (`'dense/kernel'`), as in `LeafInfo.name`.
+
+  Raises:
+    TypeError: for a node, key or dtype the file format does not support.
+  """
+  leaves, names = [], []
+  _flatten(tree, leaves, names, scalars=False)
+  return list(zip(names, leaves))
 
 
 # ---------------------------------------------------------------- varints ---
@@ -634,34 +648,15 @@ def from_bytes(data: bytes) -> CompressedFile:
                         file_bytes=len(data), header_bytes=start + h)
 
 
-def _write_atomic(path, data: bytes) -> None:
-  """Writes `data` to `path` via a synced temporary file and os.replace."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
-                             suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    umask = os.umask(0)  # mkstemp creates 0600; use the usual 0666 & ~umask.
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  if hasattr(os, 'O_DIRECTORY'):  # Persist the rename (POSIX).
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-      os.fsync(dir_fd)
-    finally:
-      os.close(dir_fd)
+def read_bytes(source: PathOrFile) -> bytes:
+  """The bytes of one compressed file, for `from_bytes`.
 
+  A path is read whole; a binary file object is read for exactly the length
+  its preamble declares.
 
-def _read(source: PathOrFile) -> bytes:
+  Raises:
+    CorruptFileError: the preamble of a file object is bad.
+  """
   if isinstance(source, (str, os.PathLike)):
     with open(source, 'rb') as f:
       return f.read()
@@ -696,49 +691,31 @@ def save_compressed(file: PathOrFile, params, *, metadata=None,
   """
   data = to_bytes(params, metadata=metadata, codebook_dtype=codebook_dtype)
   if isinstance(file, (str, os.PathLike)):
-    _write_atomic(file, data)
+    fileio.write_atomic(file, data)
   else:
     file.write(data)
   return len(data)
 
 
-def read_compressed(file: PathOrFile) -> CompressedFile:
-  """Reads a compressed file with its per-leaf byte accounting.
-
-  Args:
-    file: a path or a binary file object open for reading.
-
-  Returns:
-    A `CompressedFile` with the params, metadata and `LeafInfo`s.
-
-  Raises:
-    CorruptFileError: if the file is truncated, corrupted, foreign or of an
-      unsupported format version.
-  """
-  return from_bytes(_read(file))
-
-
-def load_compressed(file: PathOrFile):
+def load_compressed(file: PathOrFile, *, with_metadata: bool = False):
   """Loads the tree written by `save_compressed`.
 
   Args:
     file: a path or a binary file object open for reading.
+    with_metadata: also return the metadata tree.
 
   Returns:
     The same tree structure (dicts, lists, tuples, None) with NumPy arrays of
-    the saved shapes and dtypes and bit-identical values.
+    the saved shapes and dtypes and bit-identical values; with
+    `with_metadata`, the pair `(params, metadata)` (metadata None when none
+    was saved).
 
   Raises:
     CorruptFileError: if the file is truncated, corrupted, foreign or of an
       unsupported format version.
   """
-  return read_compressed(file).params
-
-
-def load_compressed_with_metadata(file: PathOrFile) -> tuple[Any, Any]:
-  """Like `load_compressed`, also returning the metadata (or None)."""
-  f = read_compressed(file)
-  return f.params, f.metadata
+  f = from_bytes(read_bytes(file))
+  return (f.params, f.metadata) if with_metadata else f.params
 
 
 __all__ = (
@@ -747,8 +724,8 @@ __all__ = (
     'LeafInfo',
     'from_bytes',
     'load_compressed',
-    'load_compressed_with_metadata',
-    'read_compressed',
+    'named_leaves',
+    'read_bytes',
     'save_compressed',
     'to_bytes',
 )

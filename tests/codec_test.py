@@ -179,7 +179,7 @@ def test_metadata_rides_along_exactly():
   buf = io.BytesIO()
   codec.save_compressed(buf, params, metadata=meta, codebook_dtype='bfloat16')
   buf.seek(0)
-  got_params, got_meta = codec.load_compressed_with_metadata(buf)
+  got_params, got_meta = codec.load_compressed(buf, with_metadata=True)
   _assert_same(params['w'].astype(ml_dtypes.bfloat16).astype(np.float32),
                got_params['w'])
   assert {k: v for k, v in got_meta.items() if k != 'mixture'} == {
@@ -188,8 +188,8 @@ def test_metadata_rides_along_exactly():
 
 
 def test_numpy_scalars_in_metadata_stay_arrays():
-  _, meta = codec.load_compressed_with_metadata(io.BytesIO(codec.to_bytes(
-      {}, metadata={'lr': np.float64(0.5), 'py': 0.5})))
+  _, meta = codec.load_compressed(io.BytesIO(codec.to_bytes(
+      {}, metadata={'lr': np.float64(0.5), 'py': 0.5})), with_metadata=True)
   assert isinstance(meta['lr'], np.ndarray) and meta['lr'].dtype == np.float64
   assert meta['py'] == 0.5 and isinstance(meta['py'], float)
 
