@@ -55,7 +55,8 @@ A leaf record starts with one kind byte. Varints are unsigned LEB128; a
 `constriction` ANS coder (`AnsCoder.get_compressed`), encoded with
 `encode_reverse` so that it decodes in order, under the static model
 `constriction.stream.model.Categorical(counts, perfect=False)` built from
-integer counts (as float64) that the file holds or implies. A leaf is stored
+integer counts (as float64) that the file holds or implies (the coder is
+`gmp_jax._ans`). A leaf is stored
 raw when that is not larger, e.g. an uncompressed layer with many distinct
 values, and always when it has more than 65,536 distinct nonzero values or an
 itemsize other than 1, 2, 4 or 8 bytes.
@@ -100,10 +101,10 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, BinaryIO, Union
 
-import constriction
 import ml_dtypes
 import numpy as np
 
+from gmp_jax import _ans
 from gmp_jax import fileio
 
 MAGIC = b'\x89GMPJAX\n'
@@ -376,34 +377,21 @@ class _Reader:
 
 
 # ---------------------------------------------------------------- streams ---
-
-
-def _model(counts: np.ndarray):
-  # Built from integer counts stored in the file, so the decoder rebuilds
-  # exactly the encoder's model.
-  return constriction.stream.model.Categorical(
-      np.asarray(counts, np.float64), perfect=False)
+# The coder itself lives in `gmp_jax._ans`; this frames its words.
 
 
 def _encode_stream(symbols: np.ndarray, counts: np.ndarray) -> bytes:
-  coder = constriction.stream.stack.AnsCoder()
-  coder.encode_reverse(symbols.astype(np.int32, copy=False), _model(counts))
-  words = coder.get_compressed()
-  return _varint(words.size) + _le_bytes(words.astype(np.uint32, copy=False))
+  words = _ans.encode(symbols, counts)
+  return _varint(words.size) + _le_bytes(words)
 
 
 def _decode_stream(reader: _Reader, counts: np.ndarray, n: int) -> np.ndarray:
   n_words = reader.varint()
   words = _from_le(reader.take(4 * n_words), np.dtype(np.uint32), n_words)
   try:
-    coder = constriction.stream.stack.AnsCoder(words)
-    symbols = coder.decode(_model(counts), n)
-    empty = coder.is_empty()
-  except Exception as e:  # The coder raises its own types on bad input.
-    raise CorruptFileError(f'undecodable stream: {e}') from e
-  if not empty:
-    raise CorruptFileError('stream has unused words')
-  return symbols
+    return _ans.decode(words, counts, n)
+  except _ans.DecodeError as e:
+    raise CorruptFileError(str(e)) from e
 
 
 # ----------------------------------------------------------------- leaves ---

@@ -24,12 +24,7 @@ GaussianMixture = prior_lib.GaussianMixture
 
 
 def _assign_values(w: jax.Array, mixture: GaussianMixture) -> jax.Array:
-  # argmax_k log pi_k + log N(w | mu_k, sigma_k^2); the -log(2 pi)/2 constant
-  # is common to every k and dropped.
-  lam = mixture.precisions.astype(jnp.float32)
-  d = w.astype(jnp.float32)[..., None] - mixture.means.astype(jnp.float32)
-  score = (mixture.log_mixing_proportions.astype(jnp.float32)
-           + 0.5 * jnp.log(lam) - 0.5 * lam * d * d)
+  score = prior_lib.component_log_density(w, mixture, dtype=jnp.float32)
   return jnp.argmax(score, axis=-1).astype(jnp.int32)
 
 

@@ -391,7 +391,8 @@ def make_eval_step(apply_fn: Callable[..., Any], *, stateful: bool = False):
   .. math::
 
     \\mathrm{correct} = \\sum_b [\\arg\\max_c z_{bc} = y_b], \\qquad
-    \\mathrm{cross\\_entropy\\_sum} = -\\sum_b \\log \\mathrm{softmax}(z_b)_{y_b}
+    \\mathrm{cross\\_entropy\\_sum} =
+      -\\sum_b \\log \\mathrm{softmax}(z_b)_{y_b}
   """
 
   def eval_step(params, batch, model_state=None):
