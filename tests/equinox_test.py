@@ -109,7 +109,8 @@ def test_retrain_quantise_save_rebuild():
   def pre_step(p, opt, xb, yb):
     loss, g = jax.value_and_grad(
         lambda p: gmp_jax.cross_entropy_loss(logits_fn(p, xb), yb))(p)
-    upd, opt = tx0.update(g, opt, p)
+    with jax.numpy_dtype_promotion('standard'):  # optax's Adam mixes dtypes.
+      upd, opt = tx0.update(g, opt, p)
     return optax.apply_updates(p, upd), opt, loss
 
   opt = tx0.init(params)
