@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmp_jax import _nonparams
 from gmp_jax import _prior_kernel
 
 # Variances are kept in [VARIANCE_FLOOR, VARIANCE_CEILING] by clipping the
@@ -148,13 +149,22 @@ def select_leaves(params, filter_fn: FilterFn | None = None):
 
   Raises:
     TypeError: a leaf chosen by a custom filter is not floating point.
-    ValueError: no leaf is chosen.
+    ValueError: no leaf is chosen, or a chosen leaf is model state (BatchNorm
+      statistics, an RNG key or counter), not a parameter.
   """
   fn = is_floating if filter_fn is None else filter_fn
   chosen = []
+  state_leaves = _nonparams.non_parameter_leaves(params)
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     if not fn(path, leaf):
       continue
+    if _path_str(path) in state_leaves:
+      raise ValueError(
+          f'Leaf {_path_str(path)} was chosen by the filter but is model '
+          f'state ({state_leaves[_path_str(path)]}), not a parameter; the '
+          'mixture prior covers parameters only. Pass the parameters alone '
+          "(Linen: variables['params']; NNX: nnx.state(model, nnx.Param)) "
+          'or a filter that leaves it out.')
     dtype = getattr(leaf, 'dtype', None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(

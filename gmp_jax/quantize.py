@@ -47,12 +47,12 @@ def assign(params, mixture: GaussianMixture):
                     if jax.tree_util.keystr(p) in covered else None), params)
 
 
-def _quantize(params, mixture: GaussianMixture):
-  return prior_lib.map_mixture_leaves(
-      lambda w: _quantize_values(w, mixture), params, mixture)
-
-
-_quantize_jit = jax.jit(_quantize)
+@jax.jit
+def _quantize_leaves(leaves, mixture: GaussianMixture):
+  # Only the covered arrays enter the jitted function: the rest of the tree
+  # may hold leaves jax cannot trace (an Equinox model's activation
+  # functions, Python ints).
+  return [_quantize_values(w, mixture) for w in leaves]
 
 
 def quantize(params, mixture: GaussianMixture):
@@ -61,8 +61,10 @@ def quantize(params, mixture: GaussianMixture):
   Each covered weight becomes the mean of its most responsible component,
   argmax_k pi_k N(w | mu_k, sigma_k^2); weights of the zero component become
   exactly 0. Leaves the mixture does not cover are returned unchanged and
-  every leaf keeps its dtype. Compiled with `jax.jit` (once per tree and K);
-  it runs on the device that holds the params.
+  every leaf keeps its dtype, so a whole model with non-array leaves (an
+  Equinox module's activation functions, Python ints) passes through.
+  Compiled with `jax.jit` (once per set of covered shapes and K); it runs on
+  the device that holds the params.
 
   Args:
     params: the tree the mixture was built for.
@@ -71,8 +73,11 @@ def quantize(params, mixture: GaussianMixture):
   Returns:
     The quantised tree.
   """
-  prior_lib.mixture_leaves(params, mixture)  # Clear errors before tracing.
-  return _quantize_jit(params, mixture)
+  leaves = prior_lib.mixture_leaves(params, mixture)  # Validates the tree.
+  quantized = dict(zip((p for p, _, _ in mixture.signature),
+                       _quantize_leaves(leaves, mixture)))
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: quantized.get(jax.tree_util.keystr(p), x), params)
 
 
 def prune_masks(params, mixture: GaussianMixture):

@@ -17,6 +17,12 @@ A custom `data_loss_fn(outputs, batch) -> (loss, metrics)` replaces these
 placement, so inputs sharded with `jax.sharding.NamedSharding` run unchanged
 and the output follows the input shardings.
 
+Models with state (BatchNorm statistics, dropout) pass `stateful=True` and an
+`apply_fn(params, model_state, x, *, train, rng) -> (outputs,
+new_model_state)`; the state rides in `TrainState.model_state`, outside the
+prior and the optimiser, and each step's `rng` is
+`jax.random.fold_in(jax.random.key(seed), state.step)`.
+
 `make_multi_step` runs several steps per call, drawing batches from a
 dataset kept on the device. `make_eval_step` counts correct predictions and
 sums the cross-entropy; `evaluate` runs it over a dataset.
@@ -39,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gmp_jax import _nonparams
 from gmp_jax import losses
 from gmp_jax import prior as prior_lib
 
@@ -108,20 +115,92 @@ def _is_compiled(fn) -> bool:
 
 
 class TrainState(NamedTuple):
-  """Everything a train step updates; a pytree, so it checkpoints as is."""
+  """Everything a train step updates; a pytree, so it checkpoints as is.
+
+  `model_state` holds a model's non-parameter state (Linen collections such
+  as `batch_stats`, an NNX model's `BatchStat` and RNG variables), or None.
+  The prior never covers it, the optimiser never updates it and `quantize`
+  never sees it; only a `stateful=True` step's `apply_fn` changes it.
+  """
   step: jax.Array
   params: Any
   mixture: prior_lib.GaussianMixture
   opt_state: optax.OptState
+  model_state: Any = None
 
 
 def create_train_state(params, mixture: prior_lib.GaussianMixture,
-                       optimizer: optax.GradientTransformation) -> TrainState:
-  """Initial state; the optimiser is built by `gmp_jax.gmp_optimizer`."""
+                       optimizer: optax.GradientTransformation, *,
+                       model_state: Any = None) -> TrainState:
+  """Initial state; the optimiser is built by `gmp_jax.gmp_optimizer`.
+
+  Args:
+    params: the trainable parameters (all of them go to the optimiser).
+    mixture: from `gmp_jax.init_mixture(params, ...)`.
+    optimizer: from `gmp_jax.gmp_optimizer`.
+    model_state: the model's non-parameter state, e.g. Linen
+      `{'batch_stats': variables['batch_stats']}` or the rest of
+      `nnx.split(model, nnx.Param, ...)`; None for a model without state.
+
+  Raises:
+    ValueError: the mixture was built for another tree, or `params` holds
+      model state (BatchNorm statistics, RNG keys or counters); the error
+      names the leaf.
+  """
   prior_lib.mixture_leaves(params, mixture)  # Validates the pairing.
+  _nonparams.check_no_state_leaves(
+      params, what='params',
+      hint='Pass model state as create_train_state(..., model_state=...) '
+      'and train with make_train_step(..., stateful=True).')
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     mixture=mixture,
-                    opt_state=optimizer.init((params, mixture)))
+                    opt_state=optimizer.init((params, mixture)),
+                    model_state=model_state)
+
+
+def _leaf_table(tree) -> dict[str, Any]:
+  return {jax.tree_util.keystr(p): leaf
+          for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _apply_stateful(apply_fn, params, model_state, x, *, train, rng):
+  """Calls a stateful `apply_fn`; returns outputs and the checked new state.
+
+  The new state is put back into the old state's tree structure, so the
+  `TrainState` keeps one structure across steps.
+  """
+  out = apply_fn(params, model_state, x, train=train, rng=rng)
+  if not (isinstance(out, tuple) and len(out) == 2):
+    raise TypeError(
+        'With stateful=True, apply_fn must return (outputs, new_model_state); '
+        f'it returned a {type(out).__name__}.')
+  outputs, new_state = out
+  old, new = _leaf_table(model_state), _leaf_table(new_state)
+  added = [p for p in new if p not in old]
+  if added:
+    raise ValueError(
+        'apply_fn returned model state that was not passed in: '
+        f'{", ".join(added[:6])}{" ..." if len(added) > 6 else ""}. Give the '
+        "model's initial state (e.g. Linen {'batch_stats': "
+        "variables['batch_stats']}) to create_train_state(..., "
+        'model_state=...).')
+  dropped = [p for p in old if p not in new]
+  if dropped:
+    raise ValueError(
+        'apply_fn did not return these model state leaves: '
+        f'{", ".join(dropped[:6])}{" ..." if len(dropped) > 6 else ""}; a '
+        "stateful apply_fn returns the whole state (Linen: mutable=[...] must "
+        'name every collection passed in).')
+  for p, a in old.items():
+    b = new[p]
+    if (jnp.shape(a), jnp.result_type(a)) != (jnp.shape(b),
+                                              jnp.result_type(b)):
+      raise ValueError(
+          f'apply_fn changed model state leaf {p} from {jnp.shape(a)} '
+          f'{jnp.result_type(a)} to {jnp.shape(b)} {jnp.result_type(b)}.')
+  new_state = jax.tree.unflatten(jax.tree.structure(model_state),
+                                 [new[p] for p in old])
+  return outputs, new_state
 
 
 def mixture_summary(mixture: prior_lib.GaussianMixture) -> dict[str, Any]:
@@ -167,7 +246,9 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
                     hyperpriors: prior_lib.Hyperpriors | None = (
                         prior_lib.Hyperpriors()),
                     use_prior: bool = True,
-                    data_loss_fn: DataLossFn | None = None):
+                    data_loss_fn: DataLossFn | None = None,
+                    stateful: bool = False,
+                    seed: int = 0):
   """Builds a pure `(state, batch) -> (state, metrics)` train step.
 
   The loss is poster eq. 1, `data + tau / N * complexity`
@@ -176,7 +257,9 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
 
   Args:
     apply_fn: `(params, x) -> outputs`, e.g. `lambda p, x: model.apply(
-      {'params': p}, x)`.
+      {'params': p}, x)`; with `stateful=True`,
+      `(params, model_state, x, *, train, rng) -> (outputs, new_model_state)`
+      (see `stateful`).
     optimizer: from `gmp_jax.gmp_optimizer`.
     tau: prior strength.
     dataset_size: N, the number of training examples.
@@ -188,6 +271,21 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
     hyperpriors: `gmp_jax.Hyperpriors` or None.
     use_prior: False trains on the data loss alone (the mixture stays put).
     data_loss_fn: custom `(outputs, batch) -> (loss, metrics)`.
+    stateful: the model has non-parameter state or needs randomness. The
+      step calls `apply_fn(params, state.model_state, x, train=True,
+      rng=jax.random.fold_in(jax.random.key(seed), state.step))` and stores
+      the returned state in `TrainState.model_state` (no gradient flows into
+      it). A Linen model, for example::
+
+        def apply_fn(params, model_state, x, *, train, rng):
+          return model.apply({'params': params, **model_state}, x,
+                             train=train, mutable=list(model_state),
+                             rngs={'dropout': rng} if train else {})
+
+      The returned state must have the leaves passed in, with the same
+      shapes and dtypes. Ready-made adapters for Flax Linen and NNX are in
+      `experiments/stateful.py`.
+    seed: seed of the per-step key (stateful steps only).
 
   Returns:
     The pure step. Metrics hold `loss`, `data_loss`, `complexity_loss`,
@@ -195,7 +293,10 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
     mixture's `means`, `variances` and `mixing_proportions`.
 
   Raises:
-    ValueError: unknown `distillation`, T <= 0, N <= 0 or tau < 0.
+    ValueError: unknown `distillation`, T <= 0, N <= 0 or tau < 0. When
+      the step is first traced: a stateful `apply_fn` returned state leaves
+      that were not passed in (e.g. a Linen collection missing from
+      `model_state`), or dropped some; the error names them.
   """
   if distillation not in ('mse', 'kl'):
     raise ValueError(
@@ -210,8 +311,13 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
         temperature=temperature, distillation=distillation,
         distillation_weight=distillation_weight, label_weight=label_weight)
 
-  def loss_fn(params, mixture, batch):
-    data_loss, metrics = data_loss_fn(apply_fn(params, batch['x']), batch)
+  def loss_fn(params, mixture, batch, model_state, rng):
+    if stateful:
+      outputs, model_state = _apply_stateful(
+          apply_fn, params, model_state, batch['x'], train=True, rng=rng)
+    else:
+      outputs = apply_fn(params, batch['x'])
+    data_loss, metrics = data_loss_fn(outputs, batch)
     if use_prior:
       loss, aux = losses.gmp_objective(
           data_loss, params, mixture, tau=tau, dataset_size=dataset_size,
@@ -221,18 +327,22 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
       loss = data_loss
       metrics['data_loss'] = data_loss
     metrics['loss'] = loss
-    return loss, metrics
+    return loss, (metrics, model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
 
   def train_step(state: TrainState, batch: Batch):
-    (_, metrics), grads = grad_fn(state.params, state.mixture, batch)
+    rng = (jax.random.fold_in(jax.random.key(seed), state.step)
+           if stateful else None)
+    (_, (metrics, model_state)), grads = grad_fn(
+        state.params, state.mixture, batch, state.model_state, rng)
     updates, opt_state = optimizer.update(
         grads, state.opt_state, (state.params, state.mixture))
     params, mixture = optax.apply_updates((state.params, state.mixture),
                                           updates)
     metrics.update(mixture_summary(mixture))
-    return TrainState(state.step + 1, params, mixture, opt_state), metrics
+    return TrainState(state.step + 1, params, mixture, opt_state,
+                      jax.lax.stop_gradient(model_state)), metrics
 
   return train_step
 
@@ -268,8 +378,13 @@ def make_multi_step(train_step: Callable[[TrainState, Batch], Any]):
   return multi_step
 
 
-def make_eval_step(apply_fn: Callable[[Any, Any], Any]):
+def make_eval_step(apply_fn: Callable[..., Any], *, stateful: bool = False):
   """Pure `(params, batch) -> {'correct', 'cross_entropy_sum', 'count'}`.
+
+  With `stateful=True`, `apply_fn` is as for `make_train_step` and the step
+  is `(params, batch, model_state=None)`; it calls
+  `apply_fn(params, model_state, x, train=False, rng=None)` and ignores the
+  returned state (BatchNorm uses its running averages, dropout is off).
 
   Sums rather than means, so batches of any size accumulate exactly:
 
@@ -280,8 +395,12 @@ def make_eval_step(apply_fn: Callable[[Any, Any], Any]):
       -\\sum_b \\log \\mathrm{softmax}(z_b)_{y_b}
   """
 
-  def eval_step(params, batch):
-    logits = apply_fn(params, batch['x'])
+  def eval_step(params, batch, model_state=None):
+    if stateful:
+      logits, _ = apply_fn(params, model_state, batch['x'], train=False,
+                           rng=None)
+    else:
+      logits = apply_fn(params, batch['x'])
     labels = batch['label']
     log_p = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32),
@@ -293,9 +412,12 @@ def make_eval_step(apply_fn: Callable[[Any, Any], Any]):
   return eval_step
 
 
-def evaluate(eval_step, params, x, labels, *, batch_size: int = 1000
-             ) -> dict[str, float]:
+def evaluate(eval_step, params, x, labels, *, batch_size: int = 1000,
+             model_state: Any = None) -> dict[str, float]:
   """Accuracy and mean cross-entropy of `params` on `(x, labels)`.
+
+  `model_state` (e.g. `state.model_state`) is passed to a stateful eval step
+  when given.
 
   A host loop over batches of `batch_size`. `eval_step` comes from
   `make_eval_step`, pure (it is then compiled with `compile_step`; jax
@@ -312,8 +434,10 @@ def evaluate(eval_step, params, x, labels, *, batch_size: int = 1000
     eval_step = compile_step(eval_step)
   totals = None
   for start in range(0, len(x), batch_size):
-    out = eval_step(params, {'x': x[start:start + batch_size],
-                             'label': labels[start:start + batch_size]})
+    batch = {'x': x[start:start + batch_size],
+             'label': labels[start:start + batch_size]}
+    out = (eval_step(params, batch) if model_state is None
+           else eval_step(params, batch, model_state))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   count = float(totals['count'])
   return {'accuracy': float(totals['correct']) / count,
