@@ -113,14 +113,22 @@ class MetricsLog:
   Records hold JSON types only (numbers, strings, lists).
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, *, tensorboard_dir: str | None = None):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tensorboard_dir = tensorboard_dir
+    self._tensorboard = None
 
   def write(self, record: Mapping[str, Any]) -> None:
+    """Appends `record`; with a `tensorboard_dir`, also as TensorBoard events."""
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
       f.flush()
       os.fsync(f.fileno())
+    if self._tensorboard_dir is not None:
+      if self._tensorboard is None:  # Built on first use: no empty event files.
+        from experiments import tensorboard  # pylint: disable=g-import-not-at-top
+        self._tensorboard = tensorboard.TensorBoardWriter(self._tensorboard_dir)
+      self._tensorboard.write(record)
 
   def records(self) -> list[dict[str, Any]]:
     """The records, keeping the last one per (stage, step) after resumes."""

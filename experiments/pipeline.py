@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -99,9 +100,12 @@ class Context:
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
 
-  @property
+  @functools.cached_property
   def log(self) -> monitor.MetricsLog:
-    return monitor.MetricsLog(self.workdir)
+    tensorboard = self.config.get('tensorboard', True)
+    return monitor.MetricsLog(
+        self.workdir,
+        tensorboard_dir=self.path('tensorboard') if tensorboard else None)
 
   @property
   def dataset(self) -> data_lib.Dataset:

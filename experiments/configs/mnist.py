@@ -105,6 +105,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       eval_every_epochs=1,  # Test metrics at epoch ends; None = never.
   )
   config.eval_batch_size = 1000
+  # TensorBoard events in <workdir>/tensorboard beside metrics.jsonl.
+  config.tensorboard = True
 
   if arg == 'smoke':
     config.data.source = 'random'
