@@ -11,15 +11,15 @@ the module may have no side effects. (A callback usually fails the export
 already: its custom call has no compatibility guarantee.)
 
 Covered: the end-to-end train step (labels, teacher logits and the prior),
-the several-steps-per-call step the pipeline runs, a layer-wise step built
-like `experiments.pipeline`'s (`make_train_step` with a `data_loss_fn`),
-`quantize`, `assign` and the eval step, each exported both from `jax.jit`
-of the pure function and from `compile_step`, which carries this host's CPU
-compiler options.
+several steps per call (unrolled by `make_multi_step`, and in a `lax.scan`),
+a layer-wise step built like `experiments.pipeline`'s (`make_train_step`
+with a `data_loss_fn`), `quantize`, `assign` and the eval step, each from
+`jax.jit` of the pure function; and the `compile_step` object, which carries
+this host's CPU compiler options.
 
 What this cannot show: that XLA:TPU compiles the module (memory, layouts,
 compile time), or that it runs and gives the right numbers there.
-BUILD_NOTES.md ("TPU readiness") says more.
+BUILD_NOTES.md ("TPU readiness without a TPU") says more.
 """
 
 import re
@@ -153,12 +153,21 @@ def _cases(apply_fn, params):
           'label': jax.ShapeDtypeStruct((64,), jnp.int32)}
   indices = jax.ShapeDtypeStruct((2, BATCH), jnp.int32)
   mixture = gmp_jax.merge_components(state.mixture)
+
+  def scan_steps(state, data, indices):
+    # The train steps in a `lax.scan` over index rows, as a train loop runs
+    # them on accelerators (a while loop in the module).
+    def body(state, idx):
+      return end_to_end(state, jax.tree.map(lambda a: a[idx], data))
+    return jax.lax.scan(body, state, indices)
+
   return [
       ('train_end_to_end', end_to_end,
        (state, _batch('x', 'label', 'teacher_logits'))),
       ('train_labels', labels_only, (state, _batch('x', 'label'))),
       ('multi_step', gmp_jax.make_multi_step(end_to_end),
        (state, data, indices)),
+      ('scan_steps', scan_steps, (state, data, indices)),
       ('train_layerwise', _layerwise_step(tx, params),
        (state, _batch('x'))),
       ('quantize', gmp_jax.quantize, (params, mixture)),
@@ -173,7 +182,7 @@ def cases(poster):
   return {name: (fn, args) for name, fn, args in _cases(*poster)}
 
 
-CASE_NAMES = ('train_end_to_end', 'train_labels', 'multi_step',
+CASE_NAMES = ('train_end_to_end', 'train_labels', 'multi_step', 'scan_steps',
               'train_layerwise', 'quantize', 'assign', 'eval')
 
 
