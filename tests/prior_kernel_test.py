@@ -24,9 +24,8 @@ if enable_x64 is None:
 
 
 def _params(sizes, seed=0, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  return {f'w{i}': jnp.asarray(rng.normal(0, 0.1, (n,)), dtype)
-          for i, n in enumerate(sizes)}
+  return helpers.random_tree({f'w{i}': (n,) for i, n in enumerate(sizes)},
+                             seed=seed, dtype=dtype)
 
 
 def _mixture(params, k, seed=1, dtype=jnp.float32):
