@@ -5,6 +5,8 @@ an unrolled or a reduced max depending on K, and casts per leaf; these tests
 cover each path against a dense `jax.scipy` formula and float64 NumPy.
 """
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,12 @@ import pytest
 import gmp_jax
 from gmp_jax import _prior_kernel
 import helpers
+
+# jax >= 0.8 has jax.enable_x64; jax 0.7 (Colab's TPU image) only
+# jax.experimental.enable_x64. Both take the new value.
+enable_x64 = getattr(jax, 'enable_x64', None)
+if enable_x64 is None:
+  enable_x64 = importlib.import_module('jax.experimental').enable_x64
 
 
 def _params(sizes, seed=0, dtype=jnp.float32):
@@ -91,7 +99,7 @@ def test_matches_dense_formula_under_jit_and_grad():
 
 
 def test_float64():
-  with jax.enable_x64(True):
+  with enable_x64(True):
     params = _params((1000, 33), dtype=jnp.float64)
     mixture = _mixture(params, 9, dtype=jnp.float64)
     value, grads = jax.value_and_grad(gmp_jax.mixture_log_prob)(params,

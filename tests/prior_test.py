@@ -1,6 +1,7 @@
 """Tests for gmp_jax.prior against SciPy and finite differences."""
 
 import dataclasses
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,12 @@ from scipy import stats
 import gmp_jax
 from gmp_jax import prior as prior_lib
 import helpers
+
+# jax >= 0.8 has jax.enable_x64; jax 0.7 (Colab's TPU image) only
+# jax.experimental.enable_x64. Both take the new value.
+enable_x64 = getattr(jax, 'enable_x64', None)
+if enable_x64 is None:
+  enable_x64 = importlib.import_module('jax.experimental').enable_x64
 
 
 _SHAPES = {'conv': {'kernel': (3, 3, 2, 4), 'bias': (4,)},
@@ -78,7 +85,7 @@ def test_zero_mean_stays_exactly_zero_under_grad():
 
 @pytest.mark.parametrize('learn_zero', [False, True])
 def test_gradients_match_finite_differences(learn_zero):
-  with jax.enable_x64(True):
+  with enable_x64(True):
     params = _tree(dtype=np.float64)
     mixture = gmp_jax.init_mixture(params, 4, dtype=jnp.float64,
                                    learn_zero_proportion=learn_zero,
