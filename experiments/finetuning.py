@@ -23,7 +23,6 @@ import numpy as np
 import optax
 
 import gmp_jax
-from experiments import evaluation
 from experiments import retraining
 
 
@@ -85,20 +84,15 @@ def setup(config: ml_collections.ConfigDict, student: str, quantized,
   return CodebookTraining(state, step, data)
 
 
-def epoch_metrics(test_set, apply_fn):
-  """One compiled `state -> {metric: device scalar}` for epoch ends.
+def epoch_metrics(evaluate):
+  """`state -> {metric: float}` for the finetune stage's epoch ends.
 
-  `test_accuracy` and `test_cross_entropy` of the expanded codebook state
-  on an `experiments.evaluation.TestSet`.
+  `test_accuracy` and `test_cross_entropy` of the expanded codebook state;
+  `evaluate` is the run's `params -> {'accuracy', 'cross_entropy'}` (from
+  `experiments.evaluation.TestSet.evaluator`), so no second program is built.
   """
-  eval_step = gmp_jax.make_eval_step(apply_fn)
-
-  def metrics(state, x, labels):
-    return evaluation.device_summary(
-        test_set.totals(eval_step, params_of(state), x, labels))
-
-  compiled = gmp_jax.compile_step(metrics)
-  return lambda state: compiled(state, test_set.x, test_set.labels)
+  return lambda state: {f'test_{k}': v
+                        for k, v in evaluate(params_of(state)).items()}
 
 
 def params_of(state: gmp_jax.CodebookState):

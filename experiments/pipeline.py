@@ -364,8 +364,7 @@ def finetune(ctx: Context) -> Record:
     state = _train(ctx, 'finetune', setup.state, setup.train_step,
                    setup.data, epochs=epochs,
                    batch_size=finetuning.batch_size(config),
-                   eval_fn=finetuning.epoch_metrics(
-                       ctx.test_set, retraining.apply_fn(student)))
+                   eval_fn=finetuning.epoch_metrics(evaluate))
     record['codebook_before'] = np.asarray(setup.state.codebook).tolist()
     record['codebook_after'] = np.asarray(state.codebook).tolist()
     quantized = finetuning.host_params(state)
