@@ -122,8 +122,7 @@ class Context:
     if self._test_set is None:
       x, y = self.dataset['test']
       self._test_set = evaluation.TestSet(
-          x, y, batch_size=self.config.eval_batch_size,
-          kind=self.options.kind)
+          x, y, batch_size=self.config.eval_batch_size, kind='scan')
     return self._test_set
 
   def evaluator(self, model_name: str) -> Callable[[Any], dict[str, float]]:
