@@ -314,15 +314,25 @@ def init_mixture(params, num_components: int = 17, *,
 # The prior is an elementwise pass over I weights x K components, so its cost
 # is a few exponentials per (weight, component) pair and nothing else. The
 # kernel below is written for what XLA fuses well on CPU (measured on
-# jax 0.10; see benchmarks/train_step.py):
+# jax 0.10; see benchmarks/train_step.py) and for what its SPMD partitioner
+# keeps local when the weights are sharded:
 #
-# * Components lie along the major axis of a (K, n) expression that is never
-#   stored: the per-weight sums over k are one multi-output `lax.reduce` over
-#   axis 0, so each exponential is computed once and used three times.
-# * The per-component sums over weights reduce a (K, P, n / P) view over its
-#   small middle axis P; XLA emits these as vectorised loops, whereas a
-#   reduction over the long weight axis with exponentials inside runs an
-#   order of magnitude slower.
+# * Each leaf is seen as a matrix (A, B) whose columns are its last axis
+#   (`_view`); only leaves with a short last axis are flattened to one row.
+#   The view never merges the last axis with another, so a leaf sharded
+#   along its last axis stays sharded the same way.
+# * Components lie along the major axis of a (K, ...) expression that is
+#   never stored: the per-weight sums over k are one multi-output
+#   `lax.reduce` over axis 0, so each exponential is computed once and used
+#   three times.
+# * The per-component sums over weights reduce an (a, P, B) view of the rows
+#   over its small middle axis P; XLA emits these as vectorised loops,
+#   whereas a reduction over a long weight axis with exponentials inside
+#   runs an order of magnitude slower. What remains, (K, a, B), is summed by
+#   two matrix-vector products, the row axis first. The last axis is summed
+#   last, so under sharding along it every partial sum stays on its device
+#   and the only communication of the mixture's gradient is one all-reduce
+#   of 3K floats (tests/sharding_test.py reads it from the compiled HLO).
 # * The (K,) per-component constants enter those fusions precomputed (see
 #   `_component_table`).
 #
@@ -334,6 +344,9 @@ def init_mixture(params, num_components: int = 17, *,
 # backward pass ran 5x slower, at P = 8 about 15% slower (jax 0.10.2).
 _SUM_SPLIT = 16
 _UNROLLED_MAX_COMPONENTS = 32  # Above this, the max over k is a reduce.
+# Leaves whose last axis is shorter than this are flattened to one row: the
+# reductions vectorise along the last axis.
+_MIN_COLUMNS = 16
 
 
 def _component_log_density(w, means, precisions, log_pi):
@@ -345,6 +358,17 @@ def _component_log_density(w, means, precisions, log_pi):
 
 def _compute_dtype(w, means):
   return jnp.result_type(w.dtype, means.dtype, jnp.float32)
+
+
+def _view(w, dtype):
+  """(A, B) matrix view of a leaf in the compute dtype; see the notes above.
+
+  B is the last axis when the leaf has two or more axes and the last has at
+  least `_MIN_COLUMNS` entries; otherwise the leaf is one row.
+  """
+  if w.ndim >= 2 and w.shape[-1] >= _MIN_COLUMNS:
+    return w.reshape(-1, w.shape[-1]).astype(dtype)
+  return w.reshape(1, -1).astype(dtype)
 
 
 def _component_table(means, precisions, log_pi):
@@ -375,13 +399,28 @@ def _sum_last(x):
                  precision=jax.lax.Precision.HIGHEST)
 
 
+def _sum_rows_then_columns(x):
+  """Sum of (..., A, B) over its last two axes: over A first, then B."""
+  by_column = jax.lax.dot_general(
+      x, jnp.ones(x.shape[-2], x.dtype),
+      (((x.ndim - 2,), (0,)), ((), ())),
+      precision=jax.lax.Precision.HIGHEST)
+  return _sum_last(by_column)
+
+
+def _per_component(v, x):
+  """(K,) -> (K, 1, ..., 1) broadcasting against (K,) + x.shape."""
+  return v.reshape((-1,) + (1,) * x.ndim)
+
+
 def _max_log_density(x, table):
   """max_k log pi_k N(x | mu_k, 1 / lambda_k), elementwise."""
   offset, half_neg_lam, mu = table[0], table[1], table[2]
   num_components = offset.shape[0]
   if num_components > _UNROLLED_MAX_COMPONENTS:
-    d = x[None] - mu[:, None]
-    return jnp.max(offset[:, None] + half_neg_lam[:, None] * d * d, axis=0)
+    d = x[None] - _per_component(mu, x)
+    return jnp.max(_per_component(offset, x)
+                   + _per_component(half_neg_lam, x) * d * d, axis=0)
   m = offset[0] + half_neg_lam[0] * jnp.square(x - mu[0])
   for k in range(1, num_components):
     m = jnp.maximum(m, offset[k] + half_neg_lam[k] * jnp.square(x - mu[k]))
@@ -392,21 +431,23 @@ def _lse_and_grad(x, table):
   """Per-weight log-sum-exp over components and its derivative in w.
 
   Args:
-    x: (n,) weights in the compute dtype.
+    x: weights in the compute dtype, any shape.
     table: from `_component_table`.
 
   Returns:
-    `(lse, grad)`, both (n,): log sum_k pi_k N(x | mu_k, 1 / lambda_k) and
-    -sum_k r_k lambda_k (x - mu_k), r_k the responsibilities.
+    `(lse, grad)`, both shaped like x: log sum_k pi_k N(x | mu_k,
+    1 / lambda_k) and -sum_k r_k lambda_k (x - mu_k), r_k the
+    responsibilities.
   """
   offset, half_neg_lam, mu, lam, lam_mu = table
   m = _max_log_density(x, table)
-  d = x[None] - mu[:, None]
-  e = jnp.exp(offset[:, None] + half_neg_lam[:, None] * d * d - m[None])
+  d = x[None] - _per_component(mu, x)
+  e = jnp.exp(_per_component(offset, x) + _per_component(half_neg_lam, x)
+              * d * d - m[None])
   zero = jnp.zeros((), x.dtype)
   s, a, b = jax.lax.reduce(
-      (e, e * lam[:, None], e * lam_mu[:, None]), (zero, zero, zero),
-      _add, (0,))
+      (e, e * _per_component(lam, x), e * _per_component(lam_mu, x)),
+      (zero, zero, zero), _add, (0,))
   # sum_k r_k lambda_k (mu_k - x) = (b - x a) / s. Its rounding error is that
   # of moving x by about one ulp of the means; summing r lambda (mu - x)
   # directly is as exact but about 10% slower here.
@@ -417,33 +458,43 @@ def _component_sums(x, lse, table):
   """sum_i r_ik [1, d_ik, d_ik^2] with d_ik = x_i - mu_k; three (K,) arrays.
 
   Args:
-    x: (n,) weights in the compute dtype.
-    lse: (n,) their log-sum-exp from `_lse_and_grad`.
+    x: (A, B) weights from `_view`.
+    lse: (A, B) their log-sum-exp from `_lse_and_grad`.
     table: from `_component_table`.
   """
   offset, half_neg_lam, mu = table[0], table[1], table[2]
 
-  def sums(xv, lv, axis):
-    # xv, lv broadcast against (K, 1, ...) per-component constants.
-    shape = (-1,) + (1,) * (xv.ndim - 1)
-    d = xv - mu.reshape(shape)
-    r = jnp.exp(offset.reshape(shape) + half_neg_lam.reshape(shape) * d * d
-                - lv)
+  def sums(xv, lv):
+    # (a, P, B) views -> three (K, a, B) sums over P.
+    d = xv[None] - _per_component(mu, xv)
+    r = jnp.exp(_per_component(offset, xv)
+                + _per_component(half_neg_lam, xv) * d * d - lv[None])
     zero = jnp.zeros((), x.dtype)
     return jax.lax.reduce((r, r * d, r * d * d), (zero, zero, zero), _add,
-                          (axis,))
+                          (2,))
 
-  n = x.shape[0]
-  cols = n // _SUM_SPLIT
-  head = _SUM_SPLIT * cols
+  if x.shape[0] == 1:  # One row: split it into (1, P, B / P) plus a tail.
+    x, lse = x.reshape(1, 1, -1), lse.reshape(1, 1, -1)
+    n = x.shape[-1]
+    cols = n // _SUM_SPLIT
+    head = _SUM_SPLIT * cols
+    pieces = [(x[..., :head].reshape(1, _SUM_SPLIT, cols),
+               lse[..., :head].reshape(1, _SUM_SPLIT, cols))] if cols else []
+    if head < n:
+      pieces.append((x[..., head:], lse[..., head:]))
+  else:  # Rows in groups of P, then the remaining rows.
+    rows, columns = x.shape
+    groups = rows // _SUM_SPLIT
+    head = _SUM_SPLIT * groups
+    pieces = [(x[:head].reshape(groups, _SUM_SPLIT, columns),
+               lse[:head].reshape(groups, _SUM_SPLIT, columns))
+              ] if groups else []
+    if head < rows:
+      pieces.append((x[head:][None], lse[head:][None]))
   totals = [jnp.zeros(mu.shape, x.dtype)] * 3
-  if cols:
-    view = (1, _SUM_SPLIT, cols)
-    partial = sums(x[:head].reshape(view), lse[:head].reshape(view), 1)
-    totals = [t + _sum_last(p) for t, p in zip(totals, partial)]
-  if head < n:
-    tail = sums(x[head:][None], lse[head:][None], 1)
-    totals = [t + p for t, p in zip(totals, tail)]
+  for xv, lv in pieces:
+    totals = [t + _sum_rows_then_columns(p)
+              for t, p in zip(totals, sums(xv, lv))]
   return totals
 
 
@@ -452,9 +503,8 @@ def _leaves_log_prob(leaves, means, precisions, log_pi):
   table = _component_table(means, precisions, log_pi)
   total = jnp.zeros((), means.dtype)
   for w in leaves:
-    x = w.reshape(-1).astype(_compute_dtype(w, means))
-    lse, _ = _lse_and_grad(x, table)
-    total = total + _sum_last(lse)
+    lse, _ = _lse_and_grad(_view(w, _compute_dtype(w, means)), table)
+    total = total + _sum_rows_then_columns(lse)
   return total
 
 
@@ -463,9 +513,8 @@ def _leaves_log_prob_fwd(leaves, means, precisions, log_pi):
   total = jnp.zeros((), means.dtype)
   saved = []
   for w in leaves:
-    x = w.reshape(-1).astype(_compute_dtype(w, means))
-    lse, grad = _lse_and_grad(x, table)
-    total = total + _sum_last(lse)
+    lse, grad = _lse_and_grad(_view(w, _compute_dtype(w, means)), table)
+    total = total + _sum_rows_then_columns(lse)
     saved.append((lse, grad))
   return total, (leaves, means, precisions, log_pi, tuple(saved))
 
@@ -479,8 +528,7 @@ def _leaves_log_prob_bwd(res, g):
   s0 = s1 = s2 = jnp.zeros(means.shape, means.dtype)
   grad_leaves = []
   for w, (lse, grad) in zip(leaves, saved):
-    x = w.reshape(-1).astype(lse.dtype)
-    t0, t1, t2 = _component_sums(x, lse, table)
+    t0, t1, t2 = _component_sums(_view(w, lse.dtype), lse, table)
     s0, s1, s2 = (s0 + t0.astype(s0.dtype), s1 + t1.astype(s1.dtype),
                   s2 + t2.astype(s2.dtype))
     grad_leaves.append((g * grad).astype(w.dtype).reshape(w.shape))

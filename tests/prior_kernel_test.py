@@ -1,8 +1,10 @@
 """The fused likelihood kernel of gmp_jax.prior against a dense reference.
 
-`mixture_log_prob` splits leaves into a (16, n / 16) view plus a tail, takes
-an unrolled or a reduced max depending on K, and casts per leaf; these tests
-cover each path against the dense `log_prob_of_values` formula and NumPy.
+`mixture_log_prob` views a leaf as rows of its last axis (grouped 16 at a
+time plus the remaining rows) or, when the last axis is short, as one row
+split into a (16, n / 16) view plus a tail; it takes an unrolled or a reduced
+max depending on K, and casts per leaf. These tests cover each path against
+the dense `log_prob_of_values` formula and NumPy.
 """
 
 import jax
@@ -16,7 +18,8 @@ from gmp_jax import prior as prior_lib
 
 def _params(sizes, seed=0, dtype=jnp.float32):
   rng = np.random.default_rng(seed)
-  return {f'w{i}': jnp.asarray(rng.normal(0, 0.1, (n,)), dtype)
+  return {f'w{i}': jnp.asarray(rng.normal(
+      0, 0.1, (n,) if isinstance(n, int) else n), dtype)
           for i, n in enumerate(sizes)}
 
 
@@ -53,8 +56,11 @@ def _numpy_grads(params, mixture):
           'log_pi': r.sum(0)}
 
 
-@pytest.mark.parametrize('sizes', [(1,), (15,), (16,), (17,), (1000,),
-                                   (5003, 7, 64)])
+@pytest.mark.parametrize('sizes', [
+    (1,), (15,), (16,), (17,), (1000,), (5003, 7, 64),
+    # Rows of the last axis: 16-row groups and leftover rows, fewer than 16
+    # rows, a 4-d leaf, and a last axis too short (flattened).
+    ((40, 16), (7, 33), (3, 3, 5, 20)), ((35, 50), (50, 10), (1, 64))])
 @pytest.mark.parametrize('k', [2, 17, 40])
 def test_value_and_gradients_match_float64(sizes, k):
   params = _params(sizes)
