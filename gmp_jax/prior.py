@@ -364,7 +364,10 @@ def _view(w, dtype):
   """(A, B) matrix view of a leaf in the compute dtype; see the notes above.
 
   B is the last axis when the leaf has two or more axes and the last has at
-  least `_MIN_COLUMNS` entries; otherwise the leaf is one row.
+  least `_MIN_COLUMNS` entries; otherwise the leaf is one row. Rows whose
+  length is not a multiple of the vector width cost a little: a (784, 300)
+  leaf's value and gradients take about 10% more CPU time than through one
+  flat row, a (1250, 500) leaf's about 3% (jax 0.10.2, AVX-512).
   """
   if w.ndim >= 2 and w.shape[-1] >= _MIN_COLUMNS:
     return w.reshape(-1, w.shape[-1]).astype(dtype)
@@ -400,12 +403,19 @@ def _sum_last(x):
 
 
 def _sum_rows_then_columns(x):
-  """Sum of (..., A, B) over its last two axes: over A first, then B."""
-  by_column = jax.lax.dot_general(
-      x, jnp.ones(x.shape[-2], x.dtype),
-      (((x.ndim - 2,), (0,)), ((), ())),
-      precision=jax.lax.Precision.HIGHEST)
-  return _sum_last(by_column)
+  """Sum of (A, B) or (K, A, B) over its last two axes: A first, then B.
+
+  The sum over A is a (batched) vector-matrix product, which XLA:CPU runs
+  without transposing x (contracting A directly costs a transpose, ~50%
+  more here).
+  """
+  hi = jax.lax.Precision.HIGHEST
+  if x.ndim == 2:
+    return _sum_last(jnp.dot(jnp.ones(x.shape[0], x.dtype), x, precision=hi))
+  ones = jnp.ones((x.shape[0], 1, x.shape[1]), x.dtype)
+  by_column = jax.lax.dot_general(ones, x, (((2,), (1,)), ((0,), (0,))),
+                                  precision=hi)
+  return _sum_last(by_column[:, 0])
 
 
 def _per_component(v, x):
