@@ -329,10 +329,11 @@ def init_mixture(params, num_components: int = 17, *,
 #   over its small middle axis P; XLA emits these as vectorised loops,
 #   whereas a reduction over a long weight axis with exponentials inside
 #   runs an order of magnitude slower. What remains, (K, a, B), is summed by
-#   two matrix-vector products, the row axis first. The last axis is summed
-#   last, so under sharding along it every partial sum stays on its device
-#   and the only communication of the mixture's gradient is one all-reduce
-#   of 3K floats (tests/sharding_test.py reads it from the compiled HLO).
+#   matrix-vector products, over the rows first and over the last axis once
+#   per leaf. Under sharding along the last axis every partial sum stays on
+#   its device until then, so the mixture's gradient communicates 3K floats
+#   per sharded leaf and the value one float, which XLA sends as one
+#   all-reduce (tests/sharding_test.py reads it from the compiled HLO).
 # * The (K,) per-component constants enter those fusions precomputed (see
 #   `_component_table`).
 #
@@ -402,20 +403,18 @@ def _sum_last(x):
                  precision=jax.lax.Precision.HIGHEST)
 
 
-def _sum_rows_then_columns(x):
-  """Sum of (A, B) or (K, A, B) over its last two axes: A first, then B.
+def _sum_rows(x):
+  """(A, B) -> (B,) or (K, A, B) -> (K, B): the sum over A.
 
-  The sum over A is a (batched) vector-matrix product, which XLA:CPU runs
-  without transposing x (contracting A directly costs a transpose, ~50%
-  more here).
+  A (batched) vector-matrix product, which XLA:CPU runs without transposing
+  x (contracting A directly costs a transpose, ~50% more here).
   """
   hi = jax.lax.Precision.HIGHEST
   if x.ndim == 2:
-    return _sum_last(jnp.dot(jnp.ones(x.shape[0], x.dtype), x, precision=hi))
+    return jnp.dot(jnp.ones(x.shape[0], x.dtype), x, precision=hi)
   ones = jnp.ones((x.shape[0], 1, x.shape[1]), x.dtype)
-  by_column = jax.lax.dot_general(ones, x, (((2,), (1,)), ((0,), (0,))),
-                                  precision=hi)
-  return _sum_last(by_column[:, 0])
+  return jax.lax.dot_general(ones, x, (((2,), (1,)), ((0,), (0,))),
+                             precision=hi)[:, 0]
 
 
 def _per_component(v, x):
@@ -483,7 +482,8 @@ def _component_sums(x, lse, table):
     return jax.lax.reduce((r, r * d, r * d * d), (zero, zero, zero), _add,
                           (2,))
 
-  if x.shape[0] == 1:  # One row: split it into (1, P, B / P) plus a tail.
+  one_row = x.shape[0] == 1
+  if one_row:  # Split the row into (1, P, B / P) plus a tail.
     x, lse = x.reshape(1, 1, -1), lse.reshape(1, 1, -1)
     n = x.shape[-1]
     cols = n // _SUM_SPLIT
@@ -501,11 +501,19 @@ def _component_sums(x, lse, table):
               ] if groups else []
     if head < rows:
       pieces.append((x[head:][None], lse[head:][None]))
-  totals = [jnp.zeros(mu.shape, x.dtype)] * 3
+  if one_row:
+    totals = [jnp.zeros(mu.shape, x.dtype)] * 3
+    for xv, lv in pieces:
+      totals = [t + _sum_last(p[:, 0])  # One row: a == 1.
+                for t, p in zip(totals, sums(xv, lv))]
+    return totals
+  # The pieces share the columns: add their column sums, then sum the
+  # columns once (one (K,) partial sum per leaf when columns are sharded).
+  columns = None
   for xv, lv in pieces:
-    totals = [t + _sum_rows_then_columns(p)
-              for t, p in zip(totals, sums(xv, lv))]
-  return totals
+    c = [_sum_rows(p) for p in sums(xv, lv)]
+    columns = c if columns is None else [a + b for a, b in zip(columns, c)]
+  return [_sum_last(c) for c in columns]
 
 
 @jax.custom_vjp
@@ -514,7 +522,7 @@ def _leaves_log_prob(leaves, means, precisions, log_pi):
   total = jnp.zeros((), means.dtype)
   for w in leaves:
     lse, _ = _lse_and_grad(_view(w, _compute_dtype(w, means)), table)
-    total = total + _sum_rows_then_columns(lse)
+    total = total + _sum_last(_sum_rows(lse))
   return total
 
 
@@ -524,7 +532,7 @@ def _leaves_log_prob_fwd(leaves, means, precisions, log_pi):
   saved = []
   for w in leaves:
     lse, grad = _lse_and_grad(_view(w, _compute_dtype(w, means)), table)
-    total = total + _sum_rows_then_columns(lse)
+    total = total + _sum_last(_sum_rows(lse))
     saved.append((lse, grad))
   return total, (leaves, means, precisions, log_pi, tuple(saved))
 

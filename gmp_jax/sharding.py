@@ -19,9 +19,14 @@ prior, value and gradients, communicates one all-reduce of 3K + 1 floats
 the prior under FSDP; the weights' own prior gradient never leaves the
 device. `tests/sharding_test.py` checks this in the compiled program.
 
+The mesh axis must be of type `AxisType.Auto` (what `data_mesh` builds):
+under `Explicit` axes, JAX asks model code for output shardings of some
+operations (convolutions, for one), which a sharding-agnostic model does not
+give.
+
 Example::
 
-  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  mesh = data_mesh()
   state = jax.device_put(state, fsdp_sharding(state, mesh))
   batch = jax.device_put(batch, batch_sharding(mesh))
   state, metrics = jax.jit(train_step)(state, batch)
@@ -33,12 +38,14 @@ import math
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gmp_jax import prior as prior_lib
 
 __all__ = (
     'batch_sharding',
+    'data_mesh',
     'DEFAULT_MIN_SIZE',
     'fsdp_sharding',
     'fsdp_spec',
@@ -48,6 +55,24 @@ __all__ = (
 # Arrays with fewer entries stay replicated under FSDP: a copy costs little
 # memory, and a split one costs an all-gather per use.
 DEFAULT_MIN_SIZE = 2**14
+
+
+def data_mesh(devices=None, *, axis: str = 'data') -> Mesh:
+  """A one-axis mesh over `devices` (default: every device of every process).
+
+  The axis has type `AxisType.Auto`: XLA partitions the computation from
+  the input shardings.
+
+  Raises:
+    ValueError: `devices` is empty or repeats a device.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if not devices:
+    raise ValueError('data_mesh needs at least one device, got none.')
+  if len({d.id for d in devices}) != len(devices):
+    raise ValueError(f'data_mesh got a device twice: {devices}.')
+  return Mesh(np.array(devices), (axis,),
+              axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _check_axis(mesh: Mesh, axis: str) -> int:
