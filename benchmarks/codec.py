@@ -14,16 +14,16 @@ includes the fsync of an atomic write to a temporary directory.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import tempfile
 import time
 
 import constriction
 import numpy as np
 
+from benchmarks import timing
 from gmp_jax import codec
+from gmp_jax import fileio
 from gmp_jax import report
 
 # (name, kernel shape, bias size, fraction of zeros) from the poster's Table 1.
@@ -60,23 +60,6 @@ def poster_params(*, seed: int = 0, distinct: int = 10) -> dict:
   return {'params': params}
 
 
-def _median_seconds(fn, runs: int) -> float:
-  fn()  # Warm-up.
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def _entropy_bits(counts) -> float:
-  """Empirical Shannon information, sum_s c_s log2(n / c_s), in bits."""
-  c = np.asarray(counts, np.float64)
-  c = c[c > 0]
-  return float(np.sum(c * np.log2(c.sum() / c)))
-
-
 def compare_coders(params: dict) -> list[dict]:
   """Bits (relative to the empirical entropy) and times of candidate coders.
 
@@ -95,8 +78,8 @@ def compare_coders(params: dict) -> list[dict]:
   _, idx, counts = np.unique(x[mask], return_inverse=True, return_counts=True)
   n, nnz = x.size, int(mask.sum())
   gaps = np.diff(np.flatnonzero(mask), prepend=-1) - 1  # Zeros before each.
-  entropy = {'positions': _entropy_bits([n - nnz, nnz]),
-             'indices': _entropy_bits(counts)}
+  entropy = {'positions': report.entropy_bits([n - nnz, nnz]),
+             'indices': report.entropy_bits(counts)}
   streams = {'positions': (mask.astype(np.int32), np.array([n - nnz, nnz])),
              'indices': (idx.astype(np.int32), counts)}
   table_bytes = next(i.table_bytes for i in codec.from_bytes(
@@ -157,9 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
   params = poster_params()
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'model.gmp')
-    save_s = _median_seconds(lambda: codec.save_compressed(path, params),
-                             args.runs)
-    load_s = _median_seconds(lambda: codec.load_compressed(path), args.runs)
+    save_s = timing.median_seconds(
+        lambda: codec.save_compressed(path, params), args.runs)['median_s']
+    load_s = timing.median_seconds(
+        lambda: codec.load_compressed(path), args.runs)['median_s']
     rep = report.compression_report(path=path)
   results = {'runs': args.runs, 'save_s': save_s, 'load_s': load_s,
              'report': rep.to_dict()}
@@ -180,8 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
             f'| {r["bits_over_entropy"]:.4f} | {1e3 * r["encode_s"]:.1f} '
             f'| {1e3 * r["decode_s"]:.1f} |')
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(results, f, indent=2)
+    fileio.write_json_atomic(args.json, results)
   return results
 
 

@@ -7,12 +7,13 @@
 Network: the poster's MNIST net (`experiments.models`, 642,460 parameters).
 Configurations, all with Adam at `gmp_jax.gmp_optimizer`'s learning rates:
 
-* `jax_plain`: `gmp_jax.make_train_step(use_prior=False)`, cross-entropy.
+* `jax_plain`: `gmp_jax.make_train_step(use_prior=False)`, cross-entropy,
+  compiled with `gmp_jax.compile_step`.
 * `jax_gmp`: `gmp_jax.make_train_step` with the full retraining objective:
   a 17-component mixture prior over all weights, Gamma hyperpriors and the
   teacher-student MSE at T = 4 (poster eqs. 1 and 2).
 * `jax_plain_multi`, `jax_gmp_multi`: the same steps through
-  `gmp_jax.make_scan_step`, several steps per dispatch, each batch gathered
+  `gmp_jax.make_multi_step`, several steps per dispatch, each batch gathered
   on the device from a dataset held there.
 * `torch_plain`, `torch_gmp`: `benchmarks.torch_reference`, the same network
   and mathematics in PyTorch; the prior of `torch_gmp` is wrapped in
@@ -31,7 +32,6 @@ compressed file save/load times for the seed network, and the ratios
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,7 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 import gmp_jax
+from gmp_jax import fileio
 from gmp_jax import train as train_lib
 from experiments import models
 
@@ -120,9 +122,10 @@ def _jax_runner(name: str, setup: dict, batch_size: int, *, prior: bool,
   params, mixture = jax.tree.map(jnp.copy, (params, mixture))
   holder = {'state': gmp_jax.create_train_state(params, mixture, tx)}
   if multi:
-    step = gmp_jax.make_scan_step(
-        gmp_jax.build_train_step(apply_fn, tx, **kwargs), donate=True,
-        compiler_options=compiler_options)
+    step = gmp_jax.compile_step(
+        gmp_jax.make_multi_step(gmp_jax.make_train_step(apply_fn, tx,
+                                                        **kwargs)),
+        donate_state=True, compiler_options=compiler_options)
     idx = _batch_indices(ring * multi, batch_size, num, seed=1)
     calls = [jax.device_put(idx[i * multi:(i + 1) * multi])
              for i in range(ring)]
@@ -137,8 +140,9 @@ def _jax_runner(name: str, setup: dict, batch_size: int, *, prior: bool,
 
     return Runner(name, run, steps_per_call=multi)
 
-  step = gmp_jax.make_train_step(apply_fn, tx, donate=True,
-                                 compiler_options=compiler_options, **kwargs)
+  step = gmp_jax.compile_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs),
+                              donate_state=True,
+                              compiler_options=compiler_options)
   idx = _batch_indices(ring, batch_size, num, seed=1)
   batches = [jax.tree.map(lambda a, i=i: a[i], data) for i in idx]
   jax.block_until_ready(batches)
@@ -206,19 +210,6 @@ def _time_windows(runners: Sequence[Runner], *, warmup_steps: int,
   return times
 
 
-def _median_seconds(fn: Callable[[], Any], runs: int) -> dict[str, float]:
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return {'first_s': first, 'median_s': statistics.median(times),
-          'runs': runs}
-
-
 def _postprocess_timings(setup: dict, runs: int) -> dict[str, Any]:
   params, mixture = setup['params'], setup['mixture']
 
@@ -226,7 +217,7 @@ def _postprocess_timings(setup: dict, runs: int) -> dict[str, Any]:
     merged = gmp_jax.merge_components(mixture)
     return jax.block_until_ready(gmp_jax.quantize(params, merged))
 
-  out = {'merge_and_quantize': _median_seconds(post, runs)}
+  out = {'merge_and_quantize': timing.median_seconds(post, runs)}
   try:
     from gmp_jax import codec  # pylint: disable=import-outside-toplevel
     save, load = codec.save_compressed, codec.load_compressed
@@ -245,8 +236,8 @@ def _postprocess_timings(setup: dict, runs: int) -> dict[str, Any]:
     for name, tree in trees.items():
       path = os.path.join(tmp, f'{name}.gmpz')
       prefix = '' if name == 'seed' else f'{name}_'
-      out[prefix + 'save'] = _median_seconds(lambda: save(path, tree), runs)
-      out[prefix + 'load'] = _median_seconds(lambda: load(path), runs)
+      out[prefix + 'save'] = timing.median_seconds(lambda: save(path, tree), runs)
+      out[prefix + 'load'] = timing.median_seconds(lambda: load(path), runs)
       out[prefix + 'file_bytes'] = os.path.getsize(path)
   out['codec'] = 'gmp_jax.codec'
   return out
@@ -434,8 +425,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           file=sys.stderr)
   print(format_table(report))
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(report, f, indent=2)
+    fileio.write_json_atomic(args.json, report)
   return report
 
 

@@ -247,7 +247,7 @@ def _apply_fn(model_name: str):
 @functools.cache
 def _eval_step(model_name: str):
   # One jitted eval step per model, shared by every stage and epoch.
-  return gmp_jax.make_eval_step(_apply_fn(model_name))
+  return gmp_jax.compile_step(gmp_jax.make_eval_step(_apply_fn(model_name)))
 
 
 def _eval_fn(model_name: str, test, batch_size: int):
@@ -309,12 +309,12 @@ def run_teacher(config, workdir, dataset, log) -> tuple[Any, dict]:
                              mixing=0.0)
   mixture = gmp_jax.init_mixture(params, 2)  # Unused: the prior is off.
   state = gmp_jax.create_train_state(params, mixture, tx)
-  step = gmp_jax.build_train_step(_apply_fn(config.model), tx, tau=0.0,
-                                  dataset_size=len(x), use_prior=False)
+  step = gmp_jax.make_train_step(_apply_fn(config.model), tx, tau=0.0,
+                                 dataset_size=len(x), use_prior=False)
   data = jax.device_put({'x': x, 'label': y})
   state = train_loop(
       stage='teacher', workdir=workdir, state=state,
-      scan_step=gmp_jax.make_scan_step(step), data=data,
+      scan_step=gmp_jax.compile_step(gmp_jax.make_multi_step(step)), data=data,
       num_epochs=tc.epochs, batch_size=tc.batch_size, seed=config.seed,
       config=config, log=log,
       eval_fn=_state_eval_fn(config.model, dataset['test'],
@@ -376,7 +376,7 @@ def _end_to_end_step(config, teacher_params, dataset):
   if rc.label_weight > 0 or 'teacher_logits' not in data:
     data['label'] = y
   tx = _retrain_optimizer(rc, rc.lr_weights)
-  step = gmp_jax.build_train_step(
+  step = gmp_jax.make_train_step(
       _apply_fn(student), tx, tau=rc.tau, dataset_size=len(x),
       temperature=rc.temperature, distillation=rc.distillation,
       distillation_weight=rc.distillation_weight,
@@ -417,7 +417,7 @@ def _layerwise_step(config, teacher_params, dataset):
     return total, metrics
 
   tx = _retrain_optimizer(rc, rc.layerwise_lr_weights)
-  step = gmp_jax.build_train_step(
+  step = gmp_jax.make_train_step(
       apply_fn, tx, tau=rc.tau, dataset_size=len(x),
       hyperpriors=_hyperpriors(rc), data_loss_fn=data_loss_fn)
   return tx, step, {'x': x}
@@ -438,8 +438,8 @@ def run_retrain(config, workdir, dataset, teacher_params, log):
   if os.path.exists(done):
     logging.info('retrain: found %s, skipping.', done)
     result = read_json(done)
-    loaded = codec.load_compressed_with_metadata(
-        os.path.join(stage_dir, 'state.gmpz'))
+    loaded = codec.load_compressed(
+        os.path.join(stage_dir, 'state.gmpz'), with_metadata=True)
     state_params, meta = loaded
     mixture = _mixture_from_params(params, rc)
     mixture = mixture.replace(
@@ -456,7 +456,7 @@ def run_retrain(config, workdir, dataset, teacher_params, log):
   evaluate = _eval_fn(student, dataset['test'], config.eval_batch_size)
   state = train_loop(
       stage='retrain', workdir=workdir, state=state,
-      scan_step=gmp_jax.make_scan_step(step), data=jax.device_put(data),
+      scan_step=gmp_jax.compile_step(gmp_jax.make_multi_step(step)), data=jax.device_put(data),
       num_epochs=rc.epochs, batch_size=rc.batch_size, seed=config.seed,
       config=config, log=log,
       eval_fn=_state_eval_fn(student, dataset['test'],

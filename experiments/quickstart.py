@@ -48,8 +48,8 @@ def run(*, num_components: int = 8, pretrain_steps: int = 300,
   # 1. Ordinary training (prior off).
   mixture = gmp_jax.init_mixture(params, num_components)
   tx = gmp_jax.gmp_optimizer(weights=3e-3)
-  step = gmp_jax.make_train_step(apply_fn, tx, tau=0.0, dataset_size=512,
-                                 use_prior=False)
+  step = gmp_jax.compile_step(gmp_jax.make_train_step(
+      apply_fn, tx, tau=0.0, dataset_size=512, use_prior=False))
   state = gmp_jax.create_train_state(params, mixture, tx)
   for _ in range(pretrain_steps):
     state, metrics = step(state, batch)
@@ -59,7 +59,8 @@ def run(*, num_components: int = 8, pretrain_steps: int = 300,
   # 2. Retrain with the prior: data loss + tau/N * complexity (eq. 1).
   mixture = gmp_jax.init_mixture(pretrained, num_components, init_std=0.1)
   tx = gmp_jax.gmp_optimizer(weights=1e-3, means=3e-3)
-  step = gmp_jax.make_train_step(apply_fn, tx, tau=0.02, dataset_size=512)
+  step = gmp_jax.compile_step(
+      gmp_jax.make_train_step(apply_fn, tx, tau=0.02, dataset_size=512))
   state = gmp_jax.create_train_state(pretrained, mixture, tx)
   for _ in range(retrain_steps):
     state, metrics = step(state, batch)
@@ -70,14 +71,14 @@ def run(*, num_components: int = 8, pretrain_steps: int = 300,
   # 3. Merge, prune and quantise.
   mixture = gmp_jax.merge_components(state.mixture)
   quantized = gmp_jax.quantize(state.params, mixture)
-  summary = gmp_jax.compression_summary(quantized, mixture)
+  total = gmp_jax.sparsity_table(quantized)[-1]
   logits = apply_fn(quantized, x)
   acc_q = float(jnp.mean(jnp.argmax(logits, -1) == y))
   out = {'accuracy_pretrained': acc_pre,
          'accuracy_quantized': acc_q,
          'clustered_before': before, 'clustered_after': after,
-         'distinct_values': summary['total']['distinct_nonzero'],
-         'sparsity': summary['total']['sparsity'],
+         'distinct_values': total['distinct_values'],
+         'sparsity': total['sparsity'],
          'num_components': mixture.num_components}
   if verbose:
     print(f"train accuracy: pretrained {acc_pre:.3f}, quantised {acc_q:.3f}")

@@ -55,7 +55,8 @@ A leaf record starts with one kind byte. Varints are unsigned LEB128; a
 `constriction` ANS coder (`AnsCoder.get_compressed`), encoded with
 `encode_reverse` so that it decodes in order, under the static model
 `constriction.stream.model.Categorical(counts, perfect=False)` built from
-integer counts (as float64) that the file holds or implies. A leaf is stored
+integer counts (as float64) that the file holds or implies (the coder is
+`gmp_jax._ans`). A leaf is stored
 raw when that is not larger, e.g. an uncompressed layer with many distinct
 values, and always when it has more than 65,536 distinct nonzero values or an
 itemsize other than 1, 2, 4 or 8 bytes.
@@ -96,14 +97,15 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import zlib
 from collections.abc import Mapping
 from typing import Any, BinaryIO, Union
 
-import constriction
 import ml_dtypes
 import numpy as np
+
+from gmp_jax import _ans
+from gmp_jax import fileio
 
 MAGIC = b'\x89GMPJAX\n'
 FORMAT_VERSION = 1
@@ -322,6 +324,19 @@ def _unflatten(node, leaves: list, names: list, *, path: tuple = ()):
   raise CorruptFileError(f'unknown tree node {tag!r:.20}')
 
 
+def named_leaves(tree) -> list[tuple[str, np.ndarray]]:
+  """`(name, array)` of every array leaf, in the order a file stores them.
+
+  Names are '/'-joined paths (`'dense/kernel'`), as in `LeafInfo.name`.
+
+  Raises:
+    TypeError: for a node, key or dtype the file format does not support.
+  """
+  leaves, names = [], []
+  _flatten(tree, leaves, names, scalars=False)
+  return list(zip(names, leaves))
+
+
 # ---------------------------------------------------------------- varints ---
 
 
@@ -362,34 +377,21 @@ class _Reader:
 
 
 # ---------------------------------------------------------------- streams ---
-
-
-def _model(counts: np.ndarray):
-  # Built from integer counts stored in the file, so the decoder rebuilds
-  # exactly the encoder's model.
-  return constriction.stream.model.Categorical(
-      np.asarray(counts, np.float64), perfect=False)
+# The coder itself lives in `gmp_jax._ans`; this frames its words.
 
 
 def _encode_stream(symbols: np.ndarray, counts: np.ndarray) -> bytes:
-  coder = constriction.stream.stack.AnsCoder()
-  coder.encode_reverse(symbols.astype(np.int32, copy=False), _model(counts))
-  words = coder.get_compressed()
-  return _varint(words.size) + _le_bytes(words.astype(np.uint32, copy=False))
+  words = _ans.encode(symbols, counts)
+  return _varint(words.size) + _le_bytes(words)
 
 
 def _decode_stream(reader: _Reader, counts: np.ndarray, n: int) -> np.ndarray:
   n_words = reader.varint()
   words = _from_le(reader.take(4 * n_words), np.dtype(np.uint32), n_words)
   try:
-    coder = constriction.stream.stack.AnsCoder(words)
-    symbols = coder.decode(_model(counts), n)
-    empty = coder.is_empty()
-  except Exception as e:  # The coder raises its own types on bad input.
-    raise CorruptFileError(f'undecodable stream: {e}') from e
-  if not empty:
-    raise CorruptFileError('stream has unused words')
-  return symbols
+    return _ans.decode(words, counts, n)
+  except _ans.DecodeError as e:
+    raise CorruptFileError(str(e)) from e
 
 
 # ----------------------------------------------------------------- leaves ---
@@ -634,34 +636,15 @@ def from_bytes(data: bytes) -> CompressedFile:
                         file_bytes=len(data), header_bytes=start + h)
 
 
-def _write_atomic(path, data: bytes) -> None:
-  """Writes `data` to `path` via a synced temporary file and os.replace."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
-                             suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    umask = os.umask(0)  # mkstemp creates 0600; use the usual 0666 & ~umask.
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  if hasattr(os, 'O_DIRECTORY'):  # Persist the rename (POSIX).
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-      os.fsync(dir_fd)
-    finally:
-      os.close(dir_fd)
+def read_bytes(source: PathOrFile) -> bytes:
+  """The bytes of one compressed file, for `from_bytes`.
 
+  A path is read whole; a binary file object is read for exactly the length
+  its preamble declares.
 
-def _read(source: PathOrFile) -> bytes:
+  Raises:
+    CorruptFileError: the preamble of a file object is bad.
+  """
   if isinstance(source, (str, os.PathLike)):
     with open(source, 'rb') as f:
       return f.read()
@@ -696,49 +679,31 @@ def save_compressed(file: PathOrFile, params, *, metadata=None,
   """
   data = to_bytes(params, metadata=metadata, codebook_dtype=codebook_dtype)
   if isinstance(file, (str, os.PathLike)):
-    _write_atomic(file, data)
+    fileio.write_atomic(file, data)
   else:
     file.write(data)
   return len(data)
 
 
-def read_compressed(file: PathOrFile) -> CompressedFile:
-  """Reads a compressed file with its per-leaf byte accounting.
-
-  Args:
-    file: a path or a binary file object open for reading.
-
-  Returns:
-    A `CompressedFile` with the params, metadata and `LeafInfo`s.
-
-  Raises:
-    CorruptFileError: if the file is truncated, corrupted, foreign or of an
-      unsupported format version.
-  """
-  return from_bytes(_read(file))
-
-
-def load_compressed(file: PathOrFile):
+def load_compressed(file: PathOrFile, *, with_metadata: bool = False):
   """Loads the tree written by `save_compressed`.
 
   Args:
     file: a path or a binary file object open for reading.
+    with_metadata: also return the metadata tree.
 
   Returns:
     The same tree structure (dicts, lists, tuples, None) with NumPy arrays of
-    the saved shapes and dtypes and bit-identical values.
+    the saved shapes and dtypes and bit-identical values; with
+    `with_metadata`, the pair `(params, metadata)` (metadata None when none
+    was saved).
 
   Raises:
     CorruptFileError: if the file is truncated, corrupted, foreign or of an
       unsupported format version.
   """
-  return read_compressed(file).params
-
-
-def load_compressed_with_metadata(file: PathOrFile) -> tuple[Any, Any]:
-  """Like `load_compressed`, also returning the metadata (or None)."""
-  f = read_compressed(file)
-  return f.params, f.metadata
+  f = from_bytes(read_bytes(file))
+  return (f.params, f.metadata) if with_metadata else f.params
 
 
 __all__ = (
@@ -747,8 +712,8 @@ __all__ = (
     'LeafInfo',
     'from_bytes',
     'load_compressed',
-    'load_compressed_with_metadata',
-    'read_compressed',
+    'named_leaves',
+    'read_bytes',
     'save_compressed',
     'to_bytes',
 )

@@ -15,7 +15,11 @@ import jax.numpy as jnp
 from gmp_jax import prior as prior_lib
 
 
-def _check_temperature(temperature) -> None:
+def check_temperature(temperature) -> None:
+  """Raises ValueError unless the temperature T is > 0.
+
+  Python numbers and concrete arrays are checked; tracers pass unchecked.
+  """
   if isinstance(temperature, numbers.Real) and not temperature > 0:
     raise ValueError(f'temperature must be > 0, got {temperature!r}.')
   try:
@@ -35,7 +39,7 @@ def _check_same_shape(student_logits, teacher_logits) -> None:
 
 def tempered_softmax(logits: jax.Array, temperature) -> jax.Array:
   """softmax(z / T) over the last axis (poster eq. 2)."""
-  _check_temperature(temperature)
+  check_temperature(temperature)
   return jax.nn.softmax(logits / temperature, axis=-1)
 
 
@@ -91,7 +95,7 @@ def kl_distillation_loss(student_logits: jax.Array,
     Hinton, Vinyals & Dean, 2015. https://arxiv.org/abs/1503.02531
   """
   _check_same_shape(student_logits, teacher_logits)
-  _check_temperature(temperature)
+  check_temperature(temperature)
   log_p_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   log_p_t = jax.lax.stop_gradient(
       jax.nn.log_softmax(teacher_logits / temperature, axis=-1))

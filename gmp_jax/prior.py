@@ -8,10 +8,12 @@ whose component 0 is pinned at mu_0 = 0 (the pruning cluster). The non-zero
 means, the log-precisions log(1 / sigma_k^2) and the mixing logits are learned
 together with the weights.
 
-`GaussianMixture` is a pytree, so it passes through `jax.jit`, `jax.grad` and
-optax. It also remembers which leaves of which tree it was built for, so a
-mixture applied to another tree fails with a clear error instead of silently
-regularising the wrong weights.
+`GaussianMixture` is a pytree (a frozen dataclass), so it passes through
+`jax.jit`, `jax.grad` and optax. It also remembers which leaves of which
+tree it was built for, so a mixture applied to another tree fails with a
+clear error instead of silently regularising the wrong weights. The fused
+likelihood kernel behind `mixture_log_prob` lives in the private
+`gmp_jax._prior_kernel`.
 
 References:
   Ullrich, Meeds & Welling, "Soft Weight-Sharing for Neural Network
@@ -22,13 +24,17 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+import dataclasses
+import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gmp_jax import _prior_kernel
 
 # Variances are kept in [VARIANCE_FLOOR, VARIANCE_CEILING] by clipping the
 # log-precision; the prior and its gradients stay finite at both ends.
@@ -36,7 +42,6 @@ VARIANCE_FLOOR = 1e-8
 VARIANCE_CEILING = 1e4
 _LOG_PRECISION_MAX = -math.log(VARIANCE_FLOOR)
 _LOG_PRECISION_MIN = -math.log(VARIANCE_CEILING)
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 FilterFn = Callable[[tuple, Any], bool]
 # (path string, shape, dtype string) for every leaf the prior covers.
@@ -49,58 +54,43 @@ def is_floating(path: tuple, leaf: Any) -> bool:
   return hasattr(leaf, 'dtype') and jnp.issubdtype(leaf.dtype, jnp.floating)
 
 
-@jax.tree_util.register_pytree_with_keys_class
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=('nonzero_means', 'log_precisions', 'mixing_logits'),
+    meta_fields=('zero_proportion', 'signature'))
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class GaussianMixture:
   """A Gaussian mixture with component 0 fixed at mean 0.
 
-  Learned leaves (the pytree children):
+  A frozen dataclass registered as a pytree. Learned leaves (the pytree
+  children):
     nonzero_means: (K-1,) means of components 1..K-1.
     log_precisions: (K,) log(1 / sigma_k^2).
     mixing_logits: (K-1,) when pi_0 is fixed, otherwise (K,).
 
-  Static data: `zero_proportion` (the fixed pi_0, or None when learned) and
-  `signature`, the leaves of the tree the mixture was built for.
+  Static fields (pytree metadata, keyword-only): `zero_proportion` (the
+  fixed pi_0, or None when learned) and `signature`, the leaves of the tree
+  the mixture was built for.
 
   Derived views: `means`, `variances`, `precisions`, `mixing_proportions`
   and `log_mixing_proportions`, all of shape (K,); index 0 is the zero
   component, `means[0] == 0` exactly and the proportions sum to 1.
+  `replace(**fields)` returns a copy with fields changed.
+
+  No validation happens on construction: jax rebuilds the class with
+  arbitrary leaves (tracers, optax labels, None). Equality and hashing are
+  by identity, as the leaves are arrays.
   """
+  nonzero_means: Any
+  log_precisions: Any
+  mixing_logits: Any
+  zero_proportion: float | None = dataclasses.field(
+      default=None, kw_only=True, metadata={'static': True})
+  signature: Signature = dataclasses.field(
+      default=(), kw_only=True, metadata={'static': True})
 
-  __slots__ = ('nonzero_means', 'log_precisions', 'mixing_logits',
-               'zero_proportion', 'signature')
-
-  def __init__(self, nonzero_means, log_precisions, mixing_logits, *,
-               zero_proportion: float | None = None,
-               signature: Signature = ()):
-    # No validation here: jax rebuilds the class with arbitrary leaves
-    # (tracers, optax labels, None) through tree_unflatten.
-    self.nonzero_means = nonzero_means
-    self.log_precisions = log_precisions
-    self.mixing_logits = mixing_logits
-    self.zero_proportion = zero_proportion
-    self.signature = signature
-
-  def tree_flatten_with_keys(self):
-    children = (
-        (jax.tree_util.GetAttrKey('nonzero_means'), self.nonzero_means),
-        (jax.tree_util.GetAttrKey('log_precisions'), self.log_precisions),
-        (jax.tree_util.GetAttrKey('mixing_logits'), self.mixing_logits),
-    )
-    return children, (self.zero_proportion, self.signature)
-
-  @classmethod
-  def tree_unflatten(cls, aux, children):
-    zero_proportion, signature = aux
-    return cls(*children, zero_proportion=zero_proportion,
-               signature=signature)
-
-  def replace(self, **kwargs) -> GaussianMixture:
-    fields = {s: getattr(self, s) for s in self.__slots__}
-    fields.update(kwargs)
-    return GaussianMixture(
-        fields['nonzero_means'], fields['log_precisions'],
-        fields['mixing_logits'], zero_proportion=fields['zero_proportion'],
-        signature=fields['signature'])
+  def replace(self, **fields) -> GaussianMixture:
+    return dataclasses.replace(self, **fields)
 
   @property
   def num_components(self) -> int:
@@ -176,11 +166,6 @@ def select_leaves(params, filter_fn: FilterFn | None = None):
         'The parameter tree has no compressible leaves: the filter chose none '
         'of its leaves (the default chooses every floating-point leaf).')
   return chosen
-
-
-def signature_of(params, filter_fn: FilterFn | None = None) -> Signature:
-  return tuple((p, tuple(leaf.shape), str(leaf.dtype))
-               for p, leaf in select_leaves(params, filter_fn))
 
 
 def mixture_leaves(params, mixture: GaussianMixture) -> list[jax.Array]:
@@ -310,263 +295,35 @@ def init_mixture(params, num_components: int = 17, *,
 # ----------------------------------------------------------------------------
 # Log-likelihood
 # ----------------------------------------------------------------------------
-#
-# The prior is an elementwise pass over I weights x K components, so its cost
-# is a few exponentials per (weight, component) pair and nothing else. The
-# kernel below is written for what XLA fuses well on CPU (measured on
-# jax 0.10; see benchmarks/train_step.py) and for what its SPMD partitioner
-# keeps local when the weights are sharded:
-#
-# * Each leaf is seen as a matrix (A, B) whose columns are its last axis
-#   (`_view`); only leaves with a short last axis are flattened to one row.
-#   The view never merges the last axis with another, so a leaf sharded
-#   along its last axis stays sharded the same way.
-# * Components lie along the major axis of a (K, ...) expression that is
-#   never stored: the per-weight sums over k are one multi-output
-#   `lax.reduce` over axis 0, so each exponential is computed once and used
-#   three times.
-# * The per-component sums over weights reduce an (a, P, B) view of the rows
-#   over its small middle axis P; XLA emits these as vectorised loops,
-#   whereas a reduction over a long weight axis with exponentials inside
-#   runs an order of magnitude slower. What remains, (K, a, B), is summed by
-#   matrix-vector products, over the rows first and over the last axis once
-#   per leaf. Under sharding along the last axis every partial sum stays on
-#   its device until then, so the mixture's gradient communicates 3K floats
-#   per sharded leaf and the value one float, which XLA sends as one
-#   all-reduce (tests/sharding_test.py reads it from the compiled HLO).
-# * The (K,) per-component constants enter those fusions precomputed (see
-#   `_component_table`).
-#
-# No (I, K) array is materialised and none is kept for the backward pass: the
-# forward pass saves the per-weight log-sum-exp and gradient (two arrays the
-# size of the weights) and the backward pass recomputes the responsibilities.
-
-# P above. XLA:CPU vectorises a reduction this short; from P = 20 on the
-# backward pass ran 5x slower, at P = 8 about 15% slower (jax 0.10.2).
-_SUM_SPLIT = 16
-_UNROLLED_MAX_COMPONENTS = 32  # Above this, the max over k is a reduce.
-# Leaves whose last axis is shorter than this are flattened to one row: the
-# reductions vectorise along the last axis.
-_MIN_COLUMNS = 16
 
 
-def _component_log_density(w, means, precisions, log_pi):
-  """(..., K) log pi_k + log N(w | mu_k, 1 / lambda_k)."""
-  d = w[..., None] - means
-  return (log_pi + 0.5 * jnp.log(precisions) - _HALF_LOG_2PI
-          - 0.5 * precisions * d * d)
+def component_log_density(w: jax.Array, mixture: GaussianMixture, *,
+                          dtype=None) -> jax.Array:
+  """log pi_k + log N(w | mu_k, sigma_k^2) of every weight and component.
 
+  .. math::
 
-def _compute_dtype(w, means):
-  return jnp.result_type(w.dtype, means.dtype, jnp.float32)
+    \\log \\pi_k + \\tfrac12 \\log \\lambda_k - \\tfrac12 \\log 2\\pi
+    - \\tfrac12 \\lambda_k (w - \\mu_k)^2, \\qquad \\lambda_k = 1 / \\sigma_k^2
 
-
-def _view(w, dtype):
-  """(A, B) matrix view of a leaf in the compute dtype; see the notes above.
-
-  B is the last axis when the leaf has two or more axes and the last has at
-  least `_MIN_COLUMNS` entries; otherwise the leaf is one row. Rows whose
-  length is not a multiple of the vector width cost a little: a (784, 300)
-  leaf's value and gradients take about 10% more CPU time than through one
-  flat row, a (1250, 500) leaf's about 3% (jax 0.10.2, AVX-512).
-  """
-  if w.ndim >= 2 and w.shape[-1] >= _MIN_COLUMNS:
-    return w.reshape(-1, w.shape[-1]).astype(dtype)
-  return w.reshape(1, -1).astype(dtype)
-
-
-def _component_table(means, precisions, log_pi):
-  """(5, K) rows: log-density offset, -lambda / 2, mu, lambda, lambda mu.
-
-  Row 0 plus row 1 times (w - mu)^2 is log pi_k N(w | mu_k, 1 / lambda_k).
-  The table goes through an identity matmul, which is exact for finite
-  values: XLA:CPU does not fuse a dot into its consumers, so the table
-  reaches the O(I K) fusions as a precomputed input. Fused in, the (K,)
-  arithmetic is re-evaluated inside the weight loop, which is about ten
-  times slower there.
-  """
-  table = jnp.stack([log_pi + 0.5 * jnp.log(precisions) - _HALF_LOG_2PI,
-                     -0.5 * precisions, means, precisions,
-                     precisions * means])
-  eye = jnp.eye(table.shape[1], dtype=table.dtype)
-  return jnp.dot(table, eye, precision=jax.lax.Precision.HIGHEST)
-
-
-def _add(x, y):
-  return tuple(a + b for a, b in zip(x, y))
-
-
-def _sum_last(x):
-  # Sum over the last axis as a matrix-vector product: XLA:CPU runs a long
-  # reduction as several reduce-window passes, a dot reads the array once.
-  return jnp.dot(x, jnp.ones(x.shape[-1], x.dtype),
-                 precision=jax.lax.Precision.HIGHEST)
-
-
-def _sum_rows(x):
-  """(A, B) -> (B,) or (K, A, B) -> (K, B): the sum over A.
-
-  A (batched) vector-matrix product, which XLA:CPU runs without transposing
-  x (contracting A directly costs a transpose, ~50% more here).
-  """
-  hi = jax.lax.Precision.HIGHEST
-  if x.ndim == 2:
-    return jnp.dot(jnp.ones(x.shape[0], x.dtype), x, precision=hi)
-  ones = jnp.ones((x.shape[0], 1, x.shape[1]), x.dtype)
-  return jax.lax.dot_general(ones, x, (((2,), (1,)), ((0,), (0,))),
-                             precision=hi)[:, 0]
-
-
-def _per_component(v, x):
-  """(K,) -> (K, 1, ..., 1) broadcasting against (K,) + x.shape."""
-  return v.reshape((-1,) + (1,) * x.ndim)
-
-
-def _max_log_density(x, table):
-  """max_k log pi_k N(x | mu_k, 1 / lambda_k), elementwise."""
-  offset, half_neg_lam, mu = table[0], table[1], table[2]
-  num_components = offset.shape[0]
-  if num_components > _UNROLLED_MAX_COMPONENTS:
-    d = x[None] - _per_component(mu, x)
-    return jnp.max(_per_component(offset, x)
-                   + _per_component(half_neg_lam, x) * d * d, axis=0)
-  m = offset[0] + half_neg_lam[0] * jnp.square(x - mu[0])
-  for k in range(1, num_components):
-    m = jnp.maximum(m, offset[k] + half_neg_lam[k] * jnp.square(x - mu[k]))
-  return m
-
-
-def _lse_and_grad(x, table):
-  """Per-weight log-sum-exp over components and its derivative in w.
+  A dense (w.size x K) computation, for assignments (`gmp_jax.quantize`);
+  the training loss goes through the fused kernel of `mixture_log_prob`.
 
   Args:
-    x: weights in the compute dtype, any shape.
-    table: from `_component_table`.
+    w: weights of any shape.
+    mixture: the mixture.
+    dtype: compute dtype; default the promotion of w's, the mixture's and
+      float32.
 
   Returns:
-    `(lse, grad)`, both shaped like x: log sum_k pi_k N(x | mu_k,
-    1 / lambda_k) and -sum_k r_k lambda_k (x - mu_k), r_k the
-    responsibilities.
+    An array of shape `w.shape + (K,)`.
   """
-  offset, half_neg_lam, mu, lam, lam_mu = table
-  m = _max_log_density(x, table)
-  d = x[None] - _per_component(mu, x)
-  e = jnp.exp(_per_component(offset, x) + _per_component(half_neg_lam, x)
-              * d * d - m[None])
-  zero = jnp.zeros((), x.dtype)
-  s, a, b = jax.lax.reduce(
-      (e, e * _per_component(lam, x), e * _per_component(lam_mu, x)),
-      (zero, zero, zero), _add, (0,))
-  # sum_k r_k lambda_k (mu_k - x) = (b - x a) / s. Its rounding error is that
-  # of moving x by about one ulp of the means; summing r lambda (mu - x)
-  # directly is as exact but about 10% slower here.
-  return m + jnp.log(s), (b - x * a) / s
-
-
-def _component_sums(x, lse, table):
-  """sum_i r_ik [1, d_ik, d_ik^2] with d_ik = x_i - mu_k; three (K,) arrays.
-
-  Args:
-    x: (A, B) weights from `_view`.
-    lse: (A, B) their log-sum-exp from `_lse_and_grad`.
-    table: from `_component_table`.
-  """
-  offset, half_neg_lam, mu = table[0], table[1], table[2]
-
-  def sums(xv, lv):
-    # (a, P, B) views -> three (K, a, B) sums over P.
-    d = xv[None] - _per_component(mu, xv)
-    r = jnp.exp(_per_component(offset, xv)
-                + _per_component(half_neg_lam, xv) * d * d - lv[None])
-    zero = jnp.zeros((), x.dtype)
-    return jax.lax.reduce((r, r * d, r * d * d), (zero, zero, zero), _add,
-                          (2,))
-
-  one_row = x.shape[0] == 1
-  if one_row:  # Split the row into (1, P, B / P) plus a tail.
-    x, lse = x.reshape(1, 1, -1), lse.reshape(1, 1, -1)
-    n = x.shape[-1]
-    cols = n // _SUM_SPLIT
-    head = _SUM_SPLIT * cols
-    pieces = [(x[..., :head].reshape(1, _SUM_SPLIT, cols),
-               lse[..., :head].reshape(1, _SUM_SPLIT, cols))] if cols else []
-    if head < n:
-      pieces.append((x[..., head:], lse[..., head:]))
-  else:  # Rows in groups of P, then the remaining rows.
-    rows, columns = x.shape
-    groups = rows // _SUM_SPLIT
-    head = _SUM_SPLIT * groups
-    pieces = [(x[:head].reshape(groups, _SUM_SPLIT, columns),
-               lse[:head].reshape(groups, _SUM_SPLIT, columns))
-              ] if groups else []
-    if head < rows:
-      pieces.append((x[head:][None], lse[head:][None]))
-  if one_row:
-    totals = [jnp.zeros(mu.shape, x.dtype)] * 3
-    for xv, lv in pieces:
-      totals = [t + _sum_last(p[:, 0])  # One row: a == 1.
-                for t, p in zip(totals, sums(xv, lv))]
-    return totals
-  # The pieces share the columns: add their column sums, then sum the
-  # columns once (one (K,) partial sum per leaf when columns are sharded).
-  columns = None
-  for xv, lv in pieces:
-    c = [_sum_rows(p) for p in sums(xv, lv)]
-    columns = c if columns is None else [a + b for a, b in zip(columns, c)]
-  return [_sum_last(c) for c in columns]
-
-
-@jax.custom_vjp
-def _leaves_log_prob(leaves, means, precisions, log_pi):
-  table = _component_table(means, precisions, log_pi)
-  total = jnp.zeros((), means.dtype)
-  for w in leaves:
-    lse, _ = _lse_and_grad(_view(w, _compute_dtype(w, means)), table)
-    total = total + _sum_last(_sum_rows(lse))
-  return total
-
-
-def _leaves_log_prob_fwd(leaves, means, precisions, log_pi):
-  table = _component_table(means, precisions, log_pi)
-  total = jnp.zeros((), means.dtype)
-  saved = []
-  for w in leaves:
-    lse, grad = _lse_and_grad(_view(w, _compute_dtype(w, means)), table)
-    total = total + _sum_last(_sum_rows(lse))
-    saved.append((lse, grad))
-  return total, (leaves, means, precisions, log_pi, tuple(saved))
-
-
-def _leaves_log_prob_bwd(res, g):
-  # Weight gradients were computed in the forward pass. The mixture's need
-  # the per-component sums of responsibilities, recomputed here from the
-  # saved log-sum-exp.
-  leaves, means, precisions, log_pi, saved = res
-  table = _component_table(means, precisions, log_pi)
-  s0 = s1 = s2 = jnp.zeros(means.shape, means.dtype)
-  grad_leaves = []
-  for w, (lse, grad) in zip(leaves, saved):
-    t0, t1, t2 = _component_sums(_view(w, lse.dtype), lse, table)
-    s0, s1, s2 = (s0 + t0.astype(s0.dtype), s1 + t1.astype(s1.dtype),
-                  s2 + t2.astype(s2.dtype))
-    grad_leaves.append((g * grad).astype(w.dtype).reshape(w.shape))
-  grad_means = precisions * s1
-  grad_precisions = 0.5 * s0 / precisions - 0.5 * s2
-  return (tuple(grad_leaves), g * grad_means, g * grad_precisions, g * s0)
-
-
-_leaves_log_prob.defvjp(_leaves_log_prob_fwd, _leaves_log_prob_bwd)
-
-
-def log_prob_of_values(w: jax.Array, mixture: GaussianMixture) -> jax.Array:
-  """Elementwise log sum_k pi_k N(w | mu_k, sigma_k^2), same shape as `w`.
-
-  A plain dense reference (it builds a (w.size, K) array); training uses the
-  fused kernel of `mixture_log_prob`.
-  """
-  return jax.nn.logsumexp(_component_log_density(
-      w.astype(_compute_dtype(w, mixture.means)), mixture.means,
-      mixture.precisions, mixture.log_mixing_proportions), axis=-1)
+  if dtype is None:
+    dtype = jnp.result_type(w.dtype, mixture.means.dtype, jnp.float32)
+  lam = mixture.precisions.astype(dtype)
+  d = w.astype(dtype)[..., None] - mixture.means.astype(dtype)
+  return (mixture.log_mixing_proportions.astype(dtype) + 0.5 * jnp.log(lam)
+          - _prior_kernel.HALF_LOG_2PI - 0.5 * lam * d * d)
 
 
 def mixture_log_prob(params, mixture: GaussianMixture) -> jax.Array:
@@ -600,7 +357,7 @@ def mixture_log_prob(params, mixture: GaussianMixture) -> jax.Array:
   leaves = tuple(leaf for leaf in mixture_leaves(params, mixture) if leaf.size)
   if not leaves:
     return jnp.zeros((), dtype)
-  return _leaves_log_prob(leaves, means, precisions, log_pi)
+  return _prior_kernel.leaves_log_prob(leaves, means, precisions, log_pi)
 
 
 # ----------------------------------------------------------------------------

@@ -6,15 +6,13 @@ After retraining, each weight is assigned to its most responsible component,
 
 weights of the zero component become exactly 0 (pruned) and all others take
 their component's mean. Everything runs as jax ops on the device holding the
-params. NumPy handles only the K-entry mixture arrays in `merge_components`
-and the counting in `compression_summary`.
+params. NumPy handles only the K-entry mixture arrays in `merge_components`.
+`gmp_jax.sparsity_table` counts what is left (the poster's Table 1).
 
 Reference: Ullrich, Meeds & Welling, ICLR 2017, section 6 (post-processing).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +24,7 @@ GaussianMixture = prior_lib.GaussianMixture
 
 
 def _assign_values(w: jax.Array, mixture: GaussianMixture) -> jax.Array:
-  # argmax_k log pi_k + log N(w | mu_k, sigma_k^2); the -log(2 pi)/2 constant
-  # is common to every k and dropped.
-  lam = mixture.precisions.astype(jnp.float32)
-  d = w.astype(jnp.float32)[..., None] - mixture.means.astype(jnp.float32)
-  score = (mixture.log_mixing_proportions.astype(jnp.float32)
-           + 0.5 * jnp.log(lam) - 0.5 * lam * d * d)
+  score = prior_lib.component_log_density(w, mixture, dtype=jnp.float32)
   return jnp.argmax(score, axis=-1).astype(jnp.int32)
 
 
@@ -141,42 +134,3 @@ def merge_components(mixture: GaussianMixture, *,
       jnp.asarray(means[1:], dtype), jnp.asarray(-np.log(variances), dtype),
       jnp.asarray(np.log(pis), dtype), zero_proportion=None,
       signature=mixture.signature)
-
-
-def compression_summary(params, mixture: GaussianMixture | None = None
-                        ) -> dict[str, Any]:
-  """Per-leaf rows of the poster's Table 1 for a quantised tree.
-
-  Args:
-    params: a quantised tree (e.g. from `quantize`).
-    mixture: restricts the rows to the leaves it covers; default: every
-      floating leaf.
-
-  Returns:
-    `{'rows': [...], 'total': {...}}`; each row has `name`, `shape`,
-    `parameters`, `nonzero`, `sparsity` (fraction of zeros) and
-    `distinct_nonzero` (distinct non-zero values). The total row sums
-    parameters and non-zeros; its `distinct_nonzero` counts values across
-    all leaves.
-  """
-  if mixture is not None:
-    names = [p for p, _, _ in mixture.signature]
-    leaves = prior_lib.mixture_leaves(params, mixture)
-  else:
-    names, leaves = zip(*prior_lib.select_leaves(params))
-  rows, all_values = [], []
-  for name, leaf in zip(names, leaves):
-    values = np.asarray(jax.device_get(leaf)).astype(np.float32).ravel()
-    nonzero = values[values != 0]
-    all_values.append(np.unique(nonzero))
-    n = values.size
-    rows.append({'name': name, 'shape': list(np.shape(leaf)), 'parameters': n,
-                 'nonzero': int(nonzero.size),
-                 'sparsity': 1.0 - nonzero.size / n if n else 0.0,
-                 'distinct_nonzero': int(np.unique(nonzero).size)})
-  n_total = sum(r['parameters'] for r in rows)
-  nz_total = sum(r['nonzero'] for r in rows)
-  total = {'name': 'total', 'parameters': n_total, 'nonzero': nz_total,
-           'sparsity': 1.0 - nz_total / n_total if n_total else 0.0,
-           'distinct_nonzero': int(np.unique(np.concatenate(all_values)).size)}
-  return {'rows': rows, 'total': total}

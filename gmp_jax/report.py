@@ -1,4 +1,8 @@
-"""Size report: real file bytes beside the paper-style compression rates.
+"""Tables of a compressed model: sparsity (Table 1) and real file size.
+
+`sparsity_table` gives the poster's Table 1 for a quantised tree: per leaf
+or per layer, the parameters, the fraction pruned and the number of distinct
+values left.
 
 `compression_report` encodes a quantised tree (or reads a saved file) and
 returns per-leaf rows and three totals that papers quote in different ways:
@@ -14,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import io
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gmp_jax import codec
@@ -80,8 +85,19 @@ def huffman_bits(counts) -> int:
   return total
 
 
-def _entropy_bits(counts) -> float:
-  """Empirical Shannon information, sum_s c_s log2(n / c_s), in bits."""
+def entropy_bits(counts) -> float:
+  """Empirical Shannon information of a symbol stream, in bits.
+
+  .. math::
+
+    I = \\sum_s c_s \\log_2 \\frac{n}{c_s}, \\qquad n = \\sum_s c_s,
+
+  the zero-order bound on the length of any code of the stream under its
+  own frequencies.
+
+  Args:
+    counts: occurrences of each symbol (zeros are ignored).
+  """
   c = np.asarray(counts, np.float64)
   c = c[c > 0]
   return float(np.sum(c * np.log2(c.sum() / c))) if c.size else 0.0
@@ -345,12 +361,10 @@ def compression_report(params=None, path=None, *, codebook_dtype='float32',
   if path is None:
     if params is None:
       raise ValueError('give params, path, or both')
-    buf = io.BytesIO()
-    codec.save_compressed(buf, params, codebook_dtype=codebook_dtype)
-    buf.seek(0)
-    decoded = codec.read_compressed(buf)
+    decoded = codec.from_bytes(
+        codec.to_bytes(params, codebook_dtype=codebook_dtype))
   else:
-    decoded = codec.read_compressed(path)
+    decoded = codec.from_bytes(codec.read_bytes(path))
     if params is not None:
       _check_match(params, decoded)
   leaves = _leaves(decoded.params)
@@ -367,9 +381,9 @@ def compression_report(params=None, path=None, *, codebook_dtype='float32',
         index_bits=8 * (info.index_bytes + info.table_bytes),
         codebook_bits=8 * info.codebook_bytes, raw_bits=8 * info.raw_bytes,
         overhead_bits=8 * info.overhead_bytes,
-        position_entropy_bits=(_entropy_bits([x.size - nnz, nnz])
+        position_entropy_bits=(entropy_bits([x.size - nnz, nnz])
                                if coded else None),
-        index_entropy_bits=_entropy_bits(counts) if coded else None,
+        index_entropy_bits=entropy_bits(counts) if coded else None,
         han_index_width=width, han_entries=entries, han_bits=han_bits))
   return CompressionReport(
       rows=tuple(rows), file_bytes=decoded.file_bytes,
@@ -380,11 +394,8 @@ def compression_report(params=None, path=None, *, codebook_dtype='float32',
 
 def _leaves(tree) -> list[np.ndarray]:
   """Array leaves of a tree in file (depth-first) order."""
-  leaves = []
   # The codec's own traversal, so the order and checks match the file.
-  codec._flatten(  # pylint: disable=protected-access
-      tree, leaves, [], scalars=False)
-  return leaves
+  return [x for _, x in codec.named_leaves(tree)]
 
 
 def _check_match(params, decoded: codec.CompressedFile) -> None:
@@ -394,3 +405,77 @@ def _check_match(params, decoded: codec.CompressedFile) -> None:
   if given != stored:
     raise ValueError(f'params leaf shapes {given} do not match the file '
                      f'{stored}')
+
+
+# ------------------------------------------------------------------ Table 1 ---
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):  # DictKey, GetAttrKey, SequenceKey.
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _row(name: str, shape, values: list[np.ndarray]) -> dict[str, Any]:
+  flat = (np.concatenate([v.ravel() for v in values]) if values
+          else np.zeros(0, np.float32))
+  nonzero = flat[flat != 0]
+  n = int(flat.size)
+  return {'layer': name, 'shape': shape, 'parameters': n,
+          'nonzero': int(nonzero.size),
+          'sparsity': 1.0 - nonzero.size / n if n else 0.0,
+          'distinct_values': int(np.unique(nonzero).size)}
+
+
+def sparsity_table(params, *, by: str = 'leaf') -> list[dict[str, Any]]:
+  """The poster's Table 1 for a quantised tree: sparsity and distinct values.
+
+  One row per floating-point leaf (`by='leaf'`) or per top-level key of the
+  tree (`by='layer'`: a layer's kernel and bias together), then a `'total'`
+  row. For a row holding n entries, z of them exactly zero,
+
+  .. math::
+
+    \\mathrm{sparsity} = z / n, \\qquad
+    \\mathrm{distinct\\_values} = |\\{w \\ne 0\\}|,
+
+  the number of distinct non-zero values (counted in float32). The total
+  row sums `parameters` and `nonzero` and counts distinct values across all
+  rows. Integer leaves are left out.
+
+  Args:
+    params: any pytree of arrays, e.g. the output of `gmp_jax.quantize`.
+    by: 'leaf' or 'layer'.
+
+  Returns:
+    A list of dicts with keys `layer` (the '/'-joined leaf path, the
+    top-level key, or 'total'), `shape` (a list: the leaf's shape, for a
+    layer its kernel's or else its first leaf's; None for the total),
+    `parameters`, `nonzero`, `sparsity` and `distinct_values`, in the
+    tree's flattening order.
+
+  Raises:
+    ValueError: `by` is neither 'leaf' nor 'layer', or the tree has no
+      floating-point leaf.
+  """
+  if by not in ('leaf', 'layer'):
+    raise ValueError(f"by must be 'leaf' or 'layer', got {by!r}.")
+  groups: dict[str, list[tuple[tuple[str, ...], np.ndarray]]] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    dtype = getattr(leaf, 'dtype', None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      continue
+    names = tuple(_key_name(k) for k in path) or ('<root>',)
+    values = np.asarray(jax.device_get(leaf)).astype(np.float32)
+    key = '/'.join(names) if by == 'leaf' else names[0]
+    groups.setdefault(key, []).append((names[1:], values))
+  if not groups:
+    raise ValueError('The tree has no floating-point leaves.')
+  rows = []
+  for name, members in groups.items():
+    shape = next((v.shape for rest, v in members if 'kernel' in rest),
+                 members[0][1].shape)
+    rows.append(_row(name, list(shape), [v for _, v in members]))
+  total = _row('total', None, [v for m in groups.values() for _, v in m])
+  return rows + [total]

@@ -1,8 +1,12 @@
-"""Jitted train and eval steps for retraining with the mixture prior.
+"""Train and eval steps for retraining with the mixture prior.
+
+Every `make_*` constructor returns a pure, un-jitted function; `compile_step`
+is the one place that jits. A pure step composes: it can be wrapped by
+`make_multi_step`, `jax.jit`, `shard_map` or a custom loop.
 
 `make_train_step` turns any `apply_fn(params, x) -> outputs` into a
-`(state, batch) -> (state, metrics)` step compiled once with `jax.jit`. The
-batch is a dict; the keys present choose the data loss:
+`(state, batch) -> (state, metrics)` step. The batch is a dict; the keys
+present choose the data loss:
 
 * ``{'x', 'label'}``: label cross-entropy;
 * ``{'x', 'teacher_logits'}``: teacher-student distillation;
@@ -13,10 +17,15 @@ A custom `data_loss_fn(outputs, batch) -> (loss, metrics)` replaces these
 placement, so inputs sharded with `jax.sharding.NamedSharding` run unchanged
 and the output follows the input shardings.
 
-`make_scan_step` runs several steps per dispatch, drawing batches from a
-dataset kept on the device.
+`make_multi_step` runs several steps per call, drawing batches from a
+dataset kept on the device. `make_eval_step` counts correct predictions and
+sums the cross-entropy; `evaluate` runs it over a dataset.
 
-The builders compile with `default_compiler_options()` unless given
+  step = compile_step(make_train_step(apply_fn, tx, tau=5e-3,
+                                      dataset_size=60_000))
+  state, metrics = step(state, {'x': x, 'label': y})
+
+`compile_step` compiles with `default_compiler_options()` unless given
 `compiler_options` (`{}` for XLA's own defaults).
 """
 
@@ -36,7 +45,7 @@ from gmp_jax import prior as prior_lib
 Batch = Mapping[str, jax.Array]
 DataLossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
-# XLA:CPU options the step builders compile with by default (measured with
+# XLA:CPU options `compile_step` uses by default (measured with
 # jax 0.10.2, poster network, batch 128; BUILD_NOTES.md). YNNPACK fusions are
 # switched off: they take the convolutions, whose weight gradients then run
 # about half as fast as with XLA's own convolutions (data loss forward and
@@ -64,7 +73,7 @@ def _supported_cpu_options() -> tuple[tuple[str, Any], ...]:
 
 
 def default_compiler_options() -> dict[str, Any]:
-  """Compiler options the step builders use when given none.
+  """Compiler options `compile_step` uses when given none.
 
   `CPU_COMPILER_OPTIONS` (those this XLA accepts) on the CPU backend, and
   none elsewhere.
@@ -74,11 +83,28 @@ def default_compiler_options() -> dict[str, Any]:
   return dict(_supported_cpu_options())
 
 
-def _jit(fn, *, donate: bool, compiler_options: Mapping[str, Any] | None):
+def compile_step(fn: Callable[..., Any], *, donate_state: bool = False,
+                 compiler_options: Mapping[str, Any] | None = None):
+  """`jax.jit` of a step from one of the `make_*` constructors.
+
+  Args:
+    fn: a pure step; its first argument is the state (or the params).
+    donate_state: donate the first argument's buffers (saves memory; the
+      old state must not be used afterwards).
+    compiler_options: XLA options for `jax.jit`; None uses
+      `default_compiler_options()`, `{}` none at all.
+
+  Returns:
+    The jitted function. It compiles once per distinct input shapes.
+  """
   options = (default_compiler_options() if compiler_options is None
              else dict(compiler_options))
-  return jax.jit(fn, donate_argnums=(0,) if donate else (),
+  return jax.jit(fn, donate_argnums=(0,) if donate_state else (),
                  compiler_options=options or None)
+
+
+def _is_compiled(fn) -> bool:
+  return hasattr(fn, 'lower')  # What `jax.jit` returns.
 
 
 class TrainState(NamedTuple):
@@ -131,22 +157,50 @@ def _default_data_loss(*, temperature, distillation, distillation_weight,
   return data_loss_fn
 
 
-def build_train_step(apply_fn: Callable[[Any, Any], Any],
-                     optimizer: optax.GradientTransformation, *,
-                     tau: float, dataset_size: int,
-                     temperature: float = 1.0,
-                     distillation: str = 'mse',
-                     distillation_weight: float = 1.0,
-                     label_weight: float = 1.0,
-                     hyperpriors: prior_lib.Hyperpriors | None = (
-                         prior_lib.Hyperpriors()),
-                     use_prior: bool = True,
-                     data_loss_fn: DataLossFn | None = None):
-  """The un-jitted train step; see `make_train_step` for the arguments."""
+def make_train_step(apply_fn: Callable[[Any, Any], Any],
+                    optimizer: optax.GradientTransformation, *,
+                    tau: float, dataset_size: int,
+                    temperature: float = 1.0,
+                    distillation: str = 'mse',
+                    distillation_weight: float = 1.0,
+                    label_weight: float = 1.0,
+                    hyperpriors: prior_lib.Hyperpriors | None = (
+                        prior_lib.Hyperpriors()),
+                    use_prior: bool = True,
+                    data_loss_fn: DataLossFn | None = None):
+  """Builds a pure `(state, batch) -> (state, metrics)` train step.
+
+  The loss is poster eq. 1, `data + tau / N * complexity`
+  (`gmp_jax.gmp_objective`). The step is not jitted: pass it to
+  `compile_step` (or to `make_multi_step` first).
+
+  Args:
+    apply_fn: `(params, x) -> outputs`, e.g. `lambda p, x: model.apply(
+      {'params': p}, x)`.
+    optimizer: from `gmp_jax.gmp_optimizer`.
+    tau: prior strength.
+    dataset_size: N, the number of training examples.
+    temperature: T of the distillation softmax.
+    distillation: 'mse' (poster eq. 2) or 'kl' (Hinton's T^2 KL).
+    distillation_weight: weight of the distillation term.
+    label_weight: weight of the label cross-entropy when a teacher is also
+      present (alone, the cross-entropy has weight 1).
+    hyperpriors: `gmp_jax.Hyperpriors` or None.
+    use_prior: False trains on the data loss alone (the mixture stays put).
+    data_loss_fn: custom `(outputs, batch) -> (loss, metrics)`.
+
+  Returns:
+    The pure step. Metrics hold `loss`, `data_loss`, `complexity_loss`,
+    the individual data terms, `accuracy` when labels are present, and the
+    mixture's `means`, `variances` and `mixing_proportions`.
+
+  Raises:
+    ValueError: unknown `distillation`, T <= 0, N <= 0 or tau < 0.
+  """
   if distillation not in ('mse', 'kl'):
     raise ValueError(
         f"distillation must be 'mse' or 'kl', got {distillation!r}.")
-  losses._check_temperature(temperature)  # pylint: disable=protected-access
+  losses.check_temperature(temperature)
   if not dataset_size > 0:
     raise ValueError(f'dataset_size must be > 0, got {dataset_size!r}.')
   if tau < 0:
@@ -183,61 +237,8 @@ def build_train_step(apply_fn: Callable[[Any, Any], Any],
   return train_step
 
 
-def make_train_step(apply_fn: Callable[[Any, Any], Any],
-                    optimizer: optax.GradientTransformation, *,
-                    tau: float, dataset_size: int,
-                    temperature: float = 1.0,
-                    distillation: str = 'mse',
-                    distillation_weight: float = 1.0,
-                    label_weight: float = 1.0,
-                    hyperpriors: prior_lib.Hyperpriors | None = (
-                        prior_lib.Hyperpriors()),
-                    use_prior: bool = True,
-                    data_loss_fn: DataLossFn | None = None,
-                    donate: bool = False,
-                    compiler_options: Mapping[str, Any] | None = None):
-  """Builds a jitted `(state, batch) -> (state, metrics)` train step.
-
-  The loss is poster eq. 1, `data + tau / N * complexity`
-  (`gmp_jax.gmp_objective`).
-
-  Args:
-    apply_fn: `(params, x) -> outputs`, e.g. `lambda p, x: model.apply(
-      {'params': p}, x)`.
-    optimizer: from `gmp_jax.gmp_optimizer`.
-    tau: prior strength.
-    dataset_size: N, the number of training examples.
-    temperature: T of the distillation softmax.
-    distillation: 'mse' (poster eq. 2) or 'kl' (Hinton's T^2 KL).
-    distillation_weight: weight of the distillation term.
-    label_weight: weight of the label cross-entropy when a teacher is also
-      present (alone, the cross-entropy has weight 1).
-    hyperpriors: `gmp_jax.Hyperpriors` or None.
-    use_prior: False trains on the data loss alone (the mixture stays put).
-    data_loss_fn: custom `(outputs, batch) -> (loss, metrics)`.
-    donate: donate the input state's buffers (saves memory; the old state
-      must not be used afterwards).
-    compiler_options: XLA options for `jax.jit`; None uses
-      `default_compiler_options()`, `{}` none at all.
-
-  Returns:
-    The jitted step. Metrics hold `loss`, `data_loss`, `complexity_loss`,
-    the individual data terms, `accuracy` when labels are present, and the
-    mixture's `means`, `variances` and `mixing_proportions`.
-  """
-  step = build_train_step(
-      apply_fn, optimizer, tau=tau, dataset_size=dataset_size,
-      temperature=temperature, distillation=distillation,
-      distillation_weight=distillation_weight, label_weight=label_weight,
-      hyperpriors=hyperpriors, use_prior=use_prior,
-      data_loss_fn=data_loss_fn)
-  return _jit(step, donate=donate, compiler_options=compiler_options)
-
-
-def make_scan_step(train_step: Callable[[TrainState, Batch], Any], *,
-                   donate: bool = False,
-                   compiler_options: Mapping[str, Any] | None = None):
-  """Runs several train steps per dispatch on a dataset held on the device.
+def make_multi_step(train_step: Callable[[TrainState, Batch], Any]):
+  """Runs several train steps per call on a dataset held on the device.
 
   The steps are unrolled into one program instead of a `lax.scan` loop: on
   CPU, XLA runs convolutions inside a while-loop body several times slower
@@ -246,16 +247,14 @@ def make_scan_step(train_step: Callable[[TrainState, Batch], Any], *,
   keep it small (1-10) and constant.
 
   Args:
-    train_step: an un-jitted step from `build_train_step`.
-    donate: donate the input state's buffers.
-    compiler_options: XLA options for `jax.jit`; None uses
-      `default_compiler_options()`, `{}` none at all.
+    train_step: a pure step from `make_train_step`.
 
   Returns:
-    A jitted `(state, data, indices) -> (state, metrics)`. `data` is a dict
-    of arrays with a leading example axis (kept on the device across calls),
-    `indices` an int array of shape (num_steps, batch_size); step t trains
-    on `data[indices[t]]`. Metrics are stacked along a leading step axis.
+    A pure `(state, data, indices) -> (state, metrics)`; compile it with
+    `compile_step`. `data` is a dict of arrays with a leading example axis
+    (kept on the device across calls), `indices` an int array of shape
+    (num_steps, batch_size); step t trains on `data[indices[t]]`. Metrics
+    are stacked along a leading step axis.
   """
 
   def multi_step(state, data, indices):
@@ -266,15 +265,19 @@ def make_scan_step(train_step: Callable[[TrainState, Batch], Any], *,
       history.append(metrics)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
 
-  return _jit(multi_step, donate=donate, compiler_options=compiler_options)
+  return multi_step
 
 
-def make_eval_step(apply_fn: Callable[[Any, Any], Any], *,
-                   compiler_options: Mapping[str, Any] | None = None):
-  """Jitted `(params, batch) -> {'correct', 'cross_entropy_sum', 'count'}`.
+def make_eval_step(apply_fn: Callable[[Any, Any], Any]):
+  """Pure `(params, batch) -> {'correct', 'cross_entropy_sum', 'count'}`.
 
-  Sums rather than means, so batches of any size accumulate exactly.
-  `compiler_options` is as for `make_train_step`.
+  Sums rather than means, so batches of any size accumulate exactly:
+
+  .. math::
+
+    \\mathrm{correct} = \\sum_b [\\arg\\max_c z_{bc} = y_b], \\qquad
+    \\mathrm{cross\\_entropy\\_sum} =
+      -\\sum_b \\log \\mathrm{softmax}(z_b)_{y_b}
   """
 
   def eval_step(params, batch):
@@ -287,16 +290,26 @@ def make_eval_step(apply_fn: Callable[[Any, Any], Any], *,
             'cross_entropy_sum': jnp.sum(nll),
             'count': jnp.asarray(labels.shape[0])}
 
-  return _jit(eval_step, donate=False, compiler_options=compiler_options)
+  return eval_step
 
 
 def evaluate(eval_step, params, x, labels, *, batch_size: int = 1000
              ) -> dict[str, float]:
-  """Accuracy and mean cross-entropy of `params` on `(x, labels)`."""
+  """Accuracy and mean cross-entropy of `params` on `(x, labels)`.
+
+  A host loop over batches of `batch_size`. `eval_step` comes from
+  `make_eval_step`, pure (it is then compiled with `compile_step`; jax
+  caches the compilation, so repeated calls compile once) or already
+  compiled.
+  """
   if len(x) != len(labels):
     raise ValueError(f'x has {len(x)} examples but labels has {len(labels)}.')
   if len(x) == 0:
     raise ValueError('Cannot evaluate on an empty dataset.')
+  if not batch_size > 0:
+    raise ValueError(f'batch_size must be > 0, got {batch_size!r}.')
+  if not _is_compiled(eval_step):
+    eval_step = compile_step(eval_step)
   totals = None
   for start in range(0, len(x), batch_size):
     out = eval_step(params, {'x': x[start:start + batch_size],

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from scipy import stats
 
+from gmp_jax import _ans
 from gmp_jax import codec
 
 CorruptFileError = codec.CorruptFileError
@@ -179,7 +181,7 @@ def test_metadata_rides_along_exactly():
   buf = io.BytesIO()
   codec.save_compressed(buf, params, metadata=meta, codebook_dtype='bfloat16')
   buf.seek(0)
-  got_params, got_meta = codec.load_compressed_with_metadata(buf)
+  got_params, got_meta = codec.load_compressed(buf, with_metadata=True)
   _assert_same(params['w'].astype(ml_dtypes.bfloat16).astype(np.float32),
                got_params['w'])
   assert {k: v for k, v in got_meta.items() if k != 'mixture'} == {
@@ -188,8 +190,8 @@ def test_metadata_rides_along_exactly():
 
 
 def test_numpy_scalars_in_metadata_stay_arrays():
-  _, meta = codec.load_compressed_with_metadata(io.BytesIO(codec.to_bytes(
-      {}, metadata={'lr': np.float64(0.5), 'py': 0.5})))
+  _, meta = codec.load_compressed(io.BytesIO(codec.to_bytes(
+      {}, metadata={'lr': np.float64(0.5), 'py': 0.5})), with_metadata=True)
   assert isinstance(meta['lr'], np.ndarray) and meta['lr'].dtype == np.float64
   assert meta['py'] == 0.5 and isinstance(meta['py'], float)
 
@@ -324,8 +326,8 @@ def test_corrupt_file_error_is_a_value_error():
 
 
 def _entropy_bits(counts):
-  p = np.asarray(counts, np.float64) / np.sum(counts)
-  return -np.sum(counts * np.log2(p))
+  # n H(counts / n) in bits, from SciPy.
+  return np.sum(counts) * stats.entropy(counts, base=2)
 
 
 def test_file_size_is_close_to_the_entropy_bound():
@@ -347,3 +349,29 @@ def test_file_size_is_close_to_the_entropy_bound():
 def test_dense_leaves_are_not_inflated():
   x = np.random.default_rng(10).standard_normal((500, 400)).astype(np.float32)
   assert len(codec.to_bytes({'w': x})) <= x.nbytes + 200
+
+
+# ------------------------------------------------------------ ANS coder ---
+
+
+def test_ans_round_trip_and_size():
+  rng = np.random.default_rng(11)
+  counts = np.array([700, 200, 90, 10])
+  symbols = rng.permutation(np.repeat(np.arange(4), counts))
+  words = _ans.encode(symbols, counts)
+  assert words.dtype == np.uint32
+  np.testing.assert_array_equal(_ans.decode(words, counts, symbols.size),
+                                symbols)
+  bound = _entropy_bits(counts)
+  assert bound <= 32 * words.size <= bound + 3 * 32
+
+
+def test_ans_rejects_extra_or_garbled_words():
+  counts = np.array([3, 5])
+  symbols = np.array([0, 1, 1, 0, 1, 1, 0, 1])
+  words = _ans.encode(symbols, counts)
+  with pytest.raises(_ans.DecodeError, match='unused words'):
+    _ans.decode(np.append(words, np.uint32(12345)), counts, symbols.size)
+  with pytest.raises(_ans.DecodeError, match='unused words'):
+    _ans.decode(words, counts, symbols.size - 4)
+  assert issubclass(_ans.DecodeError, ValueError)

@@ -1,10 +1,10 @@
-"""The fused likelihood kernel of gmp_jax.prior against a dense reference.
+"""The fused likelihood kernel (gmp_jax._prior_kernel) against references.
 
 `mixture_log_prob` views a leaf as rows of its last axis (grouped 16 at a
 time plus the remaining rows) or, when the last axis is short, as one row
 split into a (16, n / 16) view plus a tail; it takes an unrolled or a reduced
 max depending on K, and casts per leaf. These tests cover each path against
-the dense `log_prob_of_values` formula and NumPy.
+a dense `jax.scipy` formula and float64 NumPy.
 """
 
 import jax
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import gmp_jax
-from gmp_jax import prior as prior_lib
+from gmp_jax import _prior_kernel
+import helpers
 
 
 def _params(sizes, seed=0, dtype=jnp.float32):
@@ -34,8 +35,7 @@ def _mixture(params, k, seed=1, dtype=jnp.float32):
 
 
 def _dense(params, mixture):
-  w = jnp.concatenate([x.ravel() for x in jax.tree.leaves(params)])
-  return jnp.sum(prior_lib.log_prob_of_values(w, mixture))
+  return jnp.sum(helpers.dense_log_prob(helpers.flat_weights(params), mixture))
 
 
 def _numpy_grads(params, mixture):
@@ -70,7 +70,7 @@ def test_value_and_gradients_match_float64(sizes, k):
   log_pi = mixture.log_mixing_proportions
 
   def f(leaves, m, p, lp):
-    return prior_lib._leaves_log_prob(leaves, m, p, lp)  # pylint: disable=protected-access
+    return _prior_kernel.leaves_log_prob(leaves, m, p, lp)
 
   leaves = tuple(jax.tree.leaves(params))
   value, grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))(

@@ -1,5 +1,7 @@
 """Tests for gmp_jax.prior against SciPy and finite differences."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax.test_util import check_grads
@@ -10,6 +12,7 @@ from scipy import stats
 
 import gmp_jax
 from gmp_jax import prior as prior_lib
+import helpers
 
 
 def _tree(seed=0, dtype=np.float32):
@@ -100,8 +103,7 @@ def test_custom_vjp_matches_autodiff_of_naive_formula():
   mixture = gmp_jax.init_mixture(params, 6)
 
   def naive(p, m):
-    w = jnp.concatenate([x.ravel() for x in jax.tree.leaves(p)])
-    return jnp.sum(prior_lib.log_prob_of_values(w, m))
+    return jnp.sum(helpers.dense_log_prob(helpers.flat_weights(p), m))
 
   got = jax.jit(jax.grad(gmp_jax.mixture_log_prob, argnums=(0, 1)))(
       params, mixture)
@@ -155,6 +157,38 @@ def test_mixture_is_a_pytree_through_jit():
   assert isinstance(out, gmp_jax.GaussianMixture)
   assert out.signature == mixture.signature
   np.testing.assert_allclose(out.nonzero_means, 2 * mixture.nonzero_means)
+
+
+def test_mixture_is_a_frozen_dataclass_with_static_fields():
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 3)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    mixture.zero_proportion = 0.5
+  paths = [jax.tree_util.keystr(p) for p, _ in
+           jax.tree_util.tree_flatten_with_path(mixture)[0]]
+  assert paths == ['.nonzero_means', '.log_precisions', '.mixing_logits']
+  # The static fields live in the tree structure: they select the jit cache.
+  other = mixture.replace(zero_proportion=0.5)
+  assert other.zero_proportion == 0.5 and mixture.zero_proportion == 0.99
+  assert other.signature == mixture.signature
+  assert (jax.tree.structure(other) != jax.tree.structure(mixture))
+  assert other.nonzero_means is mixture.nonzero_means
+  np.testing.assert_allclose(other.mixing_proportions[0], 0.5, rtol=1e-6)
+  assert 'covered_leaves=3' in repr(mixture)
+
+
+def test_component_log_density_matches_scipy():
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 5, learn_zero_proportion=True)
+  w = params['dense']['kernel']
+  got = prior_lib.component_log_density(w, mixture)
+  assert got.shape == w.shape + (5,) and got.dtype == jnp.float32
+  want = (np.log(np.asarray(mixture.mixing_proportions, np.float64))
+          + stats.norm.logpdf(np.asarray(w, np.float64)[..., None],
+                              np.asarray(mixture.means, np.float64),
+                              np.sqrt(np.asarray(mixture.variances,
+                                                 np.float64))))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_filter_selects_leaves():

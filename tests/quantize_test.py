@@ -101,20 +101,6 @@ def test_merge_bad_threshold():
     gmp_jax.merge_components(mixture, threshold=-1.0)
 
 
-def test_compression_summary_counts():
-  params = {'k': jnp.array([[0.0, 0.5, 0.5], [-0.25, 0.0, 0.0]]),
-            'b': jnp.array([0.0, 0.0, 0.75, 0.5])}
-  s = gmp_jax.compression_summary(params)
-  rows = {r['name']: r for r in s['rows']}
-  assert rows["['k']"] == {'name': "['k']", 'shape': [2, 3], 'parameters': 6,
-                           'nonzero': 3, 'sparsity': 0.5,
-                           'distinct_nonzero': 2}
-  assert rows["['b']"]['sparsity'] == 0.5
-  assert s['total']['parameters'] == 10 and s['total']['nonzero'] == 5
-  assert s['total']['distinct_nonzero'] == 3
-  assert s['total']['sparsity'] == 0.5
-
-
 def test_quantize_other_tree():
   mixture = gmp_jax.init_mixture(_params(), 3)
   with pytest.raises(ValueError, match='another tree'):

@@ -1,4 +1,4 @@
-"""Tests of the size report (gmp_jax.report)."""
+"""Tests of the tables of gmp_jax.report: Table 1 and the size report."""
 
 import heapq
 import io
@@ -8,9 +8,11 @@ import math
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gmp_jax
 from gmp_jax import codec
 from gmp_jax import report
 
@@ -169,3 +171,59 @@ def test_report_of_file_object():
   buf.seek(0)
   assert report.compression_report(path=buf).han_bits == (
       _HAN_DENSE + _HAN_CONV)
+
+
+# ------------------------------------------------------------------ Table 1 ---
+
+
+def test_sparsity_table_counts():
+  params = {'k': jnp.array([[0.0, 0.5, 0.5], [-0.25, 0.0, 0.0]]),
+            'b': jnp.array([0.0, 0.0, 0.75, 0.5])}
+  table = gmp_jax.sparsity_table(params)
+  rows = {r['layer']: r for r in table}
+  assert rows['k'] == {'layer': 'k', 'shape': [2, 3], 'parameters': 6,
+                       'nonzero': 3, 'sparsity': 0.5, 'distinct_values': 2}
+  assert rows['b']['sparsity'] == 0.5
+  total = table[-1]
+  assert total['layer'] == 'total' and total['shape'] is None
+  assert total['parameters'] == 10 and total['nonzero'] == 5
+  assert total['distinct_values'] == 3
+  assert total['sparsity'] == 0.5
+
+
+def test_sparsity_table_by_layer_groups_kernel_and_bias():
+  rng = np.random.default_rng(0)
+  params = {
+      'conv1': {'bias': np.array([0.0, 1.0], np.float32),
+                'kernel': np.where(rng.random((3, 3, 1, 2)) < 0.5, 0.0,
+                                   rng.choice([-1.0, 2.0], (3, 3, 1, 2))
+                                   ).astype(np.float32)},
+      'dense1': {'kernel': np.array([[0.0, 3.0], [3.0, 0.0]], np.float32)},
+      'step': np.array(7, np.int32),  # Integer leaves are left out.
+  }
+  table = gmp_jax.sparsity_table(params, by='layer')
+  assert [r['layer'] for r in table] == ['conv1', 'dense1', 'total']
+  conv = np.concatenate([params['conv1']['bias'],
+                         params['conv1']['kernel'].ravel()])
+  assert table[0] == {
+      'layer': 'conv1', 'shape': [3, 3, 1, 2], 'parameters': 20,
+      'nonzero': int(np.count_nonzero(conv)),
+      'sparsity': 1.0 - np.count_nonzero(conv) / 20,
+      'distinct_values': len(set(conv[conv != 0].tolist()))}
+  assert table[1]['distinct_values'] == 1 and table[1]['nonzero'] == 2
+  everything = np.concatenate([conv, params['dense1']['kernel'].ravel()])
+  assert table[2]['parameters'] == 24
+  assert table[2]['nonzero'] == np.count_nonzero(everything)
+  assert table[2]['distinct_values'] == len(
+      set(everything[everything != 0].tolist()))
+  by_leaf = gmp_jax.sparsity_table(params)
+  assert [r['layer'] for r in by_leaf] == [
+      'conv1/bias', 'conv1/kernel', 'dense1/kernel', 'total']
+  assert by_leaf[-1] == table[-1]
+
+
+def test_sparsity_table_bad_input():
+  with pytest.raises(ValueError, match='by must be'):
+    gmp_jax.sparsity_table({'w': np.zeros(3, np.float32)}, by='row')
+  with pytest.raises(ValueError, match='floating-point'):
+    gmp_jax.sparsity_table({'n': np.zeros(3, np.int32)})

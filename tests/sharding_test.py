@@ -89,8 +89,8 @@ def _batch(size=32, seed=2):
 
 def _train_step(tx):
   # The pure (un-jitted) step; jitting it here is the caller's choice.
-  make = getattr(gmp_jax, 'build_train_step', None) or gmp_jax.make_train_step
-  return make(apply_fn, tx, tau=0.5, dataset_size=1000, temperature=2.0)
+  return gmp_jax.make_train_step(apply_fn, tx, tau=0.5, dataset_size=1000,
+                                 temperature=2.0)
 
 
 def _place(layout, mesh, tree, batch):

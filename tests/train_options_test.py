@@ -1,4 +1,4 @@
-"""The XLA compiler options of gmp_jax.train's step builders."""
+"""The XLA compiler options of gmp_jax.compile_step."""
 
 import jax
 import jax.numpy as jnp
@@ -45,17 +45,18 @@ def test_unknown_options_are_dropped(monkeypatch):
 def test_steps_agree_with_and_without_options():
   apply_fn, tx, state, batch = _setup()
   kwargs = dict(tau=1.0, dataset_size=16)
-  tuned = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
-  plain = gmp_jax.make_train_step(apply_fn, tx, compiler_options={}, **kwargs)
+  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  tuned = gmp_jax.compile_step(step)
+  plain = gmp_jax.compile_step(step, compiler_options={})
   a, ma = tuned(state, batch)
   b, mb = plain(state, batch)
   np.testing.assert_allclose(ma['loss'], mb['loss'], rtol=1e-6)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-  ev = gmp_jax.make_eval_step(apply_fn, compiler_options={})
+  ev = gmp_jax.compile_step(gmp_jax.make_eval_step(apply_fn),
+                            compiler_options={})
   assert int(ev(a.params, batch)['count']) == 16
-  scan = gmp_jax.make_scan_step(gmp_jax.build_train_step(apply_fn, tx,
-                                                         **kwargs),
-                                compiler_options={})
+  scan = gmp_jax.compile_step(gmp_jax.make_multi_step(step),
+                              compiler_options={})
   _, metrics = scan(state, batch, jnp.zeros((2, 4), jnp.int32))
   assert metrics['loss'].shape == (2,)

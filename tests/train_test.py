@@ -1,4 +1,4 @@
-"""Tests for gmp_jax.train: jitted steps, compile-once, sharding, pytrees."""
+"""Tests for gmp_jax.train: pure steps, compile-once, sharding, pytrees."""
 
 import chex
 import jax
@@ -46,7 +46,7 @@ def test_three_cases_compile_once(keys, distillation):
   chex.clear_trace_counter()
   _, apply_fn, tx, state, kwargs = _setup(distillation=distillation)
   traced = chex.assert_max_traces(apply_fn, n=1)
-  step = gmp_jax.make_train_step(traced, tx, **kwargs)
+  step = gmp_jax.compile_step(gmp_jax.make_train_step(traced, tx, **kwargs))
   x, y = _data()
   teacher = np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32)
   losses = []
@@ -70,7 +70,7 @@ def test_three_cases_compile_once(keys, distillation):
 
 def test_loss_decomposition():
   _, apply_fn, tx, state, kwargs = _setup(tau=3.0, label_weight=0.5)
-  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  step = gmp_jax.compile_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs))
   x, y = _data()
   t = np.ones((32, 4), np.float32)
   _, m = step(state, {'x': x, 'label': y, 'teacher_logits': t})
@@ -86,7 +86,7 @@ def test_loss_decomposition():
 
 def test_prior_off_keeps_mixture():
   _, apply_fn, tx, state, kwargs = _setup(use_prior=False)
-  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  step = gmp_jax.compile_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs))
   x, y = _data()
   new, m = step(state, {'x': x, 'label': y})
   np.testing.assert_array_equal(new.mixture.nonzero_means,
@@ -99,27 +99,27 @@ def test_prior_clusters_weights():
   _, apply_fn, tx, state, kwargs = _setup(tau=50.0)
   tx = gmp_jax.gmp_optimizer(weights=3e-3, means=3e-3)
   state = gmp_jax.create_train_state(state.params, state.mixture, tx)
-  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  step = gmp_jax.compile_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs))
   x, y = _data()
   before = gmp_jax.mixture_log_prob(state.params, state.mixture)
   for _ in range(300):
     state, _ = step(state, {'x': x, 'label': y})
   assert gmp_jax.mixture_log_prob(state.params, state.mixture) > before
   q = gmp_jax.quantize(state.params, state.mixture)
-  summary = gmp_jax.compression_summary(q, state.mixture)
-  assert summary['total']['distinct_nonzero'] <= 4
-  assert summary['total']['sparsity'] > 0.5
+  total = gmp_jax.sparsity_table(q)[-1]
+  assert total['distinct_values'] <= 4
+  assert total['sparsity'] > 0.5
   # Quantisation moves the clustered weights only slightly.
   err = max(float(jnp.max(jnp.abs(a - b))) for a, b in
             zip(jax.tree.leaves(q), jax.tree.leaves(state.params)))
   assert err < 0.2
 
 
-def test_scan_step_equals_sequential_steps():
+def test_multi_step_equals_sequential_steps():
   _, apply_fn, tx, state, kwargs = _setup()
-  raw = gmp_jax.build_train_step(apply_fn, tx, **kwargs)
+  raw = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
   step = jax.jit(raw)
-  scan = gmp_jax.make_scan_step(raw)
+  scan = gmp_jax.compile_step(gmp_jax.make_multi_step(raw))
   x, y = _data()
   idx = np.random.default_rng(0).permutation(32).reshape(4, 8)
   seq = state
@@ -138,7 +138,7 @@ def test_sharded_batch_runs_unchanged():
     pytest.skip('needs 2 devices (XLA_FLAGS is set in conftest.py)')
   mesh = Mesh(np.array(devices[:2]), ('data',))
   _, apply_fn, tx, state, kwargs = _setup()
-  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  step = gmp_jax.compile_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs))
   x, y = _data()
   ref_state, ref_m = step(state, {'x': x, 'label': y})
   shard = NamedSharding(mesh, P('data'))
@@ -155,16 +155,57 @@ def test_eval_and_evaluate():
   _, apply_fn, _, state, _ = _setup()
   x, y = _data(50)
   ev = gmp_jax.make_eval_step(apply_fn)
-  got = gmp_jax.evaluate(ev, state.params, x, y, batch_size=16)
-  logits = np.asarray(apply_fn(state.params, x))
-  assert got['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == y))
+  logits = np.asarray(apply_fn(state.params, x), np.float64)
+  log_p = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
+  for step in (ev, gmp_jax.compile_step(ev)):  # Pure or compiled.
+    got = gmp_jax.evaluate(step, state.params, x, y, batch_size=16)
+    assert got['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == y))
+    assert got['cross_entropy'] == pytest.approx(
+        -np.mean(log_p[np.arange(50), y]), rel=1e-5)
   with pytest.raises(ValueError, match='examples'):
     gmp_jax.evaluate(ev, state.params, x, y[:3])
+  with pytest.raises(ValueError, match='empty'):
+    gmp_jax.evaluate(ev, state.params, x[:0], y[:0])
+  with pytest.raises(ValueError, match='batch_size'):
+    gmp_jax.evaluate(ev, state.params, x, y, batch_size=0)
+
+
+def test_make_functions_are_pure_and_compile_step_jits():
+  _, apply_fn, tx, state, kwargs = _setup()
+  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  multi = gmp_jax.make_multi_step(step)
+  ev = gmp_jax.make_eval_step(apply_fn)
+  for fn in (step, multi, ev):
+    assert not hasattr(fn, 'lower')  # Not a jax.jit wrapper.
+  x, y = _data()
+  batch = {'x': x, 'label': y}
+  eager, m_eager = step(state, batch)  # Runs op by op without jit.
+  compiled = gmp_jax.compile_step(step)
+  assert hasattr(compiled, 'lower')
+  jitted, m_jit = compiled(state, batch)
+  np.testing.assert_allclose(m_eager['loss'], m_jit['loss'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_step_donates_state():
+  _, apply_fn, tx, state, kwargs = _setup()
+  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  x, y = _data()
+  batch = {'x': x, 'label': y}
+  want, _ = gmp_jax.compile_step(step)(state, batch)
+  state = jax.tree.map(jnp.copy, state)
+  donated = gmp_jax.compile_step(step, donate_state=True)
+  got, _ = donated(state, batch)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  # The donated input buffers are gone (CPU supports donation).
+  assert state.params['Dense_0']['kernel'].is_deleted()
 
 
 def test_batch_without_targets():
   _, apply_fn, tx, state, kwargs = _setup()
-  step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
+  step = gmp_jax.compile_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs))
   with pytest.raises(ValueError, match="'label', 'teacher_logits'"):
     step(state, {'x': _data()[0]})
 
@@ -177,6 +218,10 @@ def test_bad_step_args():
   with pytest.raises(ValueError, match='distillation'):
     gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=3,
                             distillation='l1')
+  with pytest.raises(ValueError, match='dataset_size'):
+    gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=0)
+  with pytest.raises(ValueError, match='tau'):
+    gmp_jax.make_train_step(apply_fn, tx, tau=-1.0, dataset_size=3)
 
 
 def test_flax_nnx_state():
@@ -195,7 +240,8 @@ def test_flax_nnx_state():
   assert len(mixture.signature) == 4
   tx = gmp_jax.gmp_optimizer(weights=1e-2)
   ts = gmp_jax.create_train_state(state, mixture, tx)
-  step = gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=32)
+  step = gmp_jax.compile_step(
+      gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=32))
   x, y = _data()
   for _ in range(3):
     ts, m = step(ts, {'x': x, 'label': y})
