@@ -49,6 +49,7 @@ __all__ = (
     'DEFAULT_MIN_SIZE',
     'fsdp_sharding',
     'fsdp_spec',
+    'process_batch_slice',
     'replicated_sharding',
 )
 
@@ -153,3 +154,48 @@ def batch_sharding(mesh: Mesh, *, axis: str = 'data') -> NamedSharding:
   """Splits an array's first (example) axis over `axis`, e.g. a batch."""
   _check_axis(mesh, axis)
   return NamedSharding(mesh, PartitionSpec(axis))
+
+
+def process_batch_slice(batch_size: int, sharding: NamedSharding) -> slice:
+  """The rows of a global batch that this process holds under `sharding`.
+
+  In a multi-process run each process loads only these rows of every global
+  batch and passes them to `jax.make_array_from_process_local_data(sharding,
+  rows)`, which assembles the global `(batch_size, ...)` array.
+
+  Args:
+    batch_size: the global batch size.
+    sharding: how the batch's first axis is split, e.g. `batch_sharding`.
+
+  Returns:
+    A `slice(start, stop)` of the global batch (all of it when the batch is
+    replicated).
+
+  Raises:
+    ValueError: `batch_size` does not split evenly over the devices, or this
+      process's rows are not one contiguous block.
+  """
+  if not isinstance(sharding, NamedSharding):
+    raise TypeError(
+        f'Expected a NamedSharding, got {type(sharding).__name__}.')
+  spec = tuple(sharding.spec)
+  if spec and spec[0] is not None:
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+    parts = math.prod(sharding.mesh.shape[a] for a in axes)
+    if batch_size % parts:
+      raise ValueError(
+          f'The global batch of {batch_size} examples does not split evenly '
+          f'over {parts} devices (mesh axes {axes}); use a batch size that '
+          f'is a multiple of {parts}.')
+  rows = sorted({(s[0].start or 0, batch_size if s[0].stop is None
+                  else s[0].stop) for s in
+                 sharding.addressable_devices_indices_map(
+                     (batch_size,)).values()})
+  start, stop = rows[0][0], rows[0][1]
+  for lo, hi in rows[1:]:
+    if lo > stop:
+      raise ValueError(
+          f'This process holds rows {rows} of the batch, not one block; '
+          'order the mesh devices by process.')
+    stop = max(stop, hi)
+  return slice(start, stop)
