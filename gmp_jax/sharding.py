@@ -27,9 +27,15 @@ give.
 Example::
 
   mesh = data_mesh()
-  state = jax.device_put(state, fsdp_sharding(state, mesh))
-  batch = jax.device_put(batch, batch_sharding(mesh))
-  state, metrics = jax.jit(train_step)(state, batch)
+  state_sharding = fsdp_sharding(state, mesh)
+  state = jax.device_put(state, state_sharding)
+  step = gmp_jax.compile_step(train_step, donate_state=True,
+                              out_shardings=(state_sharding, None))
+  state, metrics = step(state, jax.device_put(batch, batch_sharding(mesh)))
+
+Pinning the output shardings keeps the state's layout from step to step:
+left to itself, XLA may return some arrays split differently (a bias split
+along its only axis, say), and the next call would compile again.
 """
 
 from __future__ import annotations

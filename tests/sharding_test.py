@@ -189,9 +189,15 @@ def test_train_step(mesh, layout):
 
   state, _ = _place(layout, mesh, gmp_jax.create_train_state(
       params, mixture, tx), batches[0])
+  # The state keeps its input layout (see gmp_jax.sharding).
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  sharded_step = gmp_jax.compile_step(
+      _train_step(tx), donate_state=True, out_shardings=(state_sharding, None))
   for batch in batches:
     _, b = _place(layout, mesh, (), batch)
-    state, metrics = step(state, b)
+    state, metrics = sharded_step(state, b)
+    assert [x.sharding for x in jax.tree.leaves(state)] == jax.tree.leaves(
+        state_sharding)
   _assert_trees_close(metrics, want_metrics, rtol=1e-4)
   # Three Adam steps: an update is about lr * sign(gradient), so the
   # weights agree to a fraction of the learning rate.
