@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gmp_jax.prior import VARIANCE_CEILING
+from gmp_jax.prior import VARIANCE_FLOOR
+
 # Same clipping of the log-precisions as gmp_jax.prior.
-VARIANCE_FLOOR = 1e-8
-VARIANCE_CEILING = 1e4
 _LOG_PRECISION_MAX = -math.log(VARIANCE_FLOOR)
 _LOG_PRECISION_MIN = -math.log(VARIANCE_CEILING)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)

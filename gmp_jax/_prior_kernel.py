@@ -56,10 +56,6 @@ _UNROLLED_MAX_COMPONENTS = 32  # Above this, the max over k is a reduce.
 _MIN_COLUMNS = 16
 
 
-def _compute_dtype(w, means):
-  return jnp.result_type(w.dtype, means.dtype, jnp.float32)
-
-
 def _view(w, dtype):
   """(A, B) matrix view of a leaf in the compute dtype; see the notes above.
 
@@ -72,6 +68,16 @@ def _view(w, dtype):
   if w.ndim >= 2 and w.shape[-1] >= _MIN_COLUMNS:
     return w.reshape(-1, w.shape[-1]).astype(dtype)
   return w.reshape(1, -1).astype(dtype)
+
+
+def compute_dtype(*dtypes) -> jnp.dtype:
+  """The widest of `dtypes` and float32: float64 if any is, else float32.
+
+  Chosen explicitly rather than by promotion, so the kernel runs the same
+  under `jax_numpy_dtype_promotion='strict'`.
+  """
+  return max((jnp.dtype(d) for d in (*dtypes, jnp.float32)),
+             key=lambda d: d.itemsize)
 
 
 def _component_table(means, precisions, log_pi):
@@ -225,12 +231,8 @@ def leaves_log_prob(leaves, means, precisions, log_pi):
     A scalar in the dtype of `means`. Gradients flow to every argument;
     each leaf's gradient keeps the leaf's dtype.
   """
-  table = _component_table(means, precisions, log_pi)
-  total = jnp.zeros((), means.dtype)
-  for w in leaves:
-    lse, _ = _lse_and_grad(_view(w, _compute_dtype(w, means)), table)
-    total = total + _sum_last(_sum_rows(lse))
-  return total
+  # Without differentiation XLA drops the unused per-weight gradients.
+  return _leaves_log_prob_fwd(leaves, means, precisions, log_pi)[0]
 
 
 def _leaves_log_prob_fwd(leaves, means, precisions, log_pi):
@@ -238,7 +240,8 @@ def _leaves_log_prob_fwd(leaves, means, precisions, log_pi):
   total = jnp.zeros((), means.dtype)
   saved = []
   for w in leaves:
-    lse, grad = _lse_and_grad(_view(w, _compute_dtype(w, means)), table)
+    lse, grad = _lse_and_grad(_view(w, compute_dtype(w.dtype, means.dtype)),
+                              table)
     total = total + _sum_last(_sum_rows(lse))
     saved.append((lse, grad))
   return total, (leaves, means, precisions, log_pi, tuple(saved))

@@ -82,12 +82,7 @@ arrays, even under a different entropy-coder release.
 
 Both streams are zero-order optimal: the position stream costs about
 N·H(nnz/N) bits and the index stream nnz·H(counts/nnz) bits, plus at most a
-few words of coder flush.
-
-References:
-  Bamler, "Understanding Entropy Coding With Asymmetric Numeral Systems (ANS):
-  a Statistician's Perspective", 2022 (the `constriction` library).
-  Duda, "Asymmetric numeral systems", arXiv:0902.0271, 2009.
+few words of coder flush. The references on ANS are in `gmp_jax._ans`.
 """
 
 from __future__ import annotations

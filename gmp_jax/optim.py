@@ -39,6 +39,29 @@ def partition_labels(tree):
                           mixing_logits=MIXING))
 
 
+def _standard_promotion(tx: optax.GradientTransformation
+                        ) -> optax.GradientTransformationExtraArgs:
+  """`tx` traced under standard dtype promotion.
+
+  optax's transformations rely on implicit promotion (Adam's bias
+  correction raises a Python float to an int32 step count), which raises
+  under `jax_numpy_dtype_promotion='strict'`. Tracing them under the
+  standard rules keeps the optimiser usable by code that runs strict.
+  """
+
+  def init_fn(params):
+    with jax.numpy_dtype_promotion('standard'):
+      return tx.init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    with jax.numpy_dtype_promotion('standard'):
+      if isinstance(tx, optax.GradientTransformationExtraArgs):
+        return tx.update(updates, state, params, **extra_args)
+      return tx.update(updates, state, params)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def gmp_optimizer(*,
                   weights: ScalarOrSchedule = 5e-4,
                   means: ScalarOrSchedule = 1e-4,
@@ -61,7 +84,9 @@ def gmp_optimizer(*,
 
   Returns:
     An optax transformation to `init` on `(params, mixture)`. A learning
-    rate of 0 freezes its group.
+    rate of 0 freezes its group. It traces optax under standard dtype
+    promotion, so it also works where `jax_numpy_dtype_promotion` is
+    'strict'.
   """
   for name, lr in (('weights', weights), ('means', means),
                    ('log_precisions', log_precisions), ('mixing', mixing)):
@@ -73,4 +98,4 @@ def gmp_optimizer(*,
       LOG_PRECISIONS: make(log_precisions),
       MIXING: make(mixing),
   }
-  return optax.partition(transforms, partition_labels)
+  return _standard_promotion(optax.partition(transforms, partition_labels))

@@ -312,18 +312,21 @@ def component_log_density(w: jax.Array, mixture: GaussianMixture, *,
   Args:
     w: weights of any shape.
     mixture: the mixture.
-    dtype: compute dtype; default the promotion of w's, the mixture's and
+    dtype: compute dtype; default the widest of w's, the mixture's and
       float32.
 
   Returns:
     An array of shape `w.shape + (K,)`.
   """
   if dtype is None:
-    dtype = jnp.result_type(w.dtype, mixture.means.dtype, jnp.float32)
-  lam = mixture.precisions.astype(dtype)
-  d = w.astype(dtype)[..., None] - mixture.means.astype(dtype)
-  return (mixture.log_mixing_proportions.astype(dtype) + 0.5 * jnp.log(lam)
-          - _prior_kernel.HALF_LOG_2PI - 0.5 * lam * d * d)
+    dtype = _prior_kernel.compute_dtype(w.dtype, mixture.means.dtype)
+  # (K,) constants shaped to broadcast against w[..., None] explicitly.
+  k_shape = (1,) * jnp.ndim(w) + (mixture.num_components,)
+  lam = mixture.precisions.astype(dtype).reshape(k_shape)
+  log_pi = mixture.log_mixing_proportions.astype(dtype).reshape(k_shape)
+  d = w.astype(dtype)[..., None] - mixture.means.astype(dtype).reshape(k_shape)
+  return (log_pi + 0.5 * jnp.log(lam) - _prior_kernel.HALF_LOG_2PI
+          - 0.5 * lam * d * d)
 
 
 def mixture_log_prob(params, mixture: GaussianMixture) -> jax.Array:
@@ -350,7 +353,7 @@ def mixture_log_prob(params, mixture: GaussianMixture) -> jax.Array:
   Raises:
     ValueError: `params` is not the tree the mixture was built for.
   """
-  dtype = jnp.result_type(mixture.log_precisions.dtype, jnp.float32)
+  dtype = _prior_kernel.compute_dtype(mixture.log_precisions.dtype)
   means = mixture.means.astype(dtype)
   precisions = mixture.precisions.astype(dtype)
   log_pi = mixture.log_mixing_proportions.astype(dtype)
@@ -396,7 +399,7 @@ def hyperprior_log_prob(mixture: GaussianMixture,
 
   The Beta term applies only when pi_0 is learned.
   """
-  dtype = jnp.result_type(mixture.log_precisions.dtype, jnp.float32)
+  dtype = _prior_kernel.compute_dtype(mixture.log_precisions.dtype)
   log_lam = mixture.log_precisions_clipped.astype(dtype)
   lam = jnp.exp(log_lam)
   total = jnp.zeros((), dtype)

@@ -166,8 +166,9 @@ def _ratio(a: float, b: float) -> float | None:
   return a / b if b else None
 
 
-def _fmt(v: float | None) -> str:
-  return 'n/a' if v is None else f'{v:.1f}×'
+def format_ratio(value: float | None) -> str:
+  """A compression rate for tables: `'232.0×'`, or `'n/a'` for None."""
+  return 'n/a' if value is None else f'{value:.1f}×'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,15 +270,16 @@ class CompressionReport:
         f'| **total** | | {t["parameters"]:,} | {t["nonzeros"]:,} | | '
         f'| {t["position_bits"]:,} | {t["index_bits"]:,} '
         f'| {t["codebook_bits"]:,} | {leaf_bits:,} | {t["han_bits"]:,} |')
+    cr = format_ratio
     lines += [
         '',
         '| figure | value |',
         '|---|---:|',
         f'| file bytes (header {self.header_bytes:,}, metadata '
         f'{self.metadata_bytes:,}) | {self.file_bytes:,} |',
-        f'| CR_file = 32·N / (8·file bytes) | {_fmt(self.cr_file)} |',
-        f'| CR_Han (Deep Compression storage count) | {_fmt(self.cr_han)} |',
-        f'| \\|W\\| / \\|W≠0\\| | {_fmt(self.cr_sparsity)} |',
+        f'| CR_file = 32·N / (8·file bytes) | {cr(self.cr_file)} |',
+        f'| CR_Han (Deep Compression storage count) | {cr(self.cr_han)} |',
+        f'| \\|W\\| / \\|W≠0\\| | {cr(self.cr_sparsity)} |',
     ]
     return '\n'.join(lines)
 

@@ -22,6 +22,8 @@ from gmp_jax import _ans
 from gmp_jax import codec
 
 CorruptFileError = codec.CorruptFileError
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'results')
 
 
 def _quantized(rng, shape, *, dtype=np.float32, density=0.1, k=4):
@@ -375,3 +377,12 @@ def test_ans_rejects_extra_or_garbled_words():
   with pytest.raises(_ans.DecodeError, match='unused words'):
     _ans.decode(words, counts, symbols.size - 4)
   assert issubclass(_ans.DecodeError, ValueError)
+
+
+@pytest.mark.parametrize('run', ['mnist', 'mnist_layerwise', 'mnist_tau5e-3'])
+def test_committed_files_reencode_to_the_same_bytes(run):
+  path = os.path.join(RESULTS, run, 'model.gmpz')
+  with open(path, 'rb') as f:
+    data = f.read()
+  params, metadata = codec.load_compressed(path, with_metadata=True)
+  assert codec.to_bytes(params, metadata=metadata) == data

@@ -34,8 +34,9 @@ TIMEOUT_S = 600  # Two JAX processes compiling on a busy 2-core machine.
 
 
 def apply_fn(params, x):
-  h = jax.nn.relu(x @ params['d1']['kernel'] + params['d1']['bias'])
-  return h @ params['d2']['kernel'] + params['d2']['bias']
+  # Explicit broadcasting: the tests run with rank-promotion errors.
+  h = jax.nn.relu(x @ params['d1']['kernel'] + params['d1']['bias'][None])
+  return h @ params['d2']['kernel'] + params['d2']['bias'][None]
 
 
 def _setup():

@@ -18,10 +18,9 @@ import helpers
 
 
 def _params(sizes, seed=0, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  return {f'w{i}': jnp.asarray(rng.normal(
-      0, 0.1, (n,) if isinstance(n, int) else n), dtype)
-          for i, n in enumerate(sizes)}
+  return helpers.random_tree(
+      {f'w{i}': (n,) if isinstance(n, int) else n
+       for i, n in enumerate(sizes)}, seed=seed, dtype=dtype)
 
 
 def _mixture(params, k, seed=1, dtype=jnp.float32):

@@ -15,21 +15,18 @@ from gmp_jax import prior as prior_lib
 import helpers
 
 
+_SHAPES = {'conv': {'kernel': (3, 3, 2, 4), 'bias': (4,)},
+           'dense': {'kernel': (8, 5)}}
+
+
 def _tree(seed=0, dtype=np.float32):
-  rng = np.random.default_rng(seed)
-  return {
-      'conv': {'kernel': jnp.asarray(rng.normal(0, .1, (3, 3, 2, 4)), dtype),
-               'bias': jnp.asarray(rng.normal(0, .1, (4,)), dtype)},
-      'dense': {'kernel': jnp.asarray(rng.normal(0, .1, (8, 5)), dtype)},
-  }
+  return helpers.random_tree(_SHAPES, seed=seed, dtype=dtype)
 
 
-def _scipy_log_prob(params, means, variances, pis):
+def _scipy_log_prob(params, mixture):
   w = np.concatenate([np.asarray(x, np.float64).ravel()
                       for x in jax.tree.leaves(params)])
-  comp = stats.norm.logpdf(w[:, None], loc=np.asarray(means, np.float64),
-                           scale=np.sqrt(np.asarray(variances, np.float64)))
-  return special.logsumexp(comp + np.log(np.asarray(pis, np.float64)),
+  return special.logsumexp(helpers.scipy_component_log_density(w, mixture),
                            axis=1).sum()
 
 
@@ -49,8 +46,7 @@ def test_log_prob_matches_scipy(num_components, learn_zero):
       mixing_logits=mixture.mixing_logits + rng.normal(
           size=mixture.mixing_logits.shape))
   got = jax.jit(gmp_jax.mixture_log_prob)(params, mixture)
-  want = _scipy_log_prob(params, mixture.means, mixture.variances,
-                         mixture.mixing_proportions)
+  want = _scipy_log_prob(params, mixture)
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
@@ -89,7 +85,7 @@ def test_gradients_match_finite_differences(learn_zero):
                                    init_std=0.1)
     mixture = mixture.replace(
         mixing_logits=mixture.mixing_logits + jnp.arange(
-            mixture.mixing_logits.shape[0]) * 0.3)
+            mixture.mixing_logits.shape[0], dtype=jnp.float64) * 0.3)
     check_grads(lambda p, m: gmp_jax.mixture_log_prob(p, m), (params, mixture),
                 order=1, modes=['rev'], atol=1e-5, rtol=1e-5)
     check_grads(
@@ -183,12 +179,9 @@ def test_component_log_density_matches_scipy():
   w = params['dense']['kernel']
   got = prior_lib.component_log_density(w, mixture)
   assert got.shape == w.shape + (5,) and got.dtype == jnp.float32
-  want = (np.log(np.asarray(mixture.mixing_proportions, np.float64))
-          + stats.norm.logpdf(np.asarray(w, np.float64)[..., None],
-                              np.asarray(mixture.means, np.float64),
-                              np.sqrt(np.asarray(mixture.variances,
-                                                 np.float64))))
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      got, helpers.scipy_component_log_density(w, mixture), rtol=1e-5,
+      atol=1e-5)
 
 
 def test_filter_selects_leaves():
@@ -198,8 +191,7 @@ def test_filter_selects_leaves():
   assert len(mixture.signature) == 2
   w = np.concatenate([np.ravel(params['conv']['kernel']),
                       np.ravel(params['dense']['kernel'])])
-  want = _scipy_log_prob([w], mixture.means, mixture.variances,
-                         mixture.mixing_proportions)
+  want = _scipy_log_prob([w], mixture)
   np.testing.assert_allclose(gmp_jax.mixture_log_prob(params, mixture), want,
                              rtol=1e-5)
 
@@ -207,8 +199,7 @@ def test_filter_selects_leaves():
 def test_bfloat16_leaves():
   params = _tree(dtype=jnp.bfloat16)
   mixture = gmp_jax.init_mixture(params, 5)
-  want = _scipy_log_prob(params, mixture.means, mixture.variances,
-                         mixture.mixing_proportions)
+  want = _scipy_log_prob(params, mixture)
   np.testing.assert_allclose(gmp_jax.mixture_log_prob(params, mixture), want,
                              rtol=1e-5)
   g = jax.grad(gmp_jax.mixture_log_prob)(params, mixture)

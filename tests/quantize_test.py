@@ -4,25 +4,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 import gmp_jax
+import helpers
+
+
+_SHAPES = {'a': {'kernel': (20, 7), 'bias': (7,)}, 'b': (2, 3, 4, 5)}
 
 
 def _params(seed=0, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  return {'a': {'kernel': jnp.asarray(rng.normal(0, .3, (20, 7)), dtype),
-                'bias': jnp.asarray(rng.normal(0, .3, (7,)), dtype)},
-          'b': jnp.asarray(rng.normal(0, .3, (2, 3, 4, 5)), dtype)}
+  return helpers.random_tree(_SHAPES, seed=seed, scale=0.3, dtype=dtype)
 
 
 def _np_assign(w, mixture):
-  comp = (np.log(np.asarray(mixture.mixing_proportions, np.float64))
-          + stats.norm.logpdf(np.asarray(w, np.float64)[..., None],
-                              np.asarray(mixture.means, np.float64),
-                              np.sqrt(np.asarray(mixture.variances,
-                                                 np.float64))))
-  return comp.argmax(-1)
+  return helpers.scipy_component_log_density(w, mixture).argmax(-1)
 
 
 @pytest.mark.parametrize('num_components', [2, 4, 9])

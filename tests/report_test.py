@@ -4,6 +4,7 @@ import heapq
 import io
 import json
 import math
+import os
 
 from hypothesis import given
 from hypothesis import settings
@@ -227,3 +228,20 @@ def test_sparsity_table_bad_input():
     gmp_jax.sparsity_table({'w': np.zeros(3, np.float32)}, by='row')
   with pytest.raises(ValueError, match='floating-point'):
     gmp_jax.sparsity_table({'n': np.zeros(3, np.int32)})
+
+
+def test_format_ratio():
+  assert report.format_ratio(None) == 'n/a'
+  assert report.format_ratio(232.04) == '232.0×'
+  assert report.format_ratio(0.96) == '1.0×'
+
+
+@pytest.mark.parametrize('run', ['mnist', 'mnist_layerwise', 'mnist_tau5e-3'])
+def test_sparsity_table_rebuilds_committed_table1(run):
+  # report.json was written by the pipeline before sparsity_table existed.
+  directory = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'results', run)
+  with open(os.path.join(directory, 'report.json')) as f:
+    table1 = json.load(f)['table1']
+  params = codec.load_compressed(os.path.join(directory, 'model.gmpz'))
+  assert gmp_jax.sparsity_table(params, by='layer') == table1

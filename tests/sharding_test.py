@@ -53,10 +53,12 @@ def _conv(x, kernel):
 
 
 def apply_fn(params, x):
-  h = jax.nn.relu(_conv(x, params['conv']['kernel']) + params['conv']['bias'])
+  # Explicit broadcasting: the tests run with rank-promotion errors.
+  h = jax.nn.relu(_conv(x, params['conv']['kernel'])
+                  + params['conv']['bias'][None, None, None])
   h = h.reshape(h.shape[0], -1)
-  h = jax.nn.relu(h @ params['d1']['kernel'] + params['d1']['bias'])
-  return h @ params['d2']['kernel'] + params['d2']['bias']
+  h = jax.nn.relu(h @ params['d1']['kernel'] + params['d1']['bias'][None])
+  return h @ params['d2']['kernel'] + params['d2']['bias'][None]
 
 
 def _params(seed=0):

@@ -6,16 +6,15 @@ import numpy as np
 
 import gmp_jax
 from gmp_jax import train as train_lib
+import helpers
 
 
 def _setup():
   rng = np.random.default_rng(0)
   params = {'w': jnp.asarray(rng.normal(0, 0.1, (8, 4)), jnp.float32),
             'b': jnp.zeros((4,), jnp.float32)}
-  apply_fn = lambda p, x: x @ p['w'] + p['b']
-  tx = gmp_jax.gmp_optimizer(weights=1e-2)
-  state = gmp_jax.create_train_state(params, gmp_jax.init_mixture(params, 3),
-                                     tx)
+  apply_fn = lambda p, x: x @ p['w'] + p['b'][None]
+  tx, state = helpers.train_state(params, 3)
   batch = {'x': jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 4, 16), jnp.int32)}
   return apply_fn, tx, state, batch
@@ -51,8 +50,7 @@ def test_steps_agree_with_and_without_options():
   a, ma = tuned(state, batch)
   b, mb = plain(state, batch)
   np.testing.assert_allclose(ma['loss'], mb['loss'], rtol=1e-6)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  helpers.assert_trees_close(a, b, rtol=1e-5, atol=1e-7)
   ev = gmp_jax.compile_step(gmp_jax.make_eval_step(apply_fn),
                             compiler_options={})
   assert int(ev(a.params, batch)['count']) == 16

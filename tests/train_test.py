@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import gmp_jax
+import helpers
 
 
 class MLP(nn.Module):
@@ -31,9 +32,7 @@ def _setup(**step_kwargs):
   model = MLP()
   params = model.init(jax.random.key(0), jnp.zeros((1, 8)))['params']
   apply_fn = lambda p, x: model.apply({'params': p}, x)
-  mixture = gmp_jax.init_mixture(params, 5)
-  tx = gmp_jax.gmp_optimizer(weights=1e-2)
-  state = gmp_jax.create_train_state(params, mixture, tx)
+  tx, state = helpers.train_state(params, 5)
   kwargs = dict(tau=1.0, dataset_size=32, temperature=2.0)
   kwargs.update(step_kwargs)
   return model, apply_fn, tx, state, kwargs
@@ -128,8 +127,7 @@ def test_multi_step_equals_sequential_steps():
   scanned, metrics = scan(state, {'x': jnp.asarray(x), 'label': jnp.asarray(y)},
                           jnp.asarray(idx))
   assert metrics['loss'].shape == (4,)
-  for a, b in zip(jax.tree.leaves(seq), jax.tree.leaves(scanned)):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+  helpers.assert_trees_close(scanned, seq, rtol=2e-5, atol=1e-6)
 
 
 def test_sharded_batch_runs_unchanged():
@@ -140,15 +138,12 @@ def test_sharded_batch_runs_unchanged():
   _, apply_fn, tx, state, kwargs = _setup()
   step = gmp_jax.compile_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs))
   x, y = _data()
-  ref_state, ref_m = step(state, {'x': x, 'label': y})
+  want = step(state, {'x': x, 'label': y})
   shard = NamedSharding(mesh, P('data'))
   replicated = NamedSharding(mesh, P())
   batch = {'x': jax.device_put(x, shard), 'label': jax.device_put(y, shard)}
-  state_r = jax.device_put(state, replicated)
-  new_state, m = step(state_r, batch)
-  np.testing.assert_allclose(m['loss'], ref_m['loss'], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  got = step(jax.device_put(state, replicated), batch)
+  helpers.assert_steps_agree(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_eval_and_evaluate():
@@ -178,27 +173,22 @@ def test_make_functions_are_pure_and_compile_step_jits():
   for fn in (step, multi, ev):
     assert not hasattr(fn, 'lower')  # Not a jax.jit wrapper.
   x, y = _data()
-  batch = {'x': x, 'label': y}
-  eager, m_eager = step(state, batch)  # Runs op by op without jit.
+  eager = step(state, {'x': x, 'label': y})  # Runs op by op, without jit.
   compiled = gmp_jax.compile_step(step)
   assert hasattr(compiled, 'lower')
-  jitted, m_jit = compiled(state, batch)
-  np.testing.assert_allclose(m_eager['loss'], m_jit['loss'], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  helpers.assert_steps_agree(compiled(state, {'x': x, 'label': y}), eager,
+                             rtol=1e-4, atol=1e-6)
 
 
 def test_compile_step_donates_state():
   _, apply_fn, tx, state, kwargs = _setup()
   step = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
   x, y = _data()
-  batch = {'x': x, 'label': y}
-  want, _ = gmp_jax.compile_step(step)(state, batch)
+  want, _ = gmp_jax.compile_step(step)(state, {'x': x, 'label': y})
   state = jax.tree.map(jnp.copy, state)
   donated = gmp_jax.compile_step(step, donate_state=True)
-  got, _ = donated(state, batch)
-  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-    np.testing.assert_allclose(a, b, rtol=1e-6)
+  got, _ = donated(state, {'x': x, 'label': y})
+  helpers.assert_trees_close(got, want, rtol=1e-6)
   # The donated input buffers are gone (CPU supports donation).
   assert state.params['Dense_0']['kernel'].is_deleted()
 
