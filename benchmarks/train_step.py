@@ -35,7 +35,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,26 +60,6 @@ NUM_COMPONENTS = 17
 TAU = 5e-3
 DATASET_SIZE = 60_000
 TEMPERATURE = 4.0
-
-
-def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown'
-
-
-def _load() -> dict[str, Any]:
-  try:
-    uptime = subprocess.run(['uptime'], capture_output=True, text=True,
-                            check=False).stdout.strip()
-  except OSError:
-    uptime = ''
-  return {'uptime': uptime, 'loadavg': list(os.getloadavg())}
 
 
 def _synthetic_data(num: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -284,11 +263,7 @@ def run_benchmark(*, configs: Sequence[str], batch_sizes: Sequence[int],
              if compiler_options is None else dict(compiler_options))
   report: dict[str, Any] = {
       'command': ' '.join(['python -m benchmarks.train_step'] + sys.argv[1:]),
-      'machine': {'cpu': _cpu_name(), 'cores': os.cpu_count(),
-                  'jax_devices': [str(d) for d in jax.devices()],
-                  'accelerator': None,
-                  'note': ('CPU only: no GPU or TPU was available to this '
-                           'project when the figures were taken.')},
+      'machine': timing.machine(),
       'versions': {'python': platform.python_version(),
                    'jax': jax.__version__, 'torch': torch_version,
                    'numpy': np.__version__},
@@ -302,7 +277,7 @@ def run_benchmark(*, configs: Sequence[str], batch_sizes: Sequence[int],
                                          jax.tree.leaves(params))),
                    'torch_threads': torch_threads if torch_version else None,
                    'jax_compiler_options': options},
-      'load_before': _load(),
+      'load_before': timing.load(),
   }
   results = {}
   for batch_size in batch_sizes:
@@ -335,7 +310,7 @@ def run_benchmark(*, configs: Sequence[str], batch_sizes: Sequence[int],
   report['targets'] = TARGETS
   report['postprocess'] = (_postprocess_timings(setup, postprocess_runs)
                            if postprocess_runs else None)
-  report['load_after'] = _load()
+  report['load_after'] = timing.load()
   return report
 
 

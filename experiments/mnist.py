@@ -13,23 +13,22 @@ from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import monitor
 from experiments import pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and reports.')
-flags.mark_flags_as_required(['workdir'])
 config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. experiments/configs/mnist.py[:smoke].',
     lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.config is None:
-    raise app.UsageError('--config is required.')
-  if FLAGS.verbosity == logging.INFO:  # The default; pass -v 1 for all logs.
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  if logging.get_verbosity() <= logging.INFO:  # -v 1 shows every log line.
+    monitor.quiet_third_party_logs()  # Orbax logs each save at INFO.
   pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -1,7 +1,8 @@
 """Figures for the compression report: Figures 3 and 4 and training curves.
 
 All functions take NumPy arrays (JAX arrays are converted), write a PNG
-atomically (a temp file in the same dir, then a rename) and return its path.
+atomically (`gmp_jax.fileio.write_atomic`: a synced temp file in the same
+dir, then a rename) and return its path.
 They draw on `matplotlib.figure.Figure` objects rendered by the Agg backend
 and never touch `pyplot`, so they change no global backend or state and work
 the same headless, in tests and in notebooks.
@@ -12,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 import math
 import os
-import tempfile
 from typing import Any
 
 import matplotlib
@@ -22,6 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
+from gmp_jax import fileio
+
 PRUNED_COLOR = (1.0, 1.0, 1.0, 1.0)  # White: pruned (exactly zero) weights.
 GAP_COLOR = (0.55, 0.55, 0.55, 1.0)  # Grey: space between filter tiles.
 WEIGHT_CMAP = 'coolwarm'  # Diverging, with a grey (not white) centre.
@@ -30,21 +32,9 @@ WEIGHT_CMAP = 'coolwarm'  # Diverging, with a grey (not white) centre.
 def _save(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> str:
   """Renders ``fig`` with Agg and writes it to ``path`` atomically."""
   path = os.fspath(path)
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   FigureCanvasAgg(fig)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.png')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      fig.savefig(f, format='png', dpi=dpi)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  fileio.write_atomic(path, lambda f: fig.savefig(f, format='png', dpi=dpi))
   return path
 
 

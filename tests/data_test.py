@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import data
+from experiments import mnist_offline
 
 _SMALL_SHAPES = {'x_train': (6, 28, 28), 'y_train': (6,),
                  'x_test': (4, 28, 28), 'y_test': (4,)}
@@ -162,9 +163,9 @@ def test_cache_path_follows_env_and_argument(cache_dir, tmp_path_factory):
 def test_cache_roundtrip_is_atomic(tmp_path):
   arrays = _small_arrays()
   path = str(tmp_path / 'sub' / 'c.npz')
-  data._write_cache(path, arrays)
+  mnist_offline.write_cache(path, arrays)
   assert os.listdir(tmp_path / 'sub') == ['c.npz']  # No temp file left.
-  got = data._read_cache(path, expected_sha256=data._content_sha256(arrays),
+  got = mnist_offline.read_cache(path, expected_sha256=mnist_offline.content_sha256(arrays),
                          expected_shapes=_SMALL_SHAPES)
   for k, v in arrays.items():
     np.testing.assert_array_equal(got[k], v)
@@ -178,29 +179,29 @@ def test_missing_cache_without_download_raises(cache_dir):
 @pytest.mark.parametrize('corruption', ['garbage', 'truncated', 'shapes',
                                         'content'])
 def test_corrupt_cache_raises(cache_dir, monkeypatch, corruption):
-  monkeypatch.setattr(data, 'MNIST_CACHE_SHAPES', _SMALL_SHAPES)
+  monkeypatch.setattr(mnist_offline, 'MNIST_CACHE_SHAPES', _SMALL_SHAPES)
   path = data.mnist_cache_path()
   arrays = _small_arrays()
   if corruption == 'garbage':
     with open(path, 'wb') as f:
       f.write(b'not an npz file')
   elif corruption == 'truncated':
-    data._write_cache(path, arrays)
+    mnist_offline.write_cache(path, arrays)
     size = os.path.getsize(path)
     with open(path, 'r+b') as f:
       f.truncate(size // 2)
   elif corruption == 'shapes':
     arrays['x_test'] = arrays['x_test'][:2]
-    data._write_cache(path, arrays)
+    mnist_offline.write_cache(path, arrays)
   else:  # Right shapes, wrong bytes: only the checksum catches it.
-    data._write_cache(path, arrays)
+    mnist_offline.write_cache(path, arrays)
   with pytest.raises(data.CorruptCacheError,
                      match='unreadable|expected|checksum'):
     data.load_dataset('mnist', download=False)
 
 
 def test_corrupt_cache_is_refetched(cache_dir, monkeypatch):
-  monkeypatch.setattr(data, 'MNIST_CACHE_SHAPES', _SMALL_SHAPES)
+  monkeypatch.setattr(mnist_offline, 'MNIST_CACHE_SHAPES', _SMALL_SHAPES)
   fresh = _small_arrays(seed=1)
   calls = []
 
@@ -208,8 +209,9 @@ def test_corrupt_cache_is_refetched(cache_dir, monkeypatch):
     calls.append(1)
     return fresh
 
-  monkeypatch.setattr(data, '_fetch_mnist_arrays', fake_fetch)
-  monkeypatch.setattr(data, 'MNIST_CACHE_SHA256', data._content_sha256(fresh))
+  monkeypatch.setattr(mnist_offline, 'fetch_arrays', fake_fetch)
+  monkeypatch.setattr(mnist_offline, 'MNIST_CACHE_SHA256',
+                      mnist_offline.content_sha256(fresh))
   path = data.mnist_cache_path()
   with open(path, 'wb') as f:
     f.write(b'corrupt')

@@ -25,6 +25,7 @@ seconds on synthetic data (used by the tests).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,8 +33,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = 'poster'
-  config.data = dict(name='mnist', source='offline', data_dir='',
-                     num_train=0, num_test=0)  # 0 = the whole split.
+  # None (the default of each placeholder) = the cache dir / whole split.
+  config.data = dict(name='mnist', source='offline',
+                     data_dir=config_dict.placeholder(str),
+                     num_train=config_dict.placeholder(int),
+                     num_test=config_dict.placeholder(int))
 
   config.teacher = dict(
       epochs=12,  # ~1 min/epoch on 2 CPU cores.
@@ -44,7 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.retrain = dict(
       mode='end_to_end',  # Or 'layerwise' (poster Figure 1).
-      student='',  # '' = the teacher's architecture, started from its weights.
+      # None = the teacher's architecture, started from its weights.
+      student=config_dict.placeholder(str),
       epochs=30,
       batch_size=256,
       # Data term: MSE between T-softened softmaxes (eq. 2) + label CE.
@@ -60,7 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Gamma hyperpriors (alpha, beta) on the precisions, Beta on pi_0.
       zero_gamma=(5000.0, 2.0),
       gamma=(250.0, 0.1),
-      zero_beta=(),  # () = none; e.g. (5000., 2.) with a learned pi_0.
+      # None = none; e.g. (5000., 2.) with a learned pi_0.
+      zero_beta=config_dict.placeholder(tuple),
       # Adam learning rates of the four optax partitions (published recipe).
       lr_weights=5e-4,
       lr_means=1e-4,
@@ -74,21 +80,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       codebook_dtype='float32',
   )
 
-  config.steps_per_dispatch = 5  # Train steps per jitted call (unrolled).
-  config.checkpoint_every = 200  # Steps between checkpoints (and epoch ends).
+  # How the train loop runs (experiments/loop.py, LoopOptions).
+  config.loop = dict(
+      # 'unroll' (steps as straight-line code) or 'scan'; None = 'unroll' on
+      # CPU, 'scan' on GPU and TPU.
+      kind=config_dict.placeholder(str),
+      # Train steps per compiled call; None = 5 unrolled, a whole epoch
+      # scanned.
+      steps_per_call=config_dict.placeholder(int),
+      # Host syncs (metrics, NaN check, progress) also every this many
+      # steps; None = at epoch ends only.
+      log_every_steps=config_dict.placeholder(int),
+      checkpoint_interval_s=60.0,  # At a host sync, and at the stage's end.
+      eval_every_epochs=1,  # Test metrics at epoch ends; None = never.
+  )
   config.eval_batch_size = 1000
 
   if arg == 'smoke':
-    config.data = dict(name='mnist', source='random', data_dir='',
-                       num_train=512, num_test=256)
+    config.data.source = 'random'
+    config.data.num_train = 512
+    config.data.num_test = 256
     config.teacher.epochs = 2
     config.teacher.batch_size = 64
     config.retrain.epochs = 2
     config.retrain.batch_size = 64
     config.retrain.num_components = 5
     config.retrain.tau = 1e-4
-    config.steps_per_dispatch = 4
-    config.checkpoint_every = 4
+    config.loop.steps_per_call = 4
+    config.loop.checkpoint_interval_s = 0.0  # At every epoch end.
     config.eval_batch_size = 256
   elif arg:
     raise ValueError(f'Unknown config argument {arg!r}; expected "smoke".')

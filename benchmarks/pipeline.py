@@ -1,0 +1,239 @@
+"""Where the pipeline's wall time goes, stage by stage.
+
+  python -m benchmarks.pipeline                     # the :smoke config
+  python -m benchmarks.pipeline --config=experiments/configs/mnist.py \\
+      --config.teacher.epochs=1 --config.retrain.epochs=1
+  python -m benchmarks.pipeline --config=experiments/configs/mnist.py  # full
+  python -m benchmarks.pipeline --loops --config=experiments/configs/mnist.py
+
+The first three run `experiments.pipeline.train_and_evaluate` in a fresh
+workdir with a blocking `monitor.StageTimer`, so that device work is charged
+to the section that launched it, and print per stage: wall time, then
+compile, step compute, host syncs, evaluation, checkpointing, data and other
+(the wall time no section claims), the process CPU seconds (all threads; a
+check on figures taken while other jobs share the machine), the train steps
+and the step compute per step. They write `results/pipeline_<platform>.json` (`--json` to change,
+`--json=` for none) with what `jax.devices()` reports, the load average and
+the config.
+
+`--loops` instead times the retraining step's chunk programs
+(`experiments.loop.chunk_program`: 'unroll' with 1, 2 and 5 steps per call,
+'scan' with 5) and the test-set evaluation (`evaluation.TestSet`: a host loop of
+per-batch calls against one program), the measurements behind the loop's
+per-backend choices; it prints and stores compile seconds and ms per step.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from benchmarks import timing
+import gmp_jax
+from gmp_jax import fileio
+from experiments import evaluation
+from experiments import loop
+from experiments import models
+from experiments import monitor
+from experiments import pipeline
+from experiments import retraining
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', 'experiments/configs/mnist.py:smoke',
+    'Pipeline config, e.g. experiments/configs/mnist.py[:smoke].',
+    lock_config=True)
+flags.DEFINE_string('workdir', None, 'Workdir (default: a fresh temp dir).')
+flags.DEFINE_string(
+    'json', None, 'Where to write the figures (default results/pipeline_'
+    '<platform>.json, with --loops results/pipeline_loops_<platform>.json); '
+    'empty for nowhere.')
+flags.DEFINE_bool('block', True, 'Wait for device work in each section.')
+flags.DEFINE_bool('loops', False, 'Time loop kinds and eval instead.')
+flags.DEFINE_integer('calls', 10, '--loops: steps per timing window '
+                     '(eval: windows).')
+
+COLUMNS = ('wall', *monitor.SECTIONS, 'other')
+
+
+def breakdown(report: dict[str, Any], timer: monitor.StageTimer
+              ) -> dict[str, dict[str, Any]]:
+  """Per stage: wall and CPU seconds, per section and in all; steps."""
+  rows = {}
+  for name in pipeline.STAGES:
+    wall = report['wall_time_s'][name]
+    sections = {s: timer.seconds[name].get(s, 0.0) for s in monitor.SECTIONS}
+    steps = timer.steps.get(name, 0)
+    rows[name] = {
+        'wall': wall, **sections, 'other': wall - sum(sections.values()),
+        'cpu': timer.cpu_seconds[name].get('total', 0.0),
+        'cpu_sections': {s: timer.cpu_seconds[name].get(s, 0.0)
+                         for s in monitor.SECTIONS},
+        'steps': steps,
+        'step_ms': 1e3 * sections['step'] / steps if steps else None}
+  return rows
+
+
+def table(rows: dict[str, dict[str, Any]], total: float,
+          data_s: float) -> str:
+  """Markdown: seconds per stage and section, steps and ms per step."""
+  head = ['stage', *COLUMNS, 'cpu', 'steps', 'ms/step']
+  lines = ['| ' + ' | '.join(head) + ' |',
+           '|---|' + '---:|' * (len(head) - 1)]
+  for name, r in rows.items():
+    ms = '' if r['step_ms'] is None else f"{r['step_ms']:.1f}"
+    lines.append(f'| {name} | ' + ' | '.join(
+        f'{r[c]:.2f}' for c in (*COLUMNS, 'cpu')) + f" | {r['steps']} | {ms} |")
+  lines.append(f'| data load | {data_s:.2f} |' + ' |' * (len(head) - 2))
+  lines.append(f'| **total** | {total:.2f} |' + ' |' * (len(head) - 2))
+  return '\n'.join(lines)
+
+
+def run_pipeline(config, workdir: str, *, block: bool) -> dict[str, Any]:
+  timer = monitor.StageTimer(block=block)
+  start = time.perf_counter()
+  report = pipeline.train_and_evaluate(config, workdir, timer=timer)
+  total = time.perf_counter() - start
+  rows = breakdown(report, timer)
+  print(table(rows, total, report['wall_time_s']['data']))
+  return {'stages': rows, 'total_s': total,
+          'data_load_s': report['wall_time_s']['data'],
+          'table2': report['table2'],
+          'nonzero_fraction': report['nonzero_fraction'],
+          'file_bytes': report['file_bytes']}
+
+
+def _timed_calls(fn, args_fn, calls: int, windows: int = 3
+                 ) -> dict[str, float]:
+  """Seconds per call: `calls` calls back to back, blocking once at the end.
+
+  As in the train loop, the host does not wait between calls. The figure is
+  the median over `windows` windows (after one warm-up call), in wall and
+  process CPU seconds.
+  """
+  jax.block_until_ready(fn(*args_fn()))
+  walls, cpus = [], []
+  for _ in range(windows):
+    start, cpu = time.perf_counter(), time.process_time()
+    out = None
+    for _ in range(calls):
+      out = fn(*args_fn())
+    jax.block_until_ready(out)
+    walls.append((time.perf_counter() - start) / calls)
+    cpus.append((time.process_time() - cpu) / calls)
+  return {'median_s': statistics.median(walls),
+          'median_cpu_s': statistics.median(cpus), 'calls': calls,
+          'windows': windows}
+
+
+def compare_loops(config, calls: int) -> dict[str, Any]:
+  """Compile time and step time of the chunk programs; eval variants."""
+  dataset = pipeline.load_data(config)
+  teacher = models.init_params(config.model, jax.random.key(config.seed))
+  setup = retraining.MODES[config.retrain.mode](config, teacher, dataset)
+  data = jax.device_put(setup.data)
+  n = len(dataset['train'][0])
+  batch = config.retrain.batch_size
+  steps_per_epoch = n // batch
+  params = retraining.initial_params(config, teacher)
+  state0 = gmp_jax.create_train_state(
+      params, retraining.init_mixture(params, config.retrain),
+      setup.optimizer)
+  acc = loop._zero_acc(setup.train_step, state0, data)  # pylint: disable=protected-access
+  order = jax.device_put(np.arange(steps_per_epoch * batch, dtype=np.int32)
+                         .reshape(steps_per_epoch, batch))
+  out = {'train': [], 'eval': []}
+  variants = [('unroll', 1), ('unroll', 2), ('unroll', 5), ('scan', 5)]
+  for kind, size in variants:
+    jitted = gmp_jax.compile_step(
+        loop.chunk_program(setup.train_step, kind, size), donate_state=True)
+    holder = {'state': jax.tree.map(jnp.copy, state0)}
+    args_fn = lambda h=holder: (h['state'], acc, data, order, np.int32(0),
+                                np.int32(0))
+    start, cpu = time.perf_counter(), time.process_time()
+    compiled = jitted.lower(*args_fn()).compile()
+    compile_s = time.perf_counter() - start
+    compile_cpu_s = time.process_time() - cpu
+
+    def call(*args, h=holder, c=compiled):
+      h['state'], a = c(*args)
+      return a
+
+    timed = _timed_calls(call, args_fn, max(1, calls // size))
+    row = {'kind': kind, 'steps_per_call': size, 'compile_s': compile_s,
+           'compile_cpu_s': compile_cpu_s,
+           'step_ms': 1e3 * timed['median_s'] / size,
+           'step_cpu_ms': 1e3 * timed['median_cpu_s'] / size, **timed}
+    out['train'].append(row)
+    print(f"train {kind:6s} x{size:<3d}: compile {compile_s:6.2f} s "
+          f"(cpu {compile_cpu_s:6.2f} s), {row['step_ms']:7.1f} ms/step "
+          f"(cpu {row['step_cpu_ms']:7.1f} ms)", flush=True)
+  x, y = dataset['test']
+  apply_fn = retraining.apply_fn(config.model)
+  host_step = gmp_jax.compile_step(gmp_jax.make_eval_step(apply_fn))
+  eval_variants = {
+      'host loop (gmp_jax.evaluate)': lambda p: gmp_jax.evaluate(
+          host_step, p, x, y, batch_size=config.eval_batch_size)}
+  for kind in loop.KINDS:
+    test = evaluation.TestSet(x, y, batch_size=config.eval_batch_size,
+                              kind=kind)
+    eval_variants[f'one program ({kind})'] = test.evaluator(apply_fn)
+  for name, fn in eval_variants.items():
+    start = time.perf_counter()
+    fn(params)
+    first_s = time.perf_counter() - start
+    timed = _timed_calls(fn, lambda: (params,), 1, windows=calls)
+    out['eval'].append({'variant': name, 'first_s': first_s, **timed})
+    print(f"eval {name:30s}: first {first_s:6.2f} s, "
+          f"{timed['median_s']:6.3f} s (cpu {timed['median_cpu_s']:6.3f} s)",
+          flush=True)
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  monitor.quiet_third_party_logs()
+  config = FLAGS.config
+  result: dict[str, Any] = {
+      'command': ' '.join(['python -m benchmarks.pipeline'] + sys.argv[1:]),
+      'machine': timing.machine(),
+      'versions': {'python': platform.python_version(),
+                   'jax': jax.__version__, 'numpy': np.__version__},
+      'loop': loop.LoopOptions.from_config(config)._asdict(),
+      'load_before': timing.load(),
+  }
+  if FLAGS.loops:
+    result['loops'] = compare_loops(config, FLAGS.calls)
+  else:
+    result['block'] = FLAGS.block
+    with tempfile.TemporaryDirectory(prefix='gmp_jax_bench_') as tmp:
+      result.update(run_pipeline(config, FLAGS.workdir or tmp,
+                                 block=FLAGS.block))
+  result['load_after'] = timing.load()
+  result['config'] = config.to_dict()
+  path = FLAGS.json
+  if path is None:
+    path = ('results/pipeline_loops_{platform}.json' if FLAGS.loops
+            else 'results/pipeline_{platform}.json')
+  if path:
+    path = path.format(platform=result['machine']['platform'])
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    fileio.write_json_atomic(path, result)
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,129 @@
+"""Test-set evaluation as one compiled call over a device-resident test set.
+
+`TestSet.totals` sums `gmp_jax.make_eval_step` over the test set inside one
+program: batches as straight-line code on CPU ('unroll'; XLA:CPU runs a loop
+body's convolutions slowly) or in a `lax.map` elsewhere ('scan'). The sums
+are added batch by batch in order, so they equal those of
+`gmp_jax.evaluate`'s host loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gmp_jax
+from experiments import loop
+
+Totals = dict[str, jax.Array]  # 'correct', 'cross_entropy_sum', 'count'
+
+
+class TestSet:
+  """A test split on the device, evaluated in batches inside one program.
+
+  Attributes:
+    x: images, on the device.
+    labels: int labels, on the device.
+    batch_size: examples per batch (the last batch may be smaller).
+    kind: 'unroll' or 'scan' (`loop.KINDS`), how the batches run.
+  """
+
+  def __init__(self, x: np.ndarray, labels: np.ndarray, *, batch_size: int,
+               kind: str):
+    if len(x) != len(labels):
+      raise ValueError(f'x has {len(x)} examples but labels has '
+                       f'{len(labels)}.')
+    if len(x) == 0:
+      raise ValueError('Cannot evaluate on an empty dataset.')
+    if kind not in loop.KINDS:
+      raise ValueError(f'kind must be one of {loop.KINDS}, got {kind!r}.')
+    self.x, self.labels = jax.device_put((x, labels))
+    self.batch_size = int(batch_size)
+    self.kind = kind
+
+  def totals(self, eval_step: Callable[..., Totals], params, x, labels
+             ) -> Totals:
+    """Sums of `eval_step(params, batch)` over the batches (traceable).
+
+    `x` and `labels` are this set's arrays, passed in as arguments so that
+    a jitted caller does not embed them in its program as constants.
+    """
+    n, b = x.shape[0], self.batch_size
+    full = n // b
+    parts = []
+    if full and self.kind == 'scan':
+      xs = x[:full * b].reshape(full, b, *x.shape[1:])
+      ys = labels[:full * b].reshape(full, b)
+      per_batch = jax.lax.map(
+          lambda xy: eval_step(params, {'x': xy[0], 'label': xy[1]}),
+          (xs, ys))
+      parts.append(jax.tree.map(lambda a: jnp.sum(a, axis=0), per_batch))
+    else:
+      parts += [eval_step(params, {'x': x[i * b:(i + 1) * b],
+                                   'label': labels[i * b:(i + 1) * b]})
+                for i in range(full)]
+    if n % b:
+      parts.append(eval_step(params, {'x': x[full * b:],
+                                      'label': labels[full * b:]}))
+    totals = parts[0]
+    for part in parts[1:]:
+      totals = jax.tree.map(jnp.add, totals, part)
+    return totals
+
+  def evaluator(self, apply_fn: Callable[[Any, Any], Any]):
+    """`params -> {'accuracy', 'cross_entropy'}` (host floats)."""
+    eval_step = gmp_jax.make_eval_step(apply_fn)
+    compiled = gmp_jax.compile_step(
+        lambda params, x, labels: self.totals(eval_step, params, x, labels))
+
+    def evaluate(params) -> dict[str, float]:
+      totals = jax.device_get(compiled(params, self.x, self.labels))
+      return summarize(totals)
+
+    return evaluate
+
+
+  def epoch_metrics(self, apply_fn: Callable[[Any, Any], Any], *,
+                    pruned: bool):
+    """One compiled `state -> {metric: device scalar}` for epoch ends.
+
+    `test_accuracy` and `test_cross_entropy` of the weights; with `pruned`,
+    also `test_pruned_accuracy` of their quantised copy
+    (`gmp_jax.quantize` with the state's mixture) and its
+    `nonzero_fraction`.
+    """
+    eval_step = gmp_jax.make_eval_step(apply_fn)
+
+    def metrics(state: gmp_jax.TrainState, x, labels) -> Totals:
+      out = device_summary(self.totals(eval_step, state.params, x, labels))
+      if pruned:
+        q = gmp_jax.quantize(state.params, state.mixture)
+        totals = self.totals(eval_step, q, x, labels)
+        out['test_pruned_accuracy'] = device_summary(totals)['test_accuracy']
+        leaves = jax.tree.leaves(q)
+        nonzero = sum(jnp.count_nonzero(w) for w in leaves)
+        out['nonzero_fraction'] = (nonzero.astype(jnp.float32)
+                                   / sum(w.size for w in leaves))
+      return out
+
+    compiled = gmp_jax.compile_step(metrics)
+    return lambda state: compiled(state, self.x, self.labels)
+
+
+def summarize(totals: Totals) -> dict[str, float]:
+  """Accuracy and mean cross-entropy from the sums (host floats)."""
+  count = float(totals['count'])
+  return {'accuracy': float(totals['correct']) / count,
+          'cross_entropy': float(totals['cross_entropy_sum']) / count}
+
+
+def device_summary(totals: Totals, prefix: str = 'test_') -> Totals:
+  """`summarize` on the device, for per-epoch metrics (float32)."""
+  count = totals['count'].astype(jnp.float32)
+  return {f'{prefix}accuracy': totals['correct'].astype(jnp.float32) / count,
+          f'{prefix}cross_entropy': (
+              totals['cross_entropy_sum'].astype(jnp.float32) / count)}

@@ -1,0 +1,140 @@
+"""What a run reports while it works: logs, the metrics log, stage timings.
+
+Output goes one way: a tqdm bar per training stage and absl logging for
+everything else (resumes, per-epoch summaries, stage results); `log_info`
+keeps the bars intact. `quiet_third_party_logs` keeps Orbax's per-save INFO
+lines out of it. `MetricsLog` is the per-epoch `metrics.jsonl`, and
+`StageTimer` charges wall time to the sections of a stage
+(`benchmarks.pipeline` prints them).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Mapping
+import contextlib
+import json
+import logging as py_logging
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import tqdm
+
+import gmp_jax
+
+# Sections of a stage's wall time (`StageTimer`); the rest is 'other'.
+# `pipeline.run_stage` records each stage's whole time as section 'total'.
+SECTIONS = ('compile', 'step', 'sync', 'eval', 'checkpoint', 'data')
+
+_OUR_PACKAGES = tuple(
+    os.path.dirname(os.path.abspath(m)) + os.sep
+    for m in (gmp_jax.__file__, __file__))
+
+
+class _ThirdPartyFilter(py_logging.Filter):
+  """Drops records below `level` that come from outside this project."""
+
+  def __init__(self, level: int):
+    super().__init__()
+    self.level = level
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno >= self.level:
+      return True
+    return os.path.abspath(record.pathname).startswith(_OUR_PACKAGES)
+
+
+def quiet_third_party_logs(level: int = py_logging.WARNING) -> None:
+  """Hides other libraries' log records below `level` (ours stay).
+
+  Orbax logs every checkpoint save at INFO through absl, the logger this
+  project uses too, so a logger level cannot tell them apart; the filter
+  looks at the file a record comes from instead. `experiments.mnist` calls
+  it unless run with `-v 1`.
+  """
+  # On absl's handler, which every propagated record reaches (a logger's
+  # own filters only see records logged on that logger).
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _ThirdPartyFilter) for f in handler.filters):
+    handler.addFilter(_ThirdPartyFilter(level))
+
+
+def log_info(message: str, *args) -> None:
+  """`logging.info` that leaves tqdm bars intact."""
+  with tqdm.tqdm.external_write_mode():
+    logging.info(message, *args, stacklevel=2)  # Name the caller's line.
+
+
+class StageTimer:
+  """Wall time per (stage, section); see `SECTIONS`.
+
+  `run(stage, section, fn, *args)` calls `fn` and adds its wall time to the
+  section; `steps[stage]` counts the train steps run. With `block=True`
+  `run` waits for the result's device buffers, so device work is charged to
+  the section that launched it rather than to whichever later call waits for
+  it (profiling; it costs the overlap of host and device work).
+  """
+
+  def __init__(self, *, block: bool = False):
+    self.block = block
+    self.seconds: dict[str, dict[str, float]] = collections.defaultdict(
+        lambda: collections.defaultdict(float))
+    self.cpu_seconds: dict[str, dict[str, float]] = collections.defaultdict(
+        lambda: collections.defaultdict(float))
+    self.steps: dict[str, int] = collections.defaultdict(int)
+
+  def run(self, stage: str, section: str, fn: Callable[..., Any], *args,
+          **kwargs) -> Any:
+    with self.section(stage, section):
+      out = fn(*args, **kwargs)
+      if self.block:
+        out = jax.block_until_ready(out)
+    return out
+
+  @contextlib.contextmanager
+  def section(self, stage: str, section: str):
+    """Adds the wall and process CPU seconds of the block to a section."""
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+      yield
+    finally:
+      self.seconds[stage][section] += time.perf_counter() - start
+      self.cpu_seconds[stage][section] += time.process_time() - cpu
+
+
+class MetricsLog:
+  """Appends one JSON record per line to `<workdir>/metrics.jsonl`.
+
+  An append log rather than an atomic rewrite: a line cut short by a kill is
+  skipped when read back, and a resumed epoch's record supersedes the old.
+  Records hold JSON types only (numbers, strings, lists).
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+
+  def records(self) -> list[dict[str, Any]]:
+    """The records, keeping the last one per (stage, step) after resumes."""
+    if not os.path.exists(self.path):
+      return []
+    latest = {}
+    with open(self.path) as f:
+      for line in f:
+        line = line.strip()
+        if not line:
+          continue
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # A line cut short by a kill.
+        latest[(rec.get('stage'), rec.get('step'))] = rec
+    return list(latest.values())

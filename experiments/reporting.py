@@ -1,0 +1,117 @@
+"""The pipeline's report: Table 1, Table 2, the file's size, report.json/.md.
+
+`build_report` gathers the stages' records into the `report.json` schema;
+`markdown` renders it. Table 1 is `gmp_jax.sparsity_table(by='layer')`, the
+library's one Table-1 builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+import gmp_jax
+from gmp_jax import fileio
+
+
+def fmt(value, spec: str) -> str:
+  """`format(value, spec)`, or 'n/a' for None."""
+  return 'n/a' if value is None else format(value, spec)
+
+
+def table1(quantized) -> list[dict[str, Any]]:
+  """Table 1 rows, one per top-level layer, then the total."""
+  rows = gmp_jax.sparsity_table(jax.device_get(quantized), by='layer')
+  return [{**r, 'shape': None if r['shape'] is None else list(r['shape'])}
+          for r in rows]
+
+
+def build_report(*, config: ml_collections.ConfigDict,
+                 results: Mapping[str, Mapping[str, Any]], quantized,
+                 size_report, compressed_file: str,
+                 wall_time_s: Mapping[str, float],
+                 figures: Mapping[str, str]) -> dict[str, Any]:
+  """The `report.json` dict.
+
+  Args:
+    config: the run's config.
+    results: the `done.json` records of the stages, by stage name.
+    quantized: the compressed file's params.
+    size_report: `gmp_jax.compression_report` of the compressed file.
+    compressed_file: its path relative to the workdir.
+    wall_time_s: seconds per stage.
+    figures: figure paths relative to the workdir, by name.
+  """
+  size = size_report.to_dict()
+  totals = size['totals']
+  rows = table1(quantized)
+  post = results['postprocess']
+  return {
+      'table1': rows,
+      'table2': {'original': results['teacher']['test_accuracy'],
+                 'retrained': results['retrain']['test_accuracy'],
+                 'pruned': post['test_accuracy']},
+      'student': results['retrain']['student'],
+      'compressed_file': compressed_file,
+      'file_bytes': totals['file_bytes'],
+      'cr_file': totals['cr_file'],
+      'cr_han': totals['cr_han'],
+      'nonzero_fraction': rows[-1]['nonzero'] / rows[-1]['parameters'],
+      'components': {'before_merge': post['components_before_merge'],
+                     'after_merge': post['components_after_merge']},
+      'size_report': size,
+      'wall_time_s': dict(wall_time_s),
+      'config': config.to_dict(),
+      'figures': dict(figures),
+  }
+
+
+def markdown(report: Mapping[str, Any], size_markdown: str) -> str:
+  """`report.md`: Tables 1 and 2, the file's size report, times, figures."""
+  t2 = report['table2']
+  lines = ['# MNIST soft weight-sharing report', '',
+           f"Mode: `{report['config']['retrain']['mode']}`, student "
+           f"`{report['student']}`.", '',
+           '## Table 1: sparsity', '',
+           '| Layer | Shape | Parameters | Sparsity | Distinct values |',
+           '|---|---|---:|---:|---:|']
+  for r in report['table1']:
+    shape = '' if r['shape'] is None else str(tuple(r['shape']))
+    name = '**Total**' if r['layer'] == 'total' else r['layer']
+    lines.append(f"| {name} | {shape} | {r['parameters']:,} | "
+                 f"{100 * r['sparsity']:.2f}% | {r['distinct_values']} |")
+  lines += ['', '## Table 2: test accuracy', '',
+            '| | Original | Retrained | Pruned |', '|---|---:|---:|---:|',
+            f"| Accuracy | {100 * t2['original']:.2f}% | "
+            f"{100 * t2['retrained']:.2f}% | {100 * t2['pruned']:.2f}% |", '',
+            '## Compressed file', '',
+            f"`{report['compressed_file']}`: {report['file_bytes']:,} bytes, "
+            f"CR_file {fmt(report['cr_file'], '.1f')}x, "
+            f"CR_Han {fmt(report['cr_han'], '.1f')}x, "
+            f"non-zero fraction {100 * report['nonzero_fraction']:.3f}%.", '',
+            size_markdown, '',
+            '## Wall time (s)', '']
+  lines += [f'- {k}: {v:.1f}' for k, v in report['wall_time_s'].items()]
+  lines += ['', '## Figures', '']
+  lines += [f'![{k}]({v})' for k, v in report['figures'].items()]
+  return '\n'.join(lines) + '\n'
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+  """One line for the log: pruned accuracy, non-zeros, file size."""
+  return (f"pruned accuracy {100 * report['table2']['pruned']:.2f}%, "
+          f"non-zero {100 * report['nonzero_fraction']:.3f}%, "
+          f"{report['file_bytes']:,} bytes "
+          f"(CR_file {fmt(report['cr_file'], '.1f')}x)")
+
+
+def write_report(workdir: str, report: Mapping[str, Any],
+                 size_markdown: str) -> None:
+  """Writes `report.json` and `report.md` atomically."""
+  fileio.write_json_atomic(os.path.join(workdir, 'report.json'), report)
+  fileio.write_atomic(os.path.join(workdir, 'report.md'),
+                      markdown(report, size_markdown))

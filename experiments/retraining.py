@@ -1,0 +1,191 @@
+"""Retraining with the mixture prior: the modes and what a model must provide.
+
+`MODES` maps `config.retrain.mode` to a builder
+`(config, teacher_params, dataset) -> Retraining`: the optimiser, the pure
+train step (`gmp_jax.make_train_step`) and the arrays it trains on.
+
+What a model needs for each mode (register it in `experiments.models`
+`_MODELS` so that `get_model(name)` finds it):
+
+* ``'end_to_end'`` (poster Figure 2): any Flax module whose
+  ``apply({'params': p}, x)`` maps NHWC images to logits, with
+  `models.init_params` able to initialise it from a ``(1, 28, 28, 1)``
+  input. The student may be another architecture
+  (``config.retrain.student``); it then starts from fresh weights (seed + 1)
+  instead of the teacher's. The data loss is the distillation term on the
+  teacher's logits plus the label cross-entropy, as weighted in the config.
+* ``'layerwise'`` (poster Figure 1): the model must be a
+  `models.SequentialNet` of `models.LayerSpec`s, because
+  `models.layer_blocks` and `models.layer_io` split it into one block per
+  parametric layer, and the student is the teacher's architecture (each
+  block learns to reproduce the teacher's output of that block from the
+  teacher's input to it).
+
+Every floating leaf of the student's params is covered by the mixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import gmp_jax
+from experiments import models
+
+
+class Retraining(NamedTuple):
+  """What the retrain stage trains.
+
+  Attributes:
+    optimizer: from `gmp_jax.gmp_optimizer`.
+    train_step: pure `(state, batch) -> (state, metrics)`.
+    data: training arrays with a leading example axis (batches are rows).
+  """
+  optimizer: optax.GradientTransformation
+  train_step: Callable[..., Any]
+  data: dict[str, np.ndarray]
+
+
+def apply_fn(model_name: str):
+  """`(params, x) -> logits` of a registered model."""
+  model = models.get_model(model_name)
+  return lambda params, x: model.apply({'params': params}, x)
+
+
+def student_name(config: ml_collections.ConfigDict) -> str:
+  """The student's architecture: `retrain.student`, else the teacher's."""
+  return config.retrain.get('student') or config.model
+
+
+def initial_params(config: ml_collections.ConfigDict, teacher_params):
+  """The student's starting weights: the teacher's for the same model."""
+  student = student_name(config)
+  if student == config.model:
+    return teacher_params
+  return models.init_params(student, jax.random.key(config.seed + 1))
+
+
+def init_mixture(params, rc: ml_collections.ConfigDict
+                 ) -> gmp_jax.GaussianMixture:
+  """The retraining prior's initial mixture over `params`."""
+  return gmp_jax.init_mixture(
+      params, rc.num_components, init_std=rc.init_std,
+      zero_proportion=rc.zero_proportion,
+      learn_zero_proportion=rc.learn_zero_proportion)
+
+
+def _pair(value) -> tuple[float, float] | None:
+  return None if value is None else tuple(value)
+
+
+def hyperpriors(rc: ml_collections.ConfigDict) -> gmp_jax.Hyperpriors:
+  return gmp_jax.Hyperpriors(zero_gamma=_pair(rc.get('zero_gamma')),
+                             gamma=_pair(rc.get('gamma')),
+                             zero_beta=_pair(rc.get('zero_beta')))
+
+
+def _optimizer(rc: ml_collections.ConfigDict, lr_weights: float):
+  return gmp_jax.gmp_optimizer(
+      weights=lr_weights, means=rc.lr_means,
+      log_precisions=rc.lr_log_precisions, mixing=rc.lr_mixing)
+
+
+def teacher_logits(model_name: str, params, x: np.ndarray,
+                   batch_size: int) -> np.ndarray:
+  apply = jax.jit(apply_fn(model_name))
+  return np.concatenate([np.asarray(apply(params, x[i:i + batch_size]))
+                         for i in range(0, len(x), batch_size)])
+
+
+def end_to_end(config: ml_collections.ConfigDict, teacher_params,
+               dataset) -> Retraining:
+  """Distillation on the teacher's logits plus labels (poster eq. 2)."""
+  rc = config.retrain
+  x, y = dataset['train']
+  data = {'x': x}
+  if rc.distillation_weight > 0:
+    data['teacher_logits'] = teacher_logits(
+        config.model, teacher_params, x, config.eval_batch_size)
+  if rc.label_weight > 0 or 'teacher_logits' not in data:
+    data['label'] = y
+  tx = _optimizer(rc, rc.lr_weights)
+  step = gmp_jax.make_train_step(
+      apply_fn(student_name(config)), tx, tau=rc.tau, dataset_size=len(x),
+      temperature=rc.temperature, distillation=rc.distillation,
+      distillation_weight=rc.distillation_weight,
+      label_weight=rc.label_weight, hyperpriors=hyperpriors(rc))
+  return Retraining(tx, step, data)
+
+
+def layerwise(config: ml_collections.ConfigDict, teacher_params,
+              dataset) -> Retraining:
+  """Every layer trained at once, each on the teacher's input to it.
+
+  The data loss is the sum over layers of the MSE between the student
+  block's output and the teacher's, each divided by the mean square of the
+  teacher's output so that layers of different scales count equally.
+  """
+  rc = config.retrain
+  x, _ = dataset['train']
+  blocks = models.layer_blocks(config.model)
+  teacher_params = jax.device_put(teacher_params)
+
+  def block_outputs(params, xb):
+    io = models.layer_io(config.model, teacher_params, xb)
+    outputs = {b.name: b.apply(params[b.name],
+                               jax.lax.stop_gradient(io[b.name][0]))
+               for b in blocks}
+    targets = {name: jax.lax.stop_gradient(out) for name, (_, out) in
+               io.items()}
+    return outputs, targets
+
+  def data_loss_fn(outputs, batch):
+    del batch
+    student, teacher = outputs
+    metrics, total = {}, 0.0
+    for name in student:
+      scale = jnp.mean(jnp.square(teacher[name])) + 1e-8
+      mse = gmp_jax.mse_loss(student[name], teacher[name]) / scale
+      metrics[f'rel_mse_{name}'] = mse
+      total = total + mse
+    return total, metrics
+
+  tx = _optimizer(rc, rc.layerwise_lr_weights)
+  step = gmp_jax.make_train_step(
+      block_outputs, tx, tau=rc.tau, dataset_size=len(x),
+      hyperpriors=hyperpriors(rc), data_loss_fn=data_loss_fn)
+  return Retraining(tx, step, {'x': x})
+
+
+MODES: Mapping[str, Callable[..., Retraining]] = {
+    'end_to_end': end_to_end,
+    'layerwise': layerwise,
+}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects a retraining config the modes cannot run, before any training.
+
+  Raises:
+    ValueError: unknown mode, or a layer-wise student that is not the
+      teacher's architecture or not a `SequentialNet`.
+  """
+  mode = config.retrain.mode
+  if mode not in MODES:
+    raise ValueError(f'retrain.mode must be one of {tuple(MODES)}, got '
+                     f'{mode!r}.')
+  if mode == 'layerwise':
+    if student_name(config) != config.model:
+      raise ValueError(
+          'Layer-wise distillation needs the teacher architecture for the '
+          f'student; got student={config.retrain.student!r}.')
+    if not isinstance(models.get_model(config.model), models.SequentialNet):
+      raise ValueError(
+          f'Layer-wise distillation needs a SequentialNet of LayerSpecs; '
+          f'{config.model!r} is not one.')

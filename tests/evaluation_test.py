@@ -1,0 +1,78 @@
+"""Tests for experiments.evaluation against NumPy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special
+
+import gmp_jax
+from experiments import evaluation
+
+N, D, C = 23, 5, 4  # 23 = 3 batches of 7 and a remainder of 2.
+
+
+def _problem(seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(N, D)).astype(np.float32)
+  labels = rng.integers(0, C, N).astype(np.int32)
+  params = {'w': rng.normal(size=(D, C)).astype(np.float32),
+            'b': rng.normal(size=C).astype(np.float32)}
+  return x, labels, params
+
+
+def _apply(params, x):
+  return x @ params['w'] + params['b'][None, :]
+
+
+def _numpy_metrics(params, x, labels):
+  logits = x.astype(np.float64) @ params['w'] + params['b']
+  log_p = special.log_softmax(logits, axis=1)
+  return {'accuracy': np.mean(np.argmax(logits, 1) == labels),
+          'cross_entropy': -np.mean(log_p[np.arange(len(x)), labels])}
+
+
+@pytest.mark.parametrize('kind', ['unroll', 'scan'])
+def test_evaluator_matches_numpy(kind):
+  x, labels, params = _problem()
+  test = evaluation.TestSet(x, labels, batch_size=7, kind=kind)
+  got = test.evaluator(_apply)(params)
+  want = _numpy_metrics(params, x, labels)
+  assert got['accuracy'] == want['accuracy']
+  assert got['cross_entropy'] == pytest.approx(want['cross_entropy'],
+                                               rel=1e-5)
+
+
+def test_epoch_metrics_with_pruning():
+  x, labels, params = _problem(1)
+  mixture = gmp_jax.init_mixture(params, 3)
+  state = gmp_jax.create_train_state(params, mixture, gmp_jax.gmp_optimizer())
+  test = evaluation.TestSet(x, labels, batch_size=7, kind='unroll')
+  out = jax.device_get(test.epoch_metrics(_apply, pruned=True)(state))
+  want = _numpy_metrics(params, x, labels)
+  assert out['test_accuracy'] == pytest.approx(want['accuracy'])
+  q = jax.device_get(gmp_jax.quantize(params, mixture))
+  assert out['test_pruned_accuracy'] == pytest.approx(
+      _numpy_metrics(q, x, labels)['accuracy'])
+  values = np.concatenate([np.ravel(v) for v in jax.tree.leaves(q)])
+  assert out['nonzero_fraction'] == pytest.approx(np.mean(values != 0))
+
+
+def test_bad_input():
+  x, labels, _ = _problem()
+  with pytest.raises(ValueError, match='labels has 22'):
+    evaluation.TestSet(x, labels[:-1], batch_size=7, kind='unroll')
+  with pytest.raises(ValueError, match='empty'):
+    evaluation.TestSet(x[:0], labels[:0], batch_size=7, kind='unroll')
+  with pytest.raises(ValueError, match='kind'):
+    evaluation.TestSet(x, labels, batch_size=7, kind='vmap')
+
+
+def test_summaries_agree():
+  totals = {'correct': jnp.asarray(7), 'cross_entropy_sum': jnp.asarray(3.5),
+            'count': jnp.asarray(10)}
+  host = evaluation.summarize(jax.device_get(totals))
+  device = evaluation.device_summary(totals)
+  assert host == {'accuracy': 0.7, 'cross_entropy': 0.35}
+  assert float(device['test_accuracy']) == pytest.approx(0.7)
+  assert float(device['test_cross_entropy']) == pytest.approx(0.35)
