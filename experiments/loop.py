@@ -17,6 +17,11 @@ dataset held on the device, and keeps the device busy:
 * Orbax checkpoints are taken at a host sync once `checkpoint_interval_s`
   has passed since the last one, and at the stage's end; they are
   synchronous, so a kill at any moment leaves the last complete one.
+* On a mesh (`runtime`, `experiments.distributed`) the dataset stays on the
+  host: at each epoch start every process uploads its rows of the epoch's
+  batches as one global `(steps, batch, ...)` array, the chunks run
+  `epoch_chunk_program` on it, and the state keeps the layout the runtime
+  gave it (replicated or FSDP). All processes write the checkpoints.
 
 The batch order of epoch `e` is `data.epoch_batches` with
 `np.random.default_rng([*seed, e])`: it depends only on the seed, the stage
