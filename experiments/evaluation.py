@@ -1,6 +1,7 @@
 """Test-set evaluation as one compiled call over a device-resident test set.
 
-`TestSet.totals` sums `gmp_jax.make_eval_step` over the test set inside one
+`TestSet.evaluator` compiles `params -> sums` once per model; `epoch_metrics`
+builds a training stage's per-epoch test metrics from it. `TestSet.totals` sums `gmp_jax.make_eval_step` over the test set inside one
 program: batches as straight-line code on CPU ('unroll'; XLA:CPU runs a loop
 body's convolutions slowly) or in a `lax.map` elsewhere ('scan'). The sums
 are added batch by batch in order, so they equal those of
@@ -93,33 +94,6 @@ class TestSet:
     return evaluate
 
 
-  def epoch_metrics(self, apply_fn: Callable[[Any, Any], Any], *,
-                    pruned: bool):
-    """One compiled `state -> {metric: device scalar}` for epoch ends.
-
-    `test_accuracy` and `test_cross_entropy` of the weights; with `pruned`,
-    also `test_pruned_accuracy` of their quantised copy
-    (`gmp_jax.quantize` with the state's mixture) and its
-    `nonzero_fraction`.
-    """
-    eval_step = gmp_jax.make_eval_step(apply_fn)
-
-    def metrics(state: gmp_jax.TrainState, x, labels) -> Totals:
-      out = device_summary(self.totals(eval_step, state.params, x, labels))
-      if pruned:
-        q = gmp_jax.quantize(state.params, state.mixture)
-        totals = self.totals(eval_step, q, x, labels)
-        out['test_pruned_accuracy'] = device_summary(totals)['test_accuracy']
-        leaves = jax.tree.leaves(q)
-        nonzero = sum(jnp.count_nonzero(w) for w in leaves)
-        out['nonzero_fraction'] = (nonzero.astype(jnp.float32)
-                                   / sum(w.size for w in leaves))
-      return out
-
-    compiled = gmp_jax.compile_step(metrics)
-    return lambda state: compiled(state, self.x, self.labels)
-
-
 def summarize(totals: Totals) -> dict[str, float]:
   """Accuracy and mean cross-entropy from the sums (host floats)."""
   count = float(totals['count'])
@@ -127,9 +101,25 @@ def summarize(totals: Totals) -> dict[str, float]:
           'cross_entropy': float(totals['cross_entropy_sum']) / count}
 
 
-def device_summary(totals: Totals, prefix: str = 'test_') -> Totals:
-  """`summarize` on the device, for per-epoch metrics (float32)."""
-  count = totals['count'].astype(jnp.float32)
-  return {f'{prefix}accuracy': totals['correct'].astype(jnp.float32) / count,
-          f'{prefix}cross_entropy': (
-              totals['cross_entropy_sum'].astype(jnp.float32) / count)}
+def epoch_metrics(evaluate: Callable[[Any], dict[str, float]], *,
+                  pruned: bool) -> Callable[[Any], dict[str, float]]:
+  """`state -> {metric: float}` for a training stage's epoch ends.
+
+  `test_accuracy` and `test_cross_entropy` of the weights; with `pruned`,
+  also `test_pruned_accuracy` of their quantised copy (`gmp_jax.quantize`
+  with the state's mixture) and its `nonzero_fraction`. Every evaluation
+  is one call of `evaluate` (from `TestSet.evaluator`), so the epoch
+  metrics reuse the program that evaluates the final weights.
+  """
+
+  def metrics(state: gmp_jax.TrainState) -> dict[str, float]:
+    out = {f'test_{k}': v for k, v in evaluate(state.params).items()}
+    if pruned:
+      q = gmp_jax.quantize(state.params, state.mixture)
+      out['test_pruned_accuracy'] = evaluate(q)['accuracy']
+      leaves = jax.tree.leaves(q)
+      nonzero = sum(int(jnp.count_nonzero(w)) for w in leaves)
+      out['nonzero_fraction'] = nonzero / sum(w.size for w in leaves)
+    return out
+
+  return metrics

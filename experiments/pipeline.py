@@ -315,8 +315,8 @@ def teacher(ctx: Context) -> Record:
                                  use_prior=False)
   state = _train(ctx, 'teacher', state, step, {'x': x, 'label': y},
                  epochs=tc.epochs, batch_size=tc.batch_size,
-                 eval_fn=ctx.test_set.epoch_metrics(
-                     retraining.apply_fn(config.model), pruned=False))
+                 eval_fn=evaluation.epoch_metrics(
+                     ctx.evaluator(config.model), pruned=False))
   test = ctx.evaluator(config.model)(state.params)
   _save_params(ctx, ctx.path('teacher', 'params.gmpz'), state.params)
   monitor.log_info('teacher: test accuracy %.4f', test['accuracy'])
@@ -339,8 +339,8 @@ def retrain(ctx: Context) -> Record:
       params, retraining.init_mixture(params, rc), setup.optimizer)
   state = _train(ctx, 'retrain', state, setup.train_step, setup.data,
                  epochs=rc.epochs, batch_size=rc.batch_size,
-                 eval_fn=ctx.test_set.epoch_metrics(
-                     retraining.apply_fn(student), pruned=True),
+                 eval_fn=evaluation.epoch_metrics(ctx.evaluator(student),
+                                                  pruned=True),
                  summary_fn=_mixture_summary)
   test = ctx.evaluator(student)(state.params)
   mixture = jax.device_get(state.mixture)

@@ -1,7 +1,6 @@
 """Tests for experiments.evaluation against NumPy."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special
@@ -48,12 +47,12 @@ def test_epoch_metrics_with_pruning():
   mixture = gmp_jax.init_mixture(params, 3)
   state = gmp_jax.create_train_state(params, mixture, gmp_jax.gmp_optimizer())
   test = evaluation.TestSet(x, labels, batch_size=7, kind='unroll')
-  out = jax.device_get(test.epoch_metrics(_apply, pruned=True)(state))
+  out = evaluation.epoch_metrics(test.evaluator(_apply), pruned=True)(state)
   want = _numpy_metrics(params, x, labels)
-  assert out['test_accuracy'] == pytest.approx(want['accuracy'])
+  assert out['test_accuracy'] == want['accuracy']
   q = jax.device_get(gmp_jax.quantize(params, mixture))
-  assert out['test_pruned_accuracy'] == pytest.approx(
-      _numpy_metrics(q, x, labels)['accuracy'])
+  assert out['test_pruned_accuracy'] == _numpy_metrics(q, x, labels)[
+      'accuracy']
   values = np.concatenate([np.ravel(v) for v in jax.tree.leaves(q)])
   assert out['nonzero_fraction'] == pytest.approx(np.mean(values != 0))
 
@@ -68,11 +67,8 @@ def test_bad_input():
     evaluation.TestSet(x, labels, batch_size=7, kind='vmap')
 
 
-def test_summaries_agree():
-  totals = {'correct': jnp.asarray(7), 'cross_entropy_sum': jnp.asarray(3.5),
-            'count': jnp.asarray(10)}
-  host = evaluation.summarize(jax.device_get(totals))
-  device = evaluation.device_summary(totals)
-  assert host == {'accuracy': 0.7, 'cross_entropy': 0.35}
-  assert float(device['test_accuracy']) == pytest.approx(0.7)
-  assert float(device['test_cross_entropy']) == pytest.approx(0.35)
+def test_summarize():
+  totals = {'correct': np.int32(7), 'cross_entropy_sum': np.float32(3.5),
+            'count': np.int32(10)}
+  assert evaluation.summarize(totals) == {'accuracy': 0.7,
+                                          'cross_entropy': 0.35}

@@ -115,7 +115,7 @@ def test_eval_every_epochs(tmp_path):
 
   def eval_fn(state):
     calls.append(int(state['t']))
-    return {'test_w0': state['w'][0]}
+    return {'test_w0': float(state['w'][0])}
 
   _run(tmp_path, 5, eval_fn=eval_fn, eval_every_epochs=2)
   assert calls == [20, 40, 50]  # Every 2nd epoch and the last.
