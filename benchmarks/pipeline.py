@@ -138,6 +138,17 @@ def _timed_calls(fn, args_fn, calls: int, windows: int = 3
           'windows': windows}
 
 
+def hlo_census(text: str) -> dict[str, int]:
+  """Counts of the ops that decide how a program runs, in StableHLO text."""
+  ops = {'while': 'stablehlo.while', 'convolution': 'stablehlo.convolution',
+         'gather': 'stablehlo.gather', 'custom_call': 'stablehlo.custom_call',
+         'host_transfer': ('stablehlo.infeed', 'stablehlo.outfeed',
+                           'stablehlo.send', 'stablehlo.recv')}
+  return {name: sum(text.count(p) for p in
+                    ((pat,) if isinstance(pat, str) else pat))
+          for name, pat in ops.items()}
+
+
 def compare_loops(config, calls: int) -> dict[str, Any]:
   """Compile time and step time of the chunk programs; eval variants."""
   dataset = pipeline.load_data(config)
@@ -180,6 +191,16 @@ def compare_loops(config, calls: int) -> dict[str, Any]:
     print(f"train {kind:6s} x{size:<3d}: compile {compile_s:6.2f} s "
           f"(cpu {compile_cpu_s:6.2f} s), {row['step_ms']:7.1f} ms/step "
           f"(cpu {row['step_cpu_ms']:7.1f} ms)", flush=True)
+  # What one call of a whole-epoch scan holds (the GPU/TPU default): the
+  # lowered program, read without compiling it.
+  epoch_scan = jax.jit(loop.chunk_program(setup.train_step, 'scan',
+                                          steps_per_epoch))
+  text = epoch_scan.lower(state0, acc, data, order, np.int32(0),
+                          np.int32(0)).as_text()
+  out['epoch_scan_hlo'] = hlo_census(text)
+  out['epoch_scan_hlo']['steps_per_call'] = steps_per_epoch
+  print(f'one-call epoch ({steps_per_epoch} steps, scan), lowered: '
+        f"{out['epoch_scan_hlo']}", flush=True)
   x, y = dataset['test']
   apply_fn = retraining.apply_fn(config.model)
   host_step = gmp_jax.compile_step(gmp_jax.make_eval_step(apply_fn))

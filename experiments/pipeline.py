@@ -126,8 +126,7 @@ class Context:
     if self._test_set is None:
       x, y = self.dataset['test']
       self._test_set = evaluation.TestSet(
-          x, y, batch_size=self.config.eval_batch_size,
-          kind=self.options.kind,
+          x, y, batch_size=self.config.eval_batch_size, kind='scan',
           place=None if self.runtime is None else self.runtime.put)
     return self._test_set
 

@@ -148,3 +148,16 @@ def test_bad_input(tmp_path):
 def test_default_kind_by_backend():
   assert loop.default_kind('cpu') == 'unroll'
   assert loop.default_kind('gpu') == loop.default_kind('tpu') == 'scan'
+
+
+@pytest.mark.parametrize('kind,whiles', [('scan', 1), ('unroll', 0)])
+def test_chunk_program_structure(kind, whiles):
+  """A 'scan' call is one device loop over the steps; no host round trips."""
+  state, data = _state(), jax.device_put(_data())
+  acc = loop._zero_acc(_train_step, state, data)  # pylint: disable=protected-access
+  order = jnp.zeros((10, BATCH), jnp.int32)
+  text = jax.jit(loop.chunk_program(_train_step, kind, 10)).lower(
+      state, acc, data, order, np.int32(0), np.int32(0)).as_text()
+  assert text.count('stablehlo.while') == whiles
+  for op in ('infeed', 'outfeed', 'send', 'recv', 'custom_call'):
+    assert f'stablehlo.{op}' not in text

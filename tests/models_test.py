@@ -153,3 +153,13 @@ def test_unknown_model_raises(bad):
     models.get_model(bad)
   with pytest.raises(ValueError, match='Unknown model'):
     models.layer_blocks(bad)
+
+
+@pytest.mark.parametrize('name', models.MODEL_NAMES)
+def test_init_params_equals_eager_init(all_params, name):
+  """The jitted init draws the very values an eager `model.init` draws."""
+  eager = models.get_model(name).init(
+      jax.random.key(0), jnp.zeros((1, 28, 28, 1), jnp.float32))['params']
+  for got, want in zip(jax.tree.leaves(all_params[name]),
+                       jax.tree.leaves(eager)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

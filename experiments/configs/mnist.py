@@ -85,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # 'unroll' (steps as straight-line code) or 'scan'; None = 'unroll' on
       # CPU, 'scan' on GPU and TPU.
       kind=config_dict.placeholder(str),
-      # Train steps per compiled call; None = 2 unrolled, a whole epoch
+      # Train steps per compiled call; None = 5 unrolled, a whole epoch
       # scanned.
       steps_per_call=config_dict.placeholder(int),
       # Host syncs (metrics, NaN check, progress) also every this many
