@@ -14,10 +14,11 @@ the inputs go. Two layouts over one mesh axis (``'data'`` by default):
 Why the last axis: the mixture prior (`gmp_jax.mixture_log_prob`) sees every
 leaf as rows of its last axis and sums the rows first, then the last axis.
 Split along the last axis, each device sums its own columns, and the whole
-prior, value and gradients, communicates one all-reduce of 3K + 1 floats
-(the per-component sums and the value) per step. That is the only cost of
-the prior under FSDP; the weights' own prior gradient never leaves the
-device. `tests/sharding_test.py` checks this in the compiled program.
+prior, value and gradients, communicates 3K + 1 floats per split leaf (the
+per-component sums and the value), which XLA sends as one all-reduce. That
+is the only cost of the prior under FSDP; the weights' own prior gradient
+never leaves the device. `tests/sharding_test.py` checks this in the
+compiled program.
 
 The mesh axis must be of type `AxisType.Auto` (what `data_mesh` builds):
 under `Explicit` axes, JAX asks model code for output shardings of some
