@@ -33,10 +33,13 @@ class TestSet:
     labels: int labels, on the device.
     batch_size: examples per batch (the last batch may be smaller).
     kind: 'unroll' or 'scan' (`loop.KINDS`), how the batches run.
+    place: on a mesh, `tree -> tree` putting arrays every process holds
+      whole on every device (`distributed.Runtime.put`); the test set and
+      the evaluated params go through it. None: the default device.
   """
 
   def __init__(self, x: np.ndarray, labels: np.ndarray, *, batch_size: int,
-               kind: str):
+               kind: str, place: Callable[[Any], Any] | None = None):
     if len(x) != len(labels):
       raise ValueError(f'x has {len(x)} examples but labels has '
                        f'{len(labels)}.')
@@ -44,7 +47,9 @@ class TestSet:
       raise ValueError('Cannot evaluate on an empty dataset.')
     if kind not in loop.KINDS:
       raise ValueError(f'kind must be one of {loop.KINDS}, got {kind!r}.')
-    self.x, self.labels = jax.device_put((x, labels))
+    self.place = place or (lambda tree: tree)
+    self.x, self.labels = (jax.device_put((x, labels)) if place is None
+                           else place((x, labels)))
     self.batch_size = int(batch_size)
     self.kind = kind
 
@@ -84,7 +89,8 @@ class TestSet:
         lambda params, x, labels: self.totals(eval_step, params, x, labels))
 
     def evaluate(params) -> dict[str, float]:
-      totals = jax.device_get(compiled(params, self.x, self.labels))
+      totals = jax.device_get(compiled(self.place(params), self.x,
+                                       self.labels))
       return summarize(totals)
 
     return evaluate

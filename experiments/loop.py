@@ -17,6 +17,11 @@ dataset held on the device, and keeps the device busy:
 * Orbax checkpoints are taken at a host sync once `checkpoint_interval_s`
   has passed since the last one, and at the stage's end; they are
   synchronous, so a kill at any moment leaves the last complete one.
+* On a mesh (`runtime`, `experiments.distributed`) the dataset stays on the
+  host: at each epoch start every process uploads its rows of the epoch's
+  batches as one global `(steps, batch, ...)` array, the chunks run
+  `epoch_chunk_program` on it, and the state keeps the layout the runtime
+  gave it (replicated or FSDP). All processes write the checkpoints.
 
 The batch order of epoch `e` is `data.epoch_batches` with
 `np.random.default_rng([*seed, e])`: it depends only on the seed, the stage
@@ -40,6 +45,7 @@ import tqdm
 
 import gmp_jax
 from experiments import data as data_lib
+from experiments import distributed
 from experiments import monitor
 
 KINDS = ('unroll', 'scan')
@@ -118,16 +124,63 @@ def chunk_program(train_step: Callable[..., Any], kind: str, size: int):
   def chunk(state, acc, data, order, offset, first_step):
     indices = jax.lax.dynamic_slice_in_dim(order, offset, size, axis=0)
     state, metrics = steps(state, data, indices)
-    scalars = {k: v for k, v in metrics.items() if v.ndim == 1}
-    finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in scalars.values()]),
-                     axis=0)
-    number = first_step + 1 + jnp.arange(size, dtype=jnp.int32)
-    bad = jnp.min(jnp.where(finite, _NO_BAD_STEP, number))
-    return state, {
-        'sums': {k: acc['sums'][k] + jnp.sum(v) for k, v in scalars.items()},
-        'first_bad': jnp.minimum(acc['first_bad'], bad)}
+    return state, _accumulate(acc, metrics, first_step, size)
 
   return chunk
+
+
+def stacked_steps(train_step: Callable[..., Any], kind: str):
+  """Pure `(state, batches) -> (state, stacked metrics)`, one step per row.
+
+  `batches` holds `(steps, batch, ...)` arrays; 'unroll' runs the steps as
+  straight-line code, 'scan' in a `lax.scan`.
+  """
+  if kind == 'scan':
+    return lambda state, batches: jax.lax.scan(train_step, state, batches)
+  if kind != 'unroll':
+    raise ValueError(f'loop kind must be one of {KINDS}, got {kind!r}.')
+
+  def unrolled(state, batches):
+    history = []
+    for t in range(next(iter(batches.values())).shape[0]):
+      state, metrics = train_step(state, jax.tree.map(lambda a: a[t],
+                                                      batches))
+      history.append(metrics)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+
+  return unrolled
+
+
+def epoch_chunk_program(train_step: Callable[..., Any], kind: str,
+                        size: int):
+  """Pure `(state, acc, batches, offset, first_step) -> (state, acc)`.
+
+  `chunk_program` for a mesh: the epoch's batches come pre-gathered as
+  `(steps, batch, ...)` arrays (`distributed.Runtime.epoch_batches`, each
+  batch split over the devices) and the call runs rows `offset` to
+  `offset + size`.
+  """
+  steps = stacked_steps(train_step, kind)
+
+  def chunk(state, acc, batches, offset, first_step):
+    window = jax.tree.map(
+        lambda a: jax.lax.dynamic_slice_in_dim(a, offset, size, axis=0),
+        batches)
+    state, metrics = steps(state, window)
+    return state, _accumulate(acc, metrics, first_step, size)
+
+  return chunk
+
+
+def _accumulate(acc, metrics, first_step, size):
+  """Adds a chunk's stacked scalar metrics to `acc`; records a bad step."""
+  scalars = {k: v for k, v in metrics.items() if v.ndim == 1}
+  finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in scalars.values()]),
+                   axis=0)
+  number = first_step + 1 + jnp.arange(size, dtype=jnp.int32)
+  bad = jnp.min(jnp.where(finite, _NO_BAD_STEP, number))
+  return {'sums': {k: acc['sums'][k] + jnp.sum(v) for k, v in scalars.items()},
+          'first_bad': jnp.minimum(acc['first_bad'], bad)}
 
 
 def _zero_acc(train_step, state, data) -> dict[str, Any]:
@@ -153,7 +206,8 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
                eval_fn: Callable[[gmp_jax.TrainState],
                                  dict[str, float]] | None = None,
                summary_fn: Callable[[gmp_jax.TrainState], dict] | None = None,
-               timer: monitor.StageTimer | None = None
+               timer: monitor.StageTimer | None = None,
+               runtime: distributed.Runtime | None = None
                ) -> gmp_jax.TrainState:
   """Trains `state` for `num_epochs`, checkpointing and resuming.
 
@@ -171,6 +225,12 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
     eval_fn: `state -> {name: float}` (`evaluation.epoch_metrics`).
     summary_fn: `state -> {name: JSON value}` for every epoch's record.
     timer: collects the wall time per section.
+    runtime: the mesh (`experiments.distributed`), or None for one device.
+      With a mesh, `data` stays on the host: every epoch each process
+      uploads only its rows of the epoch's batches, the state is laid out
+      by `runtime.state_sharding` (and keeps that layout), every process
+      writes its checkpoint shards, and only process 0 writes the metrics
+      log.
 
   Returns:
     The trained state.
@@ -192,8 +252,12 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
       UNROLL_STEPS if options.kind == 'unroll' else steps_per_epoch)
   sync_every = min(options.log_every_steps or steps_per_epoch,
                    steps_per_epoch)
+  writer = runtime is None or runtime.is_writer
   manager = _checkpoint_manager(checkpoint_dir)
   step = 0
+  if runtime is not None:  # Laid out on the mesh before a restore.
+    state_sharding = runtime.state_sharding(state)
+    state = runtime.put(state, state_sharding)
   latest = manager.latest_step()
   if latest is not None:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
@@ -204,18 +268,26 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
   # The chunks donate the state; the caller's arrays stay untouched.
   state = jax.tree.map(jnp.copy, state)
   zero = _zero_acc(train_step, state, data)
+  if runtime is not None:
+    zero = runtime.put(zero)
+    make_chunk = epoch_chunk_program
+    out_shardings = (state_sharding,
+                     jax.tree.map(lambda _: runtime.replicated, zero))
+  else:
+    make_chunk, out_shardings = chunk_program, None
   programs: dict[int, Any] = {}
 
   def program(size, *args):
     if size not in programs:
       jitted = gmp_jax.compile_step(
-          chunk_program(train_step, options.kind, size), donate_state=True)
+          make_chunk(train_step, options.kind, size), donate_state=True,
+          out_shardings=out_shardings)
       programs[size] = timer.run(stage, 'compile',
                                  lambda: jitted.lower(*args).compile())
     return programs[size]
 
   bar = tqdm.tqdm(total=total, initial=step, desc=stage, unit='step',
-                  dynamic_ncols=True, mininterval=2.0)
+                  dynamic_ncols=True, mininterval=2.0, disable=not writer)
   saved_at = time.monotonic()
   order_epoch, order, acc, acc_from = None, None, zero, step
   synced = step  # Steps up to here were checked and shown.
@@ -224,15 +296,21 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
     while step < total:
       epoch, offset = divmod(step, steps_per_epoch)
       if epoch != order_epoch:
-        order = timer.run(stage, 'data', jax.device_put,
-                          data_lib.epoch_batches(
-                              np.random.default_rng([*seed, epoch]), n,
-                              batch_size))
+        order = data_lib.epoch_batches(
+            np.random.default_rng([*seed, epoch]), n, batch_size)
+        if runtime is None:
+          order = timer.run(stage, 'data', jax.device_put, order)
+        else:  # This process's rows of every batch of the epoch.
+          batches = timer.run(stage, 'data', runtime.epoch_batches, data,
+                              order)
         order_epoch, acc, acc_from = epoch, zero, step
       next_sync = min((step // sync_every + 1) * sync_every,
                       (epoch + 1) * steps_per_epoch)
       size = min(chunk, next_sync - step)
-      args = (state, acc, data, order, np.int32(offset), np.int32(step))
+      if runtime is None:
+        args = (state, acc, data, order, np.int32(offset), np.int32(step))
+      else:
+        args = (state, acc, batches, np.int32(offset), np.int32(step))
       state, acc = timer.run(stage, 'step', program(size, *args), *args)
       step += size
       timer.steps[stage] += size
@@ -273,7 +351,8 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
                   **evaluated}
         if summary_fn is not None:
           record.update(summary_fn(state))
-        log.write(record)
+        if writer:
+          log.write(record)
         _log_epoch(stage, epoch + 1, num_epochs, record)
   finally:
     bar.close()
@@ -294,4 +373,5 @@ def _log_epoch(stage: str, epoch: int, num_epochs: int,
 
 
 __all__ = ('KINDS', 'LoopOptions', 'UNROLL_STEPS', 'chunk_program',
-           'default_kind', 'multi_step', 'train_loop')
+           'default_kind', 'epoch_chunk_program', 'multi_step',
+           'stacked_steps', 'train_loop')

@@ -28,6 +28,13 @@ workdir, so a skipped stage needs nothing but its files:
 
 Training stages checkpoint their `TrainState` with Orbax (`experiments.
 loop`); a killed run resumes from the last checkpoint.
+
+On a mesh (`config.mesh`, `experiments.distributed`) the training stages
+run data-parallel (or FSDP) over every device of every process. All
+processes run every stage that computes on the mesh; process 0 alone
+writes the workdir's files (the others write only their checkpoint shards)
+and runs the host-only stages (`save`, `report`), and every stage ends at a
+barrier, so the next one reads what process 0 wrote.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import gmp_jax
 from gmp_jax import fileio
 from experiments import cleanup as cleanup_lib
 from experiments import data as data_lib
+from experiments import distributed
 from experiments import evaluation
 from experiments import finetuning
 from experiments import loop
@@ -80,6 +88,7 @@ class Context:
     ran: the stages that ran (were not skipped) in this invocation.
     data_seconds: time spent loading the dataset (0 if never loaded).
     started: `time.perf_counter()` when the invocation started.
+    runtime: the mesh, or None for one device (`distributed.make_runtime`).
   """
   config: ml_collections.ConfigDict
   workdir: str
@@ -88,6 +97,7 @@ class Context:
   ran: list[str] = dataclasses.field(default_factory=list)
   data_seconds: float = 0.0
   started: float = dataclasses.field(default_factory=time.perf_counter)
+  runtime: distributed.Runtime | None = None
   _dataset: data_lib.Dataset | None = None
   _test_set: evaluation.TestSet | None = None
   _evaluators: dict[str, Callable[[Any], dict[str, float]]] = (
@@ -99,6 +109,11 @@ class Context:
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
+
+  @property
+  def is_writer(self) -> bool:
+    """Whether this process writes the workdir's files (process 0)."""
+    return self.runtime is None or self.runtime.is_writer
 
   @functools.cached_property
   def log(self) -> monitor.MetricsLog:
@@ -122,7 +137,8 @@ class Context:
     if self._test_set is None:
       x, y = self.dataset['test']
       self._test_set = evaluation.TestSet(
-          x, y, batch_size=self.config.eval_batch_size, kind='scan')
+          x, y, batch_size=self.config.eval_batch_size, kind='scan',
+          place=None if self.runtime is None else self.runtime.put)
     return self._test_set
 
   def evaluator(self, model_name: str) -> Callable[[Any], dict[str, float]]:
@@ -136,14 +152,21 @@ class Context:
 StageFn = Callable[[Context], Record]
 STAGES: dict[str, StageFn] = {}  # In run order.
 _OUTPUTS: dict[str, tuple[str, ...]] = {}
+_HOST_ONLY: set[str] = set()
 
 
-def stage(name: str, *, outputs: tuple[str, ...]):
-  """Registers a stage; `outputs` are the files (workdir-relative) it makes."""
+def stage(name: str, *, outputs: tuple[str, ...], host_only: bool = False):
+  """Registers a stage; `outputs` are the files (workdir-relative) it makes.
+
+  A `host_only` stage computes nothing on the mesh: in a multi-process run
+  only process 0 runs it.
+  """
 
   def register(fn: StageFn) -> StageFn:
     STAGES[name] = fn
     _OUTPUTS[name] = outputs
+    if host_only:
+      _HOST_ONLY.add(name)
     return fn
 
   return register
@@ -175,11 +198,18 @@ def run_stage(ctx: Context, name: str) -> Record:
     with open(done) as f:
       record = json.load(f)
   else:
-    start = time.perf_counter()
-    with ctx.timer.section(name, 'total'):
-      record = STAGES[name](ctx)
-    record['wall_time_s'] = time.perf_counter() - start
-    fileio.write_json_atomic(done, record)
+    if ctx.is_writer or name not in _HOST_ONLY:
+      start = time.perf_counter()
+      with ctx.timer.section(name, 'total'):
+        record = STAGES[name](ctx)
+      record['wall_time_s'] = time.perf_counter() - start
+      if ctx.is_writer:
+        fileio.write_json_atomic(done, record)
+    if ctx.runtime is not None:  # Process 0's files are written.
+      ctx.runtime.barrier(f'stage {name}')
+    if not (ctx.is_writer or name not in _HOST_ONLY):
+      with open(done) as f:
+        record = json.load(f)
     ctx.ran.append(name)
   ctx.results[name] = record
   return record
@@ -191,8 +221,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Runs every stage; returns the report (also written to the workdir)."""
   retraining.check_config(config)
   finetuning.epochs(config)  # Rejects a bad value before any training.
-  os.makedirs(workdir, exist_ok=True)
-  ctx = Context(config, workdir, timer or monitor.StageTimer())
+  runtime = distributed.make_runtime(config)
+  if runtime is None or runtime.is_writer:
+    os.makedirs(workdir, exist_ok=True)
+  if runtime is not None:
+    runtime.barrier('workdir')
+  ctx = Context(config, workdir, timer or monitor.StageTimer(),
+                runtime=runtime)
   for name in STAGES:
     run_stage(ctx, name)
   with open(ctx.path('report.json')) as f:
@@ -212,10 +247,16 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
       seed=config.seed)
 
 
-def _save_params(path: str, params, metadata=None) -> None:
-  """Stores float params exactly (raw leaves) in the compressed format."""
-  gmp_jax.save_compressed(path, jax.device_get(params), metadata=metadata,
-                          codebook_dtype=None)
+def _save_params(ctx: Context, path: str, params, metadata=None) -> None:
+  """Stores float params exactly (raw leaves) in the compressed format.
+
+  On a mesh every process takes part in gathering them; process 0 writes.
+  """
+  params = (jax.device_get(params) if ctx.runtime is None
+            else ctx.runtime.gather(params))
+  if ctx.is_writer:
+    gmp_jax.save_compressed(path, params, metadata=metadata,
+                            codebook_dtype=None)
 
 
 def _load(path: str):
@@ -232,18 +273,20 @@ def _flat(params) -> np.ndarray:
 def _train(ctx: Context, name: str, state, train_step, data, *, epochs: int,
            batch_size: int, eval_fn, summary_fn=None):
   config = ctx.config
-  data = ctx.timer.run(name, 'data', jax.device_put, data)
+  if ctx.runtime is None:  # On a mesh the loop uploads each epoch's rows.
+    data = ctx.timer.run(name, 'data', jax.device_put, data)
   return loop.train_loop(
       stage=name, state=state, train_step=train_step, data=data,
       num_epochs=epochs, batch_size=batch_size,
       # The stage's index keeps each stage's batch order of earlier runs.
       seed=[config.seed, list(STAGES).index(name)],
       checkpoint_dir=ctx.path(name, 'checkpoints'), options=ctx.options,
-      log=ctx.log, eval_fn=eval_fn, summary_fn=summary_fn, timer=ctx.timer)
+      log=ctx.log, eval_fn=eval_fn, summary_fn=summary_fn, timer=ctx.timer,
+      runtime=ctx.runtime)
 
 
 def _mixture_summary(state: gmp_jax.TrainState) -> dict[str, Any]:
-  mixture = state.mixture
+  mixture = jax.device_get(state.mixture)  # Replicated on a mesh.
   return {'mixture_means': np.asarray(mixture.means).tolist(),
           'mixture_stds': np.sqrt(np.asarray(mixture.variances)).tolist(),
           'mixture_pis': np.asarray(mixture.mixing_proportions).tolist()}
@@ -285,7 +328,7 @@ def teacher(ctx: Context) -> Record:
                  eval_fn=evaluation.epoch_metrics(
                      ctx.evaluator(config.model), pruned=False))
   test = ctx.evaluator(config.model)(state.params)
-  _save_params(ctx.path('teacher', 'params.gmpz'), state.params)
+  _save_params(ctx, ctx.path('teacher', 'params.gmpz'), state.params)
   monitor.log_info('teacher: test accuracy %.4f', test['accuracy'])
   return {'test_accuracy': test['accuracy'],
           'test_cross_entropy': test['cross_entropy']}
@@ -296,6 +339,8 @@ def retrain(ctx: Context) -> Record:
   """Retraining with the mixture prior (poster eq. 1)."""
   config, rc = ctx.config, ctx.config.retrain
   teacher_params, _ = _load(ctx.path('teacher', 'params.gmpz'))
+  if ctx.runtime is not None:  # Layer-wise steps close over the teacher.
+    teacher_params = ctx.runtime.put(teacher_params)
   student = retraining.student_name(config)
   params = retraining.initial_params(config, teacher_params)
   setup = ctx.timer.run('retrain', 'data', retraining.MODES[rc.mode], config,
@@ -308,11 +353,12 @@ def retrain(ctx: Context) -> Record:
                                                   pruned=True),
                  summary_fn=_mixture_summary)
   test = ctx.evaluator(student)(state.params)
-  mixture = state.mixture
-  _save_params(ctx.path('retrain', 'state.gmpz'), state.params, metadata={
-      'nonzero_means': np.asarray(mixture.nonzero_means),
-      'log_precisions': np.asarray(mixture.log_precisions),
-      'mixing_logits': np.asarray(mixture.mixing_logits)})
+  mixture = jax.device_get(state.mixture)
+  _save_params(ctx, ctx.path('retrain', 'state.gmpz'), state.params,
+               metadata={
+                   'nonzero_means': np.asarray(mixture.nonzero_means),
+                   'log_precisions': np.asarray(mixture.log_precisions),
+                   'mixing_logits': np.asarray(mixture.mixing_logits)})
   monitor.log_info('retrain (%s): test accuracy before pruning %.4f', rc.mode,
                 test['accuracy'])
   return {'test_accuracy': test['accuracy'], 'student': student,
@@ -328,12 +374,13 @@ def postprocess(ctx: Context) -> Record:
   quantized = gmp_jax.quantize(params, merged)
   test = ctx.evaluator(student)(quantized)
   # float32 codebooks hold float32 weights exactly.
-  gmp_jax.save_compressed(
-      ctx.path('postprocess', 'quantized.gmpz'), jax.device_get(quantized),
-      codebook_dtype='float32', metadata={
-          'mixture_means': np.asarray(merged.means),
-          'mixture_variances': np.asarray(merged.variances),
-          'mixture_proportions': np.asarray(merged.mixing_proportions)})
+  if ctx.is_writer:
+    gmp_jax.save_compressed(
+        ctx.path('postprocess', 'quantized.gmpz'), jax.device_get(quantized),
+        codebook_dtype='float32', metadata={
+            'mixture_means': np.asarray(merged.means),
+            'mixture_variances': np.asarray(merged.variances),
+            'mixture_proportions': np.asarray(merged.mixing_proportions)})
   monitor.log_info('postprocess: %d -> %d components, pruned test accuracy '
                 '%.4f', mixture.num_components, merged.num_components,
                 test['accuracy'])
@@ -370,12 +417,13 @@ def finetune(ctx: Context) -> Record:
     record['test_accuracy'] = evaluate(quantized)['accuracy']
     monitor.log_info('finetune: %d epochs, test accuracy %.4f -> %.4f', epochs,
                   pruned, record['test_accuracy'])
-  gmp_jax.save_compressed(ctx.path('finetune', 'quantized.gmpz'), quantized,
-                          codebook_dtype='float32', metadata=meta)
+  if ctx.is_writer:
+    gmp_jax.save_compressed(ctx.path('finetune', 'quantized.gmpz'),
+                            quantized, codebook_dtype='float32', metadata=meta)
   return record
 
 
-@stage('cleanup', outputs=('cleanup/quantized.gmpz',))
+@stage('cleanup', outputs=('cleanup/quantized.gmpz',), host_only=True)
 def cleanup(ctx: Context) -> Record:
   """Zeroes the weights of dead and unread units (predictions unchanged)."""
   student = ctx.results['retrain']['student']
@@ -394,7 +442,7 @@ def cleanup(ctx: Context) -> Record:
   return record
 
 
-@stage('save', outputs=(COMPRESSED_FILE,))
+@stage('save', outputs=(COMPRESSED_FILE,), host_only=True)
 def save(ctx: Context) -> Record:
   """The compressed file, with the model name as its only metadata."""
   quantized = gmp_jax.load_compressed(ctx.path('cleanup', 'quantized.gmpz'))
@@ -405,7 +453,7 @@ def save(ctx: Context) -> Record:
   return {'compressed_file': COMPRESSED_FILE, 'file_bytes': file_bytes}
 
 
-@stage('report', outputs=('report.json', 'report.md'))
+@stage('report', outputs=('report.json', 'report.md'), host_only=True)
 def report(ctx: Context) -> Record:
   """Figures 3 and 4, training curves, report.json and report.md."""
   start = time.perf_counter()
@@ -438,6 +486,9 @@ def report(ctx: Context) -> Record:
       config=config, results=ctx.results, quantized=quantized,
       size_report=size_report, compressed_file=COMPRESSED_FILE,
       wall_time_s={'data': ctx.data_seconds, **stage_times},
+      distributed={'num_processes': jax.process_count(),
+                   'num_devices': (1 if ctx.runtime is None
+                                   else ctx.runtime.num_devices)},
       figures={k: os.path.relpath(v, workdir) for k, v in figures.items()})
   reporting.write_report(workdir, result, size_report.to_markdown())
   monitor.log_info('done: %s', reporting.summary_line(result))

@@ -34,7 +34,9 @@ def build_report(*, config: ml_collections.ConfigDict,
                  results: Mapping[str, Mapping[str, Any]], quantized,
                  size_report, compressed_file: str,
                  wall_time_s: Mapping[str, float],
-                 figures: Mapping[str, str]) -> dict[str, Any]:
+                 figures: Mapping[str, str],
+                 distributed: Mapping[str, int] | None = None
+                 ) -> dict[str, Any]:
   """The `report.json` dict.
 
   Args:
@@ -45,6 +47,8 @@ def build_report(*, config: ml_collections.ConfigDict,
     compressed_file: its path relative to the workdir.
     wall_time_s: seconds per stage.
     figures: figure paths relative to the workdir, by name.
+    distributed: `{'num_processes', 'num_devices'}` of the run (default:
+      one process, one device).
   """
   size = size_report.to_dict()
   totals = size['totals']
@@ -76,6 +80,8 @@ def build_report(*, config: ml_collections.ConfigDict,
       'wall_time_s': dict(wall_time_s),
       'config': config.to_dict(),
       'figures': dict(figures),
+      'distributed': dict(distributed or {'num_processes': 1,
+                                          'num_devices': 1}),
   }
 
 

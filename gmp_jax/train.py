@@ -91,7 +91,8 @@ def default_compiler_options() -> dict[str, Any]:
 
 
 def compile_step(fn: Callable[..., Any], *, donate_state: bool = False,
-                 compiler_options: Mapping[str, Any] | None = None):
+                 compiler_options: Mapping[str, Any] | None = None,
+                 out_shardings: Any = None):
   """`jax.jit` of a step from one of the `make_*` constructors.
 
   Args:
@@ -100,14 +101,20 @@ def compile_step(fn: Callable[..., Any], *, donate_state: bool = False,
       old state must not be used afterwards).
     compiler_options: XLA options for `jax.jit`; None uses
       `default_compiler_options()`, `{}` none at all.
+    out_shardings: passed to `jax.jit`; None lets XLA choose. On a mesh,
+      `(state_shardings, None)` returns the state laid out as it came in,
+      so a sharded state keeps its layout and the step compiles once
+      (`gmp_jax.sharding`).
 
   Returns:
-    The jitted function. It compiles once per distinct input shapes.
+    The jitted function. It compiles once per distinct input shapes (and
+    shardings).
   """
   options = (default_compiler_options() if compiler_options is None
              else dict(compiler_options))
+  kwargs = {} if out_shardings is None else {'out_shardings': out_shardings}
   return jax.jit(fn, donate_argnums=(0,) if donate_state else (),
-                 compiler_options=options or None)
+                 compiler_options=options or None, **kwargs)
 
 
 def _is_compiled(fn) -> bool:

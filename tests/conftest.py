@@ -1,6 +1,10 @@
 """Shared test setup.
 
-* Two virtual CPU devices for the sharding tests.
+* Four virtual CPU devices for the sharding tests. JAX reads the device
+  count when its backend starts, so it is set here, before any test imports
+  jax. Tests that do not ask for a mesh run on the first device as with
+  one; `tests/sharding_test.py` uses all four. `JAX_NUM_CPU_DEVICES` takes
+  precedence over XLA's `--xla_force_host_platform_device_count`.
 * Strict dtype promotion and rank-promotion errors, as in equinox's tests:
   the library must never rely on an implicit dtype or rank promotion.
 """
@@ -8,7 +12,7 @@
 import os
 
 # Must run before jax initialises its backend.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+os.environ.setdefault('JAX_NUM_CPU_DEVICES', '4')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position

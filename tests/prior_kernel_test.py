@@ -1,8 +1,10 @@
 """The fused likelihood kernel (gmp_jax._prior_kernel) against references.
 
-`mixture_log_prob` splits leaves into a (16, n / 16) view plus a tail, takes
-an unrolled or a reduced max depending on K, and casts per leaf; these tests
-cover each path against a dense `jax.scipy` formula and float64 NumPy.
+`mixture_log_prob` views a leaf as rows of its last axis (grouped 16 at a
+time plus the remaining rows) or, when the last axis is short, as one row
+split into a (16, n / 16) view plus a tail; it takes an unrolled or a reduced
+max depending on K, and casts per leaf. These tests cover each path against
+a dense `jax.scipy` formula and float64 NumPy.
 """
 
 import importlib
@@ -24,8 +26,9 @@ if enable_x64 is None:
 
 
 def _params(sizes, seed=0, dtype=jnp.float32):
-  return helpers.random_tree({f'w{i}': (n,) for i, n in enumerate(sizes)},
-                             seed=seed, dtype=dtype)
+  return helpers.random_tree(
+      {f'w{i}': (n,) if isinstance(n, int) else n
+       for i, n in enumerate(sizes)}, seed=seed, dtype=dtype)
 
 
 def _mixture(params, k, seed=1, dtype=jnp.float32):
@@ -60,8 +63,11 @@ def _numpy_grads(params, mixture):
           'log_pi': r.sum(0)}
 
 
-@pytest.mark.parametrize('sizes', [(1,), (15,), (16,), (17,), (1000,),
-                                   (5003, 7, 64)])
+@pytest.mark.parametrize('sizes', [
+    (1,), (15,), (16,), (17,), (1000,), (5003, 7, 64),
+    # Rows of the last axis: 16-row groups and leftover rows, fewer than 16
+    # rows, a 4-d leaf, and a last axis too short (flattened).
+    ((40, 16), (7, 33), (3, 3, 5, 20)), ((35, 50), (50, 10), (1, 64))])
 @pytest.mark.parametrize('k', [2, 17, 40])
 def test_value_and_gradients_match_float64(sizes, k):
   params = _params(sizes)

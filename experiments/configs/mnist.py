@@ -108,6 +108,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # TensorBoard events in <workdir>/tensorboard beside metrics.jsonl.
   config.tensorboard = True
 
+  # The device mesh (experiments/distributed.py): one data-parallel axis.
+  # The batch sizes above are global: each step's batch is split over the
+  # devices, so every device count trains on the same batches.
+  config.mesh = dict(
+      # Devices of the mesh; None = every device of every process. With one
+      # device the run uses no mesh.
+      num_devices=config_dict.placeholder(int),
+      # Also split the large arrays of the train state over the devices
+      # (FSDP, gmp_jax.sharding.fsdp_sharding); else they are replicated.
+      fsdp=False,
+      # Arrays with fewer entries stay replicated under FSDP; None =
+      # gmp_jax.sharding.DEFAULT_MIN_SIZE.
+      fsdp_min_size=config_dict.placeholder(int),
+  )
+
   if arg == 'smoke':
     config.data.source = 'random'
     config.data.num_train = 512
