@@ -6,6 +6,8 @@ JSON report holds what BUILD_NOTES.md and README.md quote.
 
 import json
 
+import jax
+
 from benchmarks import train_step
 
 
@@ -26,5 +28,8 @@ def test_smoke_run_writes_a_complete_report(tmp_path, capsys):
                                'jax_gmp/jax_plain': 0.85}
   assert report['settings']['num_params'] == 642_460
   assert len(report['load_before']['loadavg']) == 3
-  assert report['machine']['accelerator'] is None
+  devices = jax.devices()
+  assert report['machine']['platform'] == devices[0].platform
+  assert report['machine']['device_kind'] == devices[0].device_kind
+  assert report['machine']['count'] == len(devices)
   assert '| jax_gmp | per-step | 16 |' in capsys.readouterr().out
