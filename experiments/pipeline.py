@@ -72,6 +72,7 @@ class Context:
     ran: the stages that ran (were not skipped) in this invocation.
     data_seconds: time spent loading the dataset (0 if never loaded).
     started: `time.perf_counter()` when the invocation started.
+    current: the stage running now.
   """
   config: ml_collections.ConfigDict
   workdir: str
@@ -80,6 +81,7 @@ class Context:
   ran: list[str] = dataclasses.field(default_factory=list)
   data_seconds: float = 0.0
   started: float = dataclasses.field(default_factory=time.perf_counter)
+  current: str = ''
   _dataset: data_lib.Dataset | None = None
   _test_set: evaluation.TestSet | None = None
   _evaluators: dict[str, Callable[[Any], dict[str, float]]] = (
@@ -101,7 +103,8 @@ class Context:
     """The dataset, loaded on first use (a rerun may need none)."""
     if self._dataset is None:
       start = time.perf_counter()
-      self._dataset = load_data(self.config)
+      with self.timer.section(self.current, 'data'):
+        self._dataset = load_data(self.config)
       self.data_seconds = time.perf_counter() - start
     return self._dataset
 
@@ -165,6 +168,7 @@ def run_stage(ctx: Context, name: str) -> Record:
       record = json.load(f)
   else:
     start = time.perf_counter()
+    ctx.current = name
     with ctx.timer.section(name, 'total'):
       record = STAGES[name](ctx)
     record['wall_time_s'] = time.perf_counter() - start
