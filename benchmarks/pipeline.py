@@ -12,7 +12,8 @@ to the section that launched it, and print per stage: wall time, then
 compile, step compute, host syncs, evaluation, checkpointing, data and other
 (the wall time no section claims), the process CPU seconds (all threads; a
 check on figures taken while other jobs share the machine), the train steps
-and the step compute per step. They write `results/pipeline_<platform>.json` (`--json` to change,
+and the step compute per step. Loading the dataset counts as 'data' of the
+first stage that needs it (and is also shown on its own). They write `results/pipeline_<platform>.json` (`--json` to change,
 `--json=` for none) with what `jax.devices()` reports, the load average and
 the config.
 
@@ -96,7 +97,8 @@ def table(rows: dict[str, dict[str, Any]], total: float,
     ms = '' if r['step_ms'] is None else f"{r['step_ms']:.1f}"
     lines.append(f'| {name} | ' + ' | '.join(
         f'{r[c]:.2f}' for c in (*COLUMNS, 'cpu')) + f" | {r['steps']} | {ms} |")
-  lines.append(f'| data load | {data_s:.2f} |' + ' |' * (len(head) - 2))
+  lines.append(f'| (of which dataset load) | {data_s:.2f} |'
+               + ' |' * (len(head) - 2))
   lines.append(f'| **total** | {total:.2f} |' + ' |' * (len(head) - 2))
   return '\n'.join(lines)
 

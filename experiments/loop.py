@@ -76,6 +76,19 @@ class LoopOptions(NamedTuple):
   checkpoint_interval_s: float = 60.0
   eval_every_epochs: int | None = 1
 
+  def check(self) -> None:
+    """Raises ValueError naming the first option out of range."""
+    if self.kind not in KINDS:
+      raise ValueError(f'loop kind must be one of {KINDS}, got {self.kind!r}.')
+    for name in ('steps_per_call', 'log_every_steps', 'eval_every_epochs'):
+      value = getattr(self, name)
+      if value is not None and not (isinstance(value, int) and value >= 1):
+        raise ValueError(f'loop.{name} must be None or an int >= 1, got '
+                         f'{value!r}.')
+    if not self.checkpoint_interval_s >= 0:
+      raise ValueError('loop.checkpoint_interval_s must be >= 0, got '
+                       f'{self.checkpoint_interval_s!r}.')
+
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> LoopOptions:
     lc = config.loop
@@ -236,11 +249,13 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
     The trained state.
 
   Raises:
-    ValueError: `batch_size` exceeds the number of examples.
+    ValueError: `batch_size` exceeds the number of examples, or an option
+      is out of range.
     FloatingPointError: a metric became NaN or inf; names the stage, the
       first bad step and the steps since the last sync, and keeps the last
       checkpoint (every checkpoint was taken from a finite state).
   """
+  options.check()
   timer = timer or monitor.StageTimer()
   n = int(next(iter(data.values())).shape[0])
   if batch_size > n:

@@ -89,6 +89,7 @@ class Context:
     data_seconds: time spent loading the dataset (0 if never loaded).
     started: `time.perf_counter()` when the invocation started.
     runtime: the mesh, or None for one device (`distributed.make_runtime`).
+    current: the stage running now.
   """
   config: ml_collections.ConfigDict
   workdir: str
@@ -98,6 +99,7 @@ class Context:
   data_seconds: float = 0.0
   started: float = dataclasses.field(default_factory=time.perf_counter)
   runtime: distributed.Runtime | None = None
+  current: str = ''
   _dataset: data_lib.Dataset | None = None
   _test_set: evaluation.TestSet | None = None
   _evaluators: dict[str, Callable[[Any], dict[str, float]]] = (
@@ -127,7 +129,8 @@ class Context:
     """The dataset, loaded on first use (a rerun may need none)."""
     if self._dataset is None:
       start = time.perf_counter()
-      self._dataset = load_data(self.config)
+      with self.timer.section(self.current, 'data'):
+        self._dataset = load_data(self.config)
       self.data_seconds = time.perf_counter() - start
     return self._dataset
 
@@ -200,6 +203,7 @@ def run_stage(ctx: Context, name: str) -> Record:
   else:
     if ctx.is_writer or name not in _HOST_ONLY:
       start = time.perf_counter()
+      ctx.current = name
       with ctx.timer.section(name, 'total'):
         record = STAGES[name](ctx)
       record['wall_time_s'] = time.perf_counter() - start

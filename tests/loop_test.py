@@ -143,6 +143,13 @@ def test_bad_input(tmp_path):
         log=monitor.MetricsLog(str(tmp_path)))
   with pytest.raises(ValueError, match='loop kind'):
     loop.multi_step(_train_step, 'while')
+  for bad, match in (({'kind': 'while'}, 'loop kind'),
+                     ({'steps_per_call': 0}, 'steps_per_call'),
+                     ({'log_every_steps': -5}, 'log_every_steps'),
+                     ({'eval_every_epochs': 1.5}, 'eval_every_epochs'),
+                     ({'checkpoint_interval_s': -1.0}, 'checkpoint_interval')):
+    with pytest.raises(ValueError, match=match):
+      _run(tmp_path, 1, **bad)
 
 
 def test_default_kind_by_backend():
