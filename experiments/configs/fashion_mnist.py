@@ -13,8 +13,10 @@ parameter poster network, 12 teacher epochs, 30 retraining epochs,
 tau=2e-2, K=17, the published learning rates); override fields as there,
 e.g. `--config.retrain.tau=5e-3`.
 
-Expected: not measured yet (results/fashion_mnist/ will hold the committed
-run: teacher accuracy, pruned accuracy, non-zero fraction and CR_file).
+Expected (2-core CPU, results/fashion_mnist/ holds the committed run):
+teacher 92.09% test accuracy; retrained 91.15%; pruned 89.94%, fine-tuned
+90.42% with 5.37% of the weights non-zero, a 26,376-byte file (CR_file 97x);
+21 minutes while other jobs shared the machine.
 
 `--config=experiments/configs/fashion_mnist.py:smoke` is the MNIST `:smoke`
 variant on real Fashion-MNIST images: the first 300 training and 100 test
