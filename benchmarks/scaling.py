@@ -54,6 +54,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from benchmarks import timing
 import gmp_jax
 from gmp_jax import fileio
 from gmp_jax import sharding
@@ -73,26 +74,6 @@ DEFAULTS = {'batch_size': 128, 'device_counts': (1, 2, 4),
 SMOKE = {'batch_size': 16, 'device_counts': (1, 2), 'layouts': LAYOUTS,
          'processes': 2, 'devices_per_process': 2, 'windows': 2,
          'window_steps': 2, 'warmup_steps': 1}
-
-
-def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown'
-
-
-def _load() -> dict[str, Any]:
-  try:
-    uptime = subprocess.run(['uptime'], capture_output=True, text=True,
-                            check=False).stdout.strip()
-  except OSError:
-    uptime = ''
-  return {'uptime': uptime, 'loadavg': list(os.getloadavg())}
 
 
 def _batches(batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -328,7 +309,7 @@ def run_benchmark(*, batch_size: int, device_counts: Sequence[int],
       raise ValueError(f'Unknown layout {layout!r}; use one of {LAYOUTS}.')
   report: dict[str, Any] = {
       'command': command,
-      'machine': {'cpu': _cpu_name(), 'cores': os.cpu_count(),
+      'machine': {'cpu': timing.cpu_name(), 'cores': os.cpu_count(),
                   'backend': jax.default_backend(),
                   'devices_in_process': jax.local_device_count(),
                   'note': ('Virtual CPU devices share the cores; the '
@@ -347,7 +328,7 @@ def run_benchmark(*, batch_size: int, device_counts: Sequence[int],
                    'fsdp_min_size': sharding.DEFAULT_MIN_SIZE,
                    'jax_compiler_options':
                        train_lib.default_compiler_options()},
-      'load_before': _load(),
+      'load_before': timing.load(),
   }
   rows = run_in_process(device_counts=device_counts, layouts=layouts,
                         batch_size=batch_size, windows=windows,
@@ -364,7 +345,7 @@ def run_benchmark(*, batch_size: int, device_counts: Sequence[int],
     r['relative_to_one_device'] = (r['images_per_s'] / base if base
                                    else None)
   report['results'] = rows
-  report['load_after'] = _load()
+  report['load_after'] = timing.load()
   return report
 
 
