@@ -85,10 +85,15 @@ def build_report(*, config: ml_collections.ConfigDict,
   }
 
 
+_DATASET_TITLES = {'mnist': 'MNIST', 'fashion_mnist': 'Fashion-MNIST',
+                   'fashion-mnist': 'Fashion-MNIST'}
+
+
 def markdown(report: Mapping[str, Any], size_markdown: str) -> str:
   """`report.md`: Tables 1 and 2, the file's size report, times, figures."""
   t2 = report['table2']
-  lines = ['# MNIST soft weight-sharing report', '',
+  dataset = _DATASET_TITLES.get(report['config']['data']['name'], 'MNIST')
+  lines = [f'# {dataset} soft weight-sharing report', '',
            f"Mode: `{report['config']['retrain']['mode']}`, student "
            f"`{report['student']}`.", '',
            '## Table 1: sparsity', '',
