@@ -76,3 +76,14 @@ def assert_steps_agree(got, want, *, rtol=1e-5, atol=0.0):
   """Two `(state, metrics)` results of a train step: same loss and state."""
   np.testing.assert_allclose(got[1]['loss'], want[1]['loss'], rtol=rtol)
   assert_trees_close(got[0], want[0], rtol=rtol, atol=atol)
+
+
+def override(config, **overrides):
+  """`config` with dotted-path fields set: `override(c, **{'a.b': 1})`."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config

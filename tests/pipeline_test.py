@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import gmp_jax
+import helpers
 from experiments import data as data_lib
 from experiments import monitor
 from experiments import models
@@ -24,13 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _smoke(**overrides):
   config = mnist_config.get_config('smoke')
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return helpers.override(config, **overrides)
 
 
 @pytest.fixture(scope='module')

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import gmp_jax
+import helpers
 from experiments import models
 from experiments import pipeline
 from experiments.configs import lenet300 as lenet300_config
@@ -21,13 +22,7 @@ def _config(**overrides):
   config.retrain.init_std = 0.05
   config.postprocess.finetune_epochs = 1
   config.postprocess.finetune_learning_rate = 1e-3
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return helpers.override(config, **overrides)
 
 
 @pytest.fixture(scope='module')

@@ -33,6 +33,8 @@ import pytest
 import gmp_jax
 from gmp_jax import train as train_lib
 from experiments import models
+from experiments import retraining
+from experiments.configs import mnist as mnist_config
 
 PLATFORMS = ('tpu', 'cuda')
 
@@ -113,31 +115,11 @@ def _batch(*keys):
   return {k: specs[k] for k in keys}
 
 
-def _layerwise_step(tx, teacher_params):
-  """Layer-wise distillation as in experiments.pipeline: every block at once."""
-  blocks = models.layer_blocks('poster')
-
-  def apply_fn(params, xb):
-    io = models.layer_io('poster', teacher_params, xb)
-    outputs = {b.name: b.apply(params[b.name],
-                               jax.lax.stop_gradient(io[b.name][0]))
-               for b in blocks}
-    targets = {k: jax.lax.stop_gradient(out) for k, (_, out) in io.items()}
-    return outputs, targets
-
-  def data_loss_fn(outputs, batch):
-    del batch
-    student, teacher = outputs
-    metrics, total = {}, 0.0
-    for name in student:
-      scale = jnp.mean(jnp.square(teacher[name])) + 1e-8
-      mse = gmp_jax.mse_loss(student[name], teacher[name]) / scale
-      metrics[f'rel_mse_{name}'] = mse
-      total = total + mse
-    return total, metrics
-
-  return gmp_jax.make_train_step(apply_fn, tx, tau=5e-3, dataset_size=60_000,
-                                 data_loss_fn=data_loss_fn)
+def _layerwise_step(teacher_params):
+  """The pipeline's own layer-wise step (`experiments.retraining.layerwise`)."""
+  config = mnist_config.get_config()
+  train = (np.zeros((8, 28, 28, 1), np.float32), np.zeros((8,), np.int32))
+  return retraining.layerwise(config, teacher_params, {'train': train}).train_step
 
 
 def _cases(apply_fn, params):
@@ -168,7 +150,7 @@ def _cases(apply_fn, params):
       ('multi_step', gmp_jax.make_multi_step(end_to_end),
        (state, data, indices)),
       ('scan_steps', scan_steps, (state, data, indices)),
-      ('train_layerwise', _layerwise_step(tx, params),
+      ('train_layerwise', _layerwise_step(params),
        (state, _batch('x'))),
       ('quantize', gmp_jax.quantize, (params, mixture)),
       ('assign', gmp_jax.assign, (params, mixture)),
