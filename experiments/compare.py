@@ -47,7 +47,12 @@ def table(run_dirs: list[str]) -> str:
       + [_pct(r['table2']['original']) for r in reports],
       ['Retrained accuracy', _pct(POSTER['retrained'])]
       + [_pct(r['table2']['retrained']) for r in reports],
-      ['**Pruned accuracy**', _pct(POSTER['pruned'])]
+      ['Pruned accuracy', _pct(POSTER['pruned'])]
+      + [_pct(r['table2']['pruned']) for r in reports],
+      ['Fine-tuned accuracy', 'n/a']
+      + [_pct(r['table2']['finetuned']) if 'finetuned' in r['table2']
+         else 'not run' for r in reports],
+      ['**Accuracy of the file**', _pct(POSTER['pruned'])]
       + [f"**{_pct(_final_accuracy(r))}**" for r in reports],
       ['Sparsity (total)', _pct(POSTER['sparsity'], 1)]
       + [_pct(r['table1'][-1]['sparsity']) for r in reports],

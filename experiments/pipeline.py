@@ -353,8 +353,9 @@ def retrain(ctx: Context) -> Record:
       params, retraining.init_mixture(params, rc), setup.optimizer)
   state = _train(ctx, 'retrain', state, setup.train_step, setup.data,
                  epochs=rc.epochs, batch_size=rc.batch_size,
-                 eval_fn=evaluation.epoch_metrics(ctx.evaluator(student),
-                                                  pruned=True),
+                 eval_fn=evaluation.epoch_metrics(
+                     ctx.evaluator(student), pruned=True,
+                     raw=rc.get('eval_raw_each_epoch', False)),
                  summary_fn=_mixture_summary)
   test = ctx.evaluator(student)(state.params)
   mixture = jax.device_get(state.mixture)

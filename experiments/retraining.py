@@ -90,9 +90,27 @@ def hyperpriors(rc: ml_collections.ConfigDict) -> gmp_jax.Hyperpriors:
                              zero_beta=_pair(rc.get('zero_beta')))
 
 
-def _optimizer(rc: ml_collections.ConfigDict, lr_weights: float):
+def weights_schedule(rc: ml_collections.ConfigDict, lr_weights: float,
+                     num_examples: int) -> optax.ScalarOrSchedule:
+  """The weights' learning rate: constant, or with `rc.lr_decay_to` a
+  cosine decay from `lr_weights` to `lr_decay_to * lr_weights` over the
+  retraining's steps (the mixture's learning rates stay constant)."""
+  decay_to = rc.get('lr_decay_to')
+  if decay_to is None:
+    return lr_weights
+  if not 0.0 <= decay_to <= 1.0:
+    raise ValueError(f'retrain.lr_decay_to must be in [0, 1] or None, got '
+                     f'{decay_to!r}.')
+  steps = rc.epochs * (num_examples // rc.batch_size)
+  return optax.cosine_decay_schedule(lr_weights, max(steps, 1),
+                                     alpha=decay_to)
+
+
+def _optimizer(rc: ml_collections.ConfigDict, lr_weights: float,
+               num_examples: int):
   return gmp_jax.gmp_optimizer(
-      weights=lr_weights, means=rc.lr_means,
+      weights=weights_schedule(rc, lr_weights, num_examples),
+      means=rc.lr_means,
       log_precisions=rc.lr_log_precisions, mixing=rc.lr_mixing)
 
 
@@ -114,7 +132,7 @@ def end_to_end(config: ml_collections.ConfigDict, teacher_params,
         config.model, teacher_params, x, config.eval_batch_size)
   if rc.label_weight > 0 or 'teacher_logits' not in data:
     data['label'] = y
-  tx = _optimizer(rc, rc.lr_weights)
+  tx = _optimizer(rc, rc.lr_weights, len(x))
   step = gmp_jax.make_train_step(
       apply_fn(student_name(config)), tx, tau=rc.tau, dataset_size=len(x),
       temperature=rc.temperature, distillation=rc.distillation,
@@ -156,7 +174,7 @@ def layerwise(config: ml_collections.ConfigDict, teacher_params,
       total = total + mse
     return total, metrics
 
-  tx = _optimizer(rc, rc.layerwise_lr_weights)
+  tx = _optimizer(rc, rc.layerwise_lr_weights, len(x))
   step = gmp_jax.make_train_step(
       block_outputs, tx, tau=rc.tau, dataset_size=len(x),
       hyperpriors=hyperpriors(rc), data_loss_fn=data_loss_fn)

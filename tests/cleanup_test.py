@@ -184,7 +184,7 @@ def test_no_relu_units_with_a_bias_are_not_dead():
 
 def test_committed_poster_model_counts_and_predictions():
   params = codec.load_compressed(
-      os.path.join(REPO, 'results', 'mnist', 'model.gmpz'))
+      os.path.join(REPO, 'results', 'mnist_v1', 'model.gmpz'))
   cleaned, report = cleanup.cleanup(params, 'poster')
   dense1, conv2 = report.layers['dense1'], report.layers['conv2']
   assert (dense1.dead_units, dense1.units) == (201, 500)

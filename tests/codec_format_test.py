@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The committed runs written by format version 1 (before the fine-tuning
 # and cleanup stages); later runs are written in version 2.
 COMMITTED = [os.path.join(REPO, 'results', name, 'model.gmpz')
-             for name in ('mnist', 'mnist_layerwise', 'mnist_tau5e-3')]
+             for name in ('mnist_v1', 'mnist_layerwise', 'mnist_tau5e-3')]
 
 
 def _same(a, b):

@@ -413,7 +413,7 @@ def test_ans_rejects_extra_or_garbled_words():
   assert issubclass(_ans.DecodeError, ValueError)
 
 
-@pytest.mark.parametrize('run', ['mnist', 'mnist_layerwise', 'mnist_tau5e-3'])
+@pytest.mark.parametrize('run', ['mnist_v1', 'mnist_layerwise', 'mnist_tau5e-3'])
 def test_committed_files_reencode_to_the_same_bytes(run):
   path = os.path.join(RESULTS, run, 'model.gmpz')
   with open(path, 'rb') as f:

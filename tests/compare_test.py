@@ -78,10 +78,24 @@ def test_run_table_keeps_its_columns(tmp_path):
   d = _report(tmp_path, 'run', parameters=642_460, nonzero=12_059,
               file_bytes=11_081, original=0.9938, pruned=0.99)
   text = compare.table([d])
-  assert _row(text, 'Pruned accuracy') == ['**Pruned accuracy**', '98.14%',
-                                           '**99.00%**']
+  assert _row(text, 'Pruned accuracy') == ['Pruned accuracy', '98.14%',
+                                           '99.00%']
+  assert _row(text, 'Fine-tuned accuracy') == ['Fine-tuned accuracy', 'n/a',
+                                               'not run']
+  assert _row(text, 'Accuracy of the file') == [
+      '**Accuracy of the file**', '98.14%', '**99.00%**']
   assert _row(text, 'CR_file')[2] == '231.9x'
   assert _row(text, 'Compressed file')[2] == '11,081 bytes'
+
+
+def test_run_table_shows_the_fine_tuned_accuracy_as_the_files(tmp_path):
+  d = _report(tmp_path, 'run', parameters=642_460, nonzero=11_526,
+              file_bytes=8_972, original=0.9935, pruned=0.9904,
+              finetuned=0.9917)
+  text = compare.table([d])
+  assert _row(text, 'Pruned accuracy')[2] == '99.04%'
+  assert _row(text, 'Fine-tuned accuracy')[2] == '99.17%'
+  assert _row(text, 'Accuracy of the file')[2] == '**99.17%**'
 
 
 def test_bad_inputs(tmp_path):

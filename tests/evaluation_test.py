@@ -57,6 +57,28 @@ def test_epoch_metrics_with_pruning():
   assert out['nonzero_fraction'] == pytest.approx(np.mean(values != 0))
 
 
+def test_epoch_metrics_pruned_only_skips_the_raw_pass():
+  x, labels, params = _problem(1)
+  mixture = gmp_jax.init_mixture(params, 3)
+  state = gmp_jax.create_train_state(params, mixture, gmp_jax.gmp_optimizer())
+  test = evaluation.TestSet(x, labels, batch_size=7, kind='unroll')
+  seen = []
+  evaluate = test.evaluator(_apply)
+
+  def counting(p):
+    seen.append(p)
+    return evaluate(p)
+
+  out = evaluation.epoch_metrics(counting, pruned=True, raw=False)(state)
+  assert sorted(out) == ['nonzero_fraction', 'test_pruned_accuracy']
+  assert len(seen) == 1
+  q = jax.device_get(gmp_jax.quantize(params, mixture))
+  assert out['test_pruned_accuracy'] == _numpy_metrics(q, x, labels)[
+      'accuracy']
+  with pytest.raises(ValueError, match='raw or pruned'):
+    evaluation.epoch_metrics(evaluate, pruned=False, raw=False)
+
+
 def test_bad_input():
   x, labels, _ = _problem()
   with pytest.raises(ValueError, match='labels has 22'):

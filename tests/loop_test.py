@@ -73,6 +73,7 @@ def _saved_steps(tmp_path):
 
 @pytest.mark.parametrize('kind,steps_per_call,log_every', [
     ('unroll', 3, None),  # 10 = 3 + 3 + 3 + 1 per epoch.
+    ('unroll', None, None),  # unroll_steps(10) = 5: 5 + 5.
     ('unroll', 1, 4),
     ('scan', None, None),  # The whole epoch in one call.
     ('scan', 4, 5),
@@ -150,6 +151,20 @@ def test_bad_input(tmp_path):
                      ({'checkpoint_interval_s': -1.0}, 'checkpoint_interval')):
     with pytest.raises(ValueError, match=match):
       _run(tmp_path, 1, **bad)
+
+
+@pytest.mark.parametrize('steps_per_epoch,want', [
+    (234, 6),  # The default retraining epoch: 6 x 39, one program.
+    (468, 6), (10, 5), (8, 4), (7, 7), (24, 6), (3, 3),
+    (13, 5), (1, 5), (2, 5), (11, 5),  # No size in 3..8 divides them.
+])
+def test_unroll_steps_divides_the_epoch_when_it_can(steps_per_epoch, want):
+  got = loop.unroll_steps(steps_per_epoch)
+  assert got == want
+  divisors = [d for d in range(3, 9) if steps_per_epoch % d == 0]
+  if divisors:  # The divisor nearest to 5 (ties: the larger).
+    assert steps_per_epoch % got == 0
+    assert abs(got - 5) == min(abs(d - 5) for d in divisors)
 
 
 def test_default_kind_by_backend():

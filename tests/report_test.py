@@ -236,7 +236,7 @@ def test_format_ratio():
   assert report.format_ratio(0.96) == '1.0×'
 
 
-@pytest.mark.parametrize('run', ['mnist', 'mnist_layerwise', 'mnist_tau5e-3'])
+@pytest.mark.parametrize('run', ['mnist_v1', 'mnist_layerwise', 'mnist_tau5e-3'])
 def test_sparsity_table_rebuilds_committed_table1(run):
   # report.json was written by the pipeline before sparsity_table existed.
   directory = os.path.join(os.path.dirname(os.path.dirname(
