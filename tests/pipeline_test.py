@@ -1,5 +1,6 @@
 """End-to-end tests of the MNIST pipeline on the `:smoke` config."""
 
+import glob
 import json
 import os
 import shutil
@@ -211,8 +212,9 @@ def test_sigkill_during_retraining_resumes(tmp_path):
 
 
 COMMITTED = sorted(
-    name for name in os.listdir(os.path.join(REPO, 'results'))
-    if os.path.exists(os.path.join(REPO, 'results', name, 'report.json')))
+    os.path.relpath(os.path.dirname(path), os.path.join(REPO, 'results'))
+    for pattern in ('*/report.json', '*/*/report.json')  # Sweeps: one level down.
+    for path in glob.glob(os.path.join(REPO, 'results', pattern)))
 
 
 @pytest.mark.parametrize('name', COMMITTED)
