@@ -234,13 +234,30 @@ def _summary_entry(name: str, overrides, report, workdir: str
           'parameters': report['table1'][-1]['parameters']}
 
 
+def same_config(recorded: Any, current: Any) -> bool:
+  """Whether a point's recorded config is `current` (plain dicts).
+
+  A field that `current` sets to None and `recorded` lacks counts as equal:
+  configs gain fields as None placeholders that keep the earlier
+  behaviour, so a report written before such a field existed still
+  describes the same run.
+  """
+  if isinstance(recorded, dict) and isinstance(current, dict):
+    extra = set(current) - set(recorded)
+    if set(recorded) - set(current) or any(current[k] is not None
+                                           for k in extra):
+      return False
+    return all(same_config(recorded[k], current[k]) for k in recorded)
+  return recorded == current
+
+
 def _finished_report(point_dir: str, config) -> dict[str, Any] | None:
   path = os.path.join(point_dir, 'report.json')
   if not os.path.exists(path):
     return None
   with open(path) as f:
     report = json.load(f)
-  if report.get('config') != _plain(config.to_dict()):
+  if not same_config(report.get('config'), _plain(config.to_dict())):
     raise ValueError(
         f'{path} was made with another config; use a new sweep workdir or '
         'remove that point.')

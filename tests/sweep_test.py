@@ -3,6 +3,7 @@
 import json
 import os
 
+from ml_collections import config_dict
 import pytest
 
 from experiments import sweep
@@ -128,6 +129,33 @@ def test_sweep_shares_the_teacher_and_resumes(tmp_path):
   other.retrain.epochs = 7
   with pytest.raises(ValueError, match='another config'):
     sweep.run_sweep(other, workdir, taus=taus, run_fn=fake)
+
+
+@pytest.mark.parametrize('recorded,current,want', [
+    ({'a': 1, 'r': {'t': 2}}, {'a': 1, 'r': {'t': 2}}, True),
+    # A None field added after the report was written: the same run.
+    ({'a': 1, 'r': {'t': 2}}, {'a': 1, 'r': {'t': 2, 'new': None}}, True),
+    # A new field with a value, a changed value, a dropped field: not.
+    ({'a': 1, 'r': {'t': 2}}, {'a': 1, 'r': {'t': 2, 'new': 0.5}}, False),
+    ({'a': 1, 'r': {'t': 2}}, {'a': 1, 'r': {'t': 3}}, False),
+    ({'a': 1, 'r': {'t': 2}}, {'r': {'t': 2}}, False),
+    # A recorded None is a value like any other.
+    ({'a': None}, {'a': 1}, False),
+    (None, {'a': 1}, False),
+])
+def test_same_config(recorded, current, want):
+  assert sweep.same_config(recorded, current) is want
+
+
+def test_a_report_from_before_a_new_none_field_is_reused(tmp_path):
+  workdir = str(tmp_path / 'sweep')
+  fake = FakePipeline()
+  sweep.run_sweep(_config(), workdir, taus=[0.01], run_fn=fake)
+  newer = _config()
+  newer.retrain.new_knob = config_dict.placeholder(float)
+  again = FakePipeline()
+  sweep.run_sweep(newer, workdir, taus=[0.01], run_fn=again)
+  assert again.calls == []
 
 
 def test_teacher_workdir_is_shared_and_checked(tmp_path):
