@@ -108,9 +108,11 @@ def default_kind(backend: str | None = None) -> str:
 
 
 def unroll_steps(steps_per_epoch: int) -> int:
-  """Default steps per unrolled call: `UNROLL_STEPS`, or the nearest size
-  in 3..8 that divides `steps_per_epoch` (234 -> 6), so that no second
-  program is compiled for the epoch's remainder; `UNROLL_STEPS` if none.
+  """Default steps per unrolled call: one size that divides the epoch.
+
+  The size in 3..8 nearest `UNROLL_STEPS` that divides `steps_per_epoch`
+  (234 -> 6; ties go to the larger), so that no second program is compiled
+  for the epoch's remainder; `UNROLL_STEPS` if none does.
 
   Each unrolled step costs ~1.9 s of CPU compilation for the poster net,
   so a 5-step program plus a 4-step remainder program took 17 s where one

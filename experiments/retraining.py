@@ -92,9 +92,11 @@ def hyperpriors(rc: ml_collections.ConfigDict) -> gmp_jax.Hyperpriors:
 
 def weights_schedule(rc: ml_collections.ConfigDict, lr_weights: float,
                      num_examples: int) -> optax.ScalarOrSchedule:
-  """The weights' learning rate: constant, or with `rc.lr_decay_to` a
-  cosine decay from `lr_weights` to `lr_decay_to * lr_weights` over the
-  retraining's steps (the mixture's learning rates stay constant)."""
+  """The weights' learning rate, constant unless `rc.lr_decay_to` is set.
+
+  With it, a cosine decay from `lr_weights` to `lr_decay_to * lr_weights`
+  over the retraining's steps; the mixture's learning rates stay constant.
+  """
   decay_to = rc.get('lr_decay_to')
   if decay_to is None:
     return lr_weights
