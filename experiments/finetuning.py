@@ -69,7 +69,7 @@ def setup(config: ml_collections.ConfigDict, student: str, quantized,
   data = {'x': x}
   if rc.distillation_weight > 0:
     data['teacher_logits'] = retraining.teacher_logits(
-        config.model, teacher_params, x, config.eval_batch_size)
+        config.model, teacher_params, x)
   if rc.label_weight > 0 or 'teacher_logits' not in data:
     data['label'] = y
   tx = optax.adam(config.postprocess.finetune_learning_rate)

@@ -116,8 +116,14 @@ def _optimizer(rc: ml_collections.ConfigDict, lr_weights: float,
       log_precisions=rc.lr_log_precisions, mixing=rc.lr_mixing)
 
 
+# Examples per call when computing the teacher's logits over the training
+# set (independent of `config.eval_batch_size`, so that the test batch can
+# change without changing the retraining's targets in the last bit).
+LOGITS_BATCH_SIZE = 1000
+
+
 def teacher_logits(model_name: str, params, x: np.ndarray,
-                   batch_size: int) -> np.ndarray:
+                   batch_size: int = LOGITS_BATCH_SIZE) -> np.ndarray:
   apply = jax.jit(apply_fn(model_name))
   return np.concatenate([np.asarray(apply(params, x[i:i + batch_size]))
                          for i in range(0, len(x), batch_size)])
@@ -130,8 +136,7 @@ def end_to_end(config: ml_collections.ConfigDict, teacher_params,
   x, y = dataset['train']
   data = {'x': x}
   if rc.distillation_weight > 0:
-    data['teacher_logits'] = teacher_logits(
-        config.model, teacher_params, x, config.eval_batch_size)
+    data['teacher_logits'] = teacher_logits(config.model, teacher_params, x)
   if rc.label_weight > 0 or 'teacher_logits' not in data:
     data['label'] = y
   tx = _optimizer(rc, rc.lr_weights, len(x))
