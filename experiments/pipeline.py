@@ -51,7 +51,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 import gmp_jax
 from gmp_jax import fileio
@@ -316,10 +315,10 @@ def teacher(ctx: Context) -> Record:
   """Trains the teacher with label cross-entropy."""
   config, tc = ctx.config, ctx.config.teacher
   x, y = ctx.dataset['train']
-  steps = tc.epochs * (len(x) // tc.batch_size)
   params = models.init_params(config.model, jax.random.key(config.seed))
-  schedule = optax.cosine_decay_schedule(tc.learning_rate, max(steps, 1),
-                                         alpha=tc.decay_to)
+  schedule = retraining.cosine_schedule(
+      tc.learning_rate, tc.decay_to, epochs=tc.epochs, num_examples=len(x),
+      batch_size=tc.batch_size)
   tx = gmp_jax.gmp_optimizer(weights=schedule, means=0.0, log_precisions=0.0,
                              mixing=0.0)
   mixture = gmp_jax.init_mixture(params, 2)  # Unused: the prior is off.

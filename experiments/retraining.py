@@ -90,6 +90,15 @@ def hyperpriors(rc: ml_collections.ConfigDict) -> gmp_jax.Hyperpriors:
                              zero_beta=_pair(rc.get('zero_beta')))
 
 
+def cosine_schedule(learning_rate: float, decay_to: float, *, epochs: int,
+                    num_examples: int, batch_size: int) -> optax.Schedule:
+  """Cosine decay from `learning_rate` to `decay_to * learning_rate` over
+  the `epochs * (num_examples // batch_size)` steps of a training stage."""
+  steps = epochs * (num_examples // batch_size)
+  return optax.cosine_decay_schedule(learning_rate, max(steps, 1),
+                                     alpha=decay_to)
+
+
 def weights_schedule(rc: ml_collections.ConfigDict, lr_weights: float,
                      num_examples: int) -> optax.ScalarOrSchedule:
   """The weights' learning rate, constant unless `rc.lr_decay_to` is set.
@@ -103,9 +112,9 @@ def weights_schedule(rc: ml_collections.ConfigDict, lr_weights: float,
   if not 0.0 <= decay_to <= 1.0:
     raise ValueError(f'retrain.lr_decay_to must be in [0, 1] or None, got '
                      f'{decay_to!r}.')
-  steps = rc.epochs * (num_examples // rc.batch_size)
-  return optax.cosine_decay_schedule(lr_weights, max(steps, 1),
-                                     alpha=decay_to)
+  return cosine_schedule(lr_weights, decay_to, epochs=rc.epochs,
+                         num_examples=num_examples,
+                         batch_size=rc.batch_size)
 
 
 def _optimizer(rc: ml_collections.ConfigDict, lr_weights: float,
