@@ -42,6 +42,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from benchmarks import timing
+from benchmarks import train_step as train_step_bench
 import gmp_jax
 from gmp_jax import fileio
 from experiments import evaluation
@@ -63,6 +64,13 @@ flags.DEFINE_string(
     'empty for nowhere.')
 flags.DEFINE_bool('block', True, 'Wait for device work in each section.')
 flags.DEFINE_bool('loops', False, 'Time loop kinds and eval instead.')
+flags.DEFINE_integer(
+    'reference_windows', 0, 'Bracket the run with this many windows of the '
+    'step benchmark (benchmarks.train_step, jax_gmp_multi at the retraining '
+    'batch size) before and after it, and report the retraining wall time '
+    'over (steps x reference step time); 0: none.')
+flags.DEFINE_integer('reference_window_steps', 780,
+                     'Steps per reference window.')
 flags.DEFINE_integer('calls', 10, '--loops: steps per timing window '
                      '(eval: windows).')
 
@@ -83,7 +91,8 @@ def breakdown(report: dict[str, Any], timer: monitor.StageTimer
         'cpu_sections': {s: timer.cpu_seconds[name].get(s, 0.0)
                          for s in monitor.SECTIONS},
         'steps': steps,
-        'step_ms': 1e3 * sections['step'] / steps if steps else None}
+        'step_ms': 1e3 * sections['step'] / steps if steps else None,
+        'epoch_s': timer.epoch_seconds(name)}
   return rows
 
 
@@ -115,6 +124,37 @@ def run_pipeline(config, workdir: str, *, block: bool) -> dict[str, Any]:
           'table2': report['table2'],
           'nonzero_fraction': report['nonzero_fraction'],
           'file_bytes': report['file_bytes']}
+
+
+def reference_step(config, windows: int, window_steps: int
+                   ) -> dict[str, Any]:
+  """The step benchmark's `jax_gmp_multi` at the retraining batch size."""
+  report = train_step_bench.run_benchmark(
+      configs=['jax_gmp_multi'], batch_sizes=[config.retrain.batch_size],
+      windows=windows, window_steps=window_steps, warmup_steps=5,
+      multi_steps=5, num_examples=4096, postprocess_runs=0)
+  row, = report['results']
+  window_ms = [1e3 * row['batch_size'] / r
+               for r in row['window_images_per_s']]
+  return {'ms_per_step': row['ms_per_step'], 'window_ms': window_ms,
+          'load_before': report['load_before'],
+          'load_after': report['load_after']}
+
+
+def against_reference(rows: dict[str, dict[str, Any]],
+                      before: dict[str, Any], after: dict[str, Any]
+                      ) -> dict[str, Any]:
+  """Retraining wall time over (steps x the bracketing step time)."""
+  ms = 0.5 * (before['ms_per_step'] + after['ms_per_step'])
+  retrain = rows['retrain']
+  epochs = retrain['epoch_s'][1:]  # The first holds the compilation.
+  steps_per_epoch = retrain['steps'] / max(len(retrain['epoch_s']), 1)
+  return {'before': before, 'after': after, 'ms_per_step': ms,
+          'retrain_ratio': retrain['wall'] / (retrain['steps'] * ms * 1e-3),
+          'median_epoch_s': statistics.median(epochs) if epochs else None,
+          'median_epoch_ratio': (statistics.median(epochs)
+                                 / (steps_per_epoch * ms * 1e-3)
+                                 if epochs else None)}
 
 
 def _timed_calls(fn, args_fn, calls: int, windows: int = 3
@@ -242,9 +282,20 @@ def main(argv):
     result['loops'] = compare_loops(config, FLAGS.calls)
   else:
     result['block'] = FLAGS.block
+    refs = FLAGS.reference_windows, FLAGS.reference_window_steps
+    before = reference_step(config, *refs) if refs[0] else None
     with tempfile.TemporaryDirectory(prefix='gmp_jax_bench_') as tmp:
       result.update(run_pipeline(config, FLAGS.workdir or tmp,
                                  block=FLAGS.block))
+    if before is not None:
+      ref = against_reference(result['stages'], before,
+                              reference_step(config, *refs))
+      result['reference'] = ref
+      print(f"retraining: {ref['retrain_ratio']:.3f}x steps x "
+            f"{ref['ms_per_step']:.1f} ms (step benchmark before "
+            f"{before['ms_per_step']:.1f}, after "
+            f"{ref['after']['ms_per_step']:.1f}); median epoch "
+            f"{ref['median_epoch_ratio']:.3f}x")
   result['load_after'] = timing.load()
   result['config'] = config.to_dict()
   path = FLAGS.json

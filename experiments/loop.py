@@ -325,6 +325,7 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
   bar = tqdm.tqdm(total=total, initial=step, desc=stage, unit='step',
                   dynamic_ncols=True, mininterval=2.0, disable=not writer)
   saved_at = time.monotonic()
+  timer.mark(stage)
   order_epoch, order, acc, acc_from = None, None, zero, step
   synced = step  # Steps up to here were checked and shown.
   queued: list[tuple[Any, int]] = []  # Calls not yet waited for.
@@ -390,6 +391,7 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
         if writer:
           log.write(record)
         _log_epoch(stage, epoch + 1, num_epochs, record)
+        timer.mark(stage)
   finally:
     bar.close()
     manager.close()

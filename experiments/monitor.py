@@ -76,6 +76,8 @@ class StageTimer:
   `run` waits for the result's device buffers, so device work is charged to
   the section that launched it rather than to whichever later call waits for
   it (profiling; it costs the overlap of host and device work).
+  `mark(stage)` records the clock at a stage's epoch boundaries;
+  `epoch_seconds(stage)` gives the wall time between them.
   """
 
   def __init__(self, *, block: bool = False):
@@ -85,6 +87,16 @@ class StageTimer:
     self.cpu_seconds: dict[str, dict[str, float]] = collections.defaultdict(
         lambda: collections.defaultdict(float))
     self.steps: dict[str, int] = collections.defaultdict(int)
+    self.marks: dict[str, list[float]] = collections.defaultdict(list)
+
+  def mark(self, stage: str) -> None:
+    """Records the wall clock now, at an epoch boundary of `stage`."""
+    self.marks[stage].append(time.perf_counter())
+
+  def epoch_seconds(self, stage: str) -> list[float]:
+    """Wall seconds between consecutive `mark`s of `stage`."""
+    marks = self.marks.get(stage, [])
+    return [b - a for a, b in zip(marks, marks[1:])]
 
   def run(self, stage: str, section: str, fn: Callable[..., Any], *args,
           **kwargs) -> Any:

@@ -117,6 +117,19 @@ def weights_schedule(rc: ml_collections.ConfigDict, lr_weights: float,
                          batch_size=rc.batch_size)
 
 
+def tau_schedule(rc: ml_collections.ConfigDict, num_examples: int
+                 ) -> optax.ScalarOrSchedule:
+  """`rc.tau`, ramped up linearly from 0 if `rc.tau_warmup_epochs` is set."""
+  warmup = rc.get('tau_warmup_epochs')
+  if warmup is None:
+    return rc.tau
+  if not (isinstance(warmup, int) and 0 < warmup <= rc.epochs):
+    raise ValueError('retrain.tau_warmup_epochs must be None or an int in '
+                     f'[1, retrain.epochs = {rc.epochs}], got {warmup!r}.')
+  steps = warmup * (num_examples // rc.batch_size)
+  return optax.linear_schedule(0.0, rc.tau, steps)
+
+
 def _optimizer(rc: ml_collections.ConfigDict, lr_weights: float,
                num_examples: int):
   return gmp_jax.gmp_optimizer(
@@ -150,7 +163,8 @@ def end_to_end(config: ml_collections.ConfigDict, teacher_params,
     data['label'] = y
   tx = _optimizer(rc, rc.lr_weights, len(x))
   step = gmp_jax.make_train_step(
-      apply_fn(student_name(config)), tx, tau=rc.tau, dataset_size=len(x),
+      apply_fn(student_name(config)), tx, tau=tau_schedule(rc, len(x)),
+      dataset_size=len(x),
       temperature=rc.temperature, distillation=rc.distillation,
       distillation_weight=rc.distillation_weight,
       label_weight=rc.label_weight, hyperpriors=hyperpriors(rc))
@@ -192,7 +206,8 @@ def layerwise(config: ml_collections.ConfigDict, teacher_params,
 
   tx = _optimizer(rc, rc.layerwise_lr_weights, len(x))
   step = gmp_jax.make_train_step(
-      block_outputs, tx, tau=rc.tau, dataset_size=len(x),
+      block_outputs, tx, tau=tau_schedule(rc, len(x)),
+      dataset_size=len(x),
       hyperpriors=hyperpriors(rc), data_loss_fn=data_loss_fn)
   return Retraining(tx, step, {'x': x})
 

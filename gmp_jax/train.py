@@ -245,7 +245,8 @@ def _default_data_loss(*, temperature, distillation, distillation_weight,
 
 def make_train_step(apply_fn: Callable[[Any, Any], Any],
                     optimizer: optax.GradientTransformation, *,
-                    tau: float, dataset_size: int,
+                    tau: float | Callable[[jax.Array], jax.Array],
+                    dataset_size: int,
                     temperature: float = 1.0,
                     distillation: str = 'mse',
                     distillation_weight: float = 1.0,
@@ -268,7 +269,8 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
       `(params, model_state, x, *, train, rng) -> (outputs, new_model_state)`
       (see `stateful`).
     optimizer: from `gmp_jax.gmp_optimizer`.
-    tau: prior strength.
+    tau: prior strength: a number, or a schedule `step -> tau` called with
+      `state.step`, e.g. a warm-up `optax.linear_schedule(0.0, tau, steps)`.
     dataset_size: N, the number of training examples.
     temperature: T of the distillation softmax.
     distillation: 'mse' (poster eq. 2) or 'kl' (Hinton's T^2 KL).
@@ -311,14 +313,15 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
   losses.check_temperature(temperature)
   if not dataset_size > 0:
     raise ValueError(f'dataset_size must be > 0, got {dataset_size!r}.')
-  if tau < 0:
+  if not callable(tau) and tau < 0:
     raise ValueError(f'tau must be >= 0, got {tau!r}.')
+  tau_at = tau if callable(tau) else lambda step: tau
   if data_loss_fn is None:
     data_loss_fn = _default_data_loss(
         temperature=temperature, distillation=distillation,
         distillation_weight=distillation_weight, label_weight=label_weight)
 
-  def loss_fn(params, mixture, batch, model_state, rng):
+  def loss_fn(params, mixture, batch, model_state, rng, tau_now):
     if stateful:
       outputs, model_state = _apply_stateful(
           apply_fn, params, model_state, batch['x'], train=True, rng=rng)
@@ -327,7 +330,7 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
     data_loss, metrics = data_loss_fn(outputs, batch)
     if use_prior:
       loss, aux = losses.gmp_objective(
-          data_loss, params, mixture, tau=tau, dataset_size=dataset_size,
+          data_loss, params, mixture, tau=tau_now, dataset_size=dataset_size,
           hyperpriors=hyperpriors)
       metrics.update(aux)
     else:
@@ -342,7 +345,8 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
     rng = (jax.random.fold_in(jax.random.key(seed), state.step)
            if stateful else None)
     (_, (metrics, model_state)), grads = grad_fn(
-        state.params, state.mixture, batch, state.model_state, rng)
+        state.params, state.mixture, batch, state.model_state, rng,
+        tau_at(state.step))
     updates, opt_state = optimizer.update(
         grads, state.opt_state, (state.params, state.mixture))
     params, mixture = optax.apply_updates((state.params, state.mixture),

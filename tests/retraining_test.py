@@ -1,4 +1,4 @@
-"""Tests for experiments.retraining's weights learning-rate schedule."""
+"""Tests for experiments.retraining's schedules: weights learning rate, tau."""
 
 import math
 
@@ -35,3 +35,28 @@ def test_cosine_decay_matches_the_formula():
 def test_rejects_a_decay_outside_0_1(bad):
   with pytest.raises(ValueError, match='lr_decay_to'):
     retraining.weights_schedule(_rc(lr_decay_to=bad), 5e-4, 60000)
+
+
+def test_tau_constant_by_default():
+  rc = _rc()
+  assert rc.tau_warmup_epochs is None
+  assert retraining.tau_schedule(rc, 60000) == rc.tau
+
+
+def test_tau_warmup_is_linear_then_flat():
+  rc = _rc(tau=0.04, tau_warmup_epochs=2, epochs=5, batch_size=256)
+  schedule = retraining.tau_schedule(rc, 60000)
+  ramp = 2 * (60000 // 256)  # 468 steps
+  for step in (0, 1, 234, 467, ramp, ramp + 1000):
+    want = 0.04 * min(step, ramp) / ramp
+    assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-12)
+
+
+@pytest.mark.parametrize('bad', [0, -1, 6, 1.5])
+def test_rejects_a_warmup_outside_the_epochs(bad):
+  rc = mnist_config.get_config().retrain
+  rc.epochs = 5
+  with rc.ignore_type():
+    rc.tau_warmup_epochs = bad
+  with pytest.raises(ValueError, match='tau_warmup_epochs'):
+    retraining.tau_schedule(rc, 60000)

@@ -83,6 +83,22 @@ def test_loss_decomposition():
                              rtol=1e-5)
 
 
+def test_tau_schedule_is_read_at_the_state_step():
+  """A schedule's tau at `state.step` weighs the complexity term."""
+  _, apply_fn, tx, state, kwargs = _setup()
+  kwargs['tau'] = lambda step: 0.5 * step.astype(jnp.float32)
+  step = gmp_jax.compile_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs))
+  x, y = _data()
+  for i in range(3):
+    before = state
+    state, m = step(state, {'x': x, 'label': y})
+    complexity = gmp_jax.complexity_loss(before.params, before.mixture)
+    np.testing.assert_allclose(m['complexity_loss'], complexity, rtol=1e-5)
+    np.testing.assert_allclose(
+        m['loss'], m['data_loss'] + 0.5 * i / 32 * complexity, rtol=1e-5,
+        atol=1e-6)
+
+
 def test_prior_off_keeps_mixture():
   _, apply_fn, tx, state, kwargs = _setup(use_prior=False)
   step = gmp_jax.compile_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs))

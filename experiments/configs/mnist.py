@@ -60,6 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       distillation_weight=1.0,
       label_weight=1.0,  # Weight of the label cross-entropy; 0 = off.
       tau=2e-2,  # Prior strength; the complexity term is scaled by tau / N.
+      # None = tau from the start; else tau rises linearly from 0 over this
+      # many epochs.
+      tau_warmup_epochs=config_dict.placeholder(int),
       num_components=17,
       init_std=0.25,
       zero_proportion=0.99,
