@@ -17,6 +17,13 @@ first stage that needs it (and is also shown on its own). They write `results/pi
 `--json=` for none) with what `jax.devices()` reports, the load average and
 the config.
 
+`--reference_windows=N` brackets the run with N windows of the step
+benchmark (`benchmarks.train_step`'s `jax_gmp_multi` at the retraining batch
+size) before and after it, and reports the retraining's wall time over
+(steps x the mean step time of both): the issue-13 ratio, measured against
+the machine as it was during the run. Every stage's per-epoch wall times are
+in the JSON (`epoch_s`).
+
 `--loops` instead times the retraining step's chunk programs
 (`experiments.loop.chunk_program`: 'unroll' with 1, 2 and 5 steps per call,
 'scan' with 5) and the test-set evaluation (`evaluation.TestSet`: a host loop of

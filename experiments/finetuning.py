@@ -11,6 +11,7 @@ Config (`config.postprocess`):
   finetune_epochs: epochs of codebook training; None or 0 skips it.
   finetune_learning_rate: Adam's learning rate for the codebook.
   finetune_batch_size: None = `retrain.batch_size`.
+  finetune_per_leaf: every coded leaf trains its own copy of the codebook.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def setup(config: ml_collections.ConfigDict, student: str, quantized,
     data['label'] = y
   tx = optax.adam(config.postprocess.finetune_learning_rate)
   codebook, indices, _ = gmp_jax.codebook_from_quantized(quantized)
+  if config.postprocess.get('finetune_per_leaf'):
+    codebook, indices = gmp_jax.per_leaf_codebook(codebook, indices)
   state = gmp_jax.create_codebook_state(codebook, indices, tx,
                                         frozen=quantized)
   step = gmp_jax.make_codebook_step(

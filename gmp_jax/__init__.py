@@ -16,6 +16,7 @@ from gmp_jax.finetune import CodebookState
 from gmp_jax.finetune import create_codebook_state
 from gmp_jax.finetune import expand_codebook
 from gmp_jax.finetune import make_codebook_step
+from gmp_jax.finetune import per_leaf_codebook
 from gmp_jax.losses import cross_entropy_loss
 from gmp_jax.losses import distillation_loss
 from gmp_jax.losses import gmp_objective
@@ -74,6 +75,7 @@ __all__ = (
     'merge_components',
     'mixture_log_prob',
     'mse_loss',
+    'per_leaf_codebook',
     'prune_masks',
     'quantize',
     'save_compressed',

@@ -165,6 +165,36 @@ def codebook_from_quantized(params, mixture=None, *,
   return jnp.asarray(codebook), indices, mask
 
 
+def per_leaf_codebook(codebook: jax.Array, indices):
+  """One copy of the codebook per coded leaf: their values train apart.
+
+  Leaf l (in tree order) of L coded leaves reads entries
+  `l * K + 1 .. (l + 1) * K` of the returned (L K,) codebook, each starting
+  at the shared value. `expand_codebook` of the result gives the same tree;
+  fine-tuned, the gradient of entry l K + k sums over leaf l's weights
+  assigned to k only, so each layer gets its own K values (the file then
+  stores up to L K values instead of K).
+
+  Args:
+    codebook: (K,) shared values (`codebook_from_quantized`).
+    indices: the tree of assignments (0 = pruned).
+
+  Returns:
+    `(codebook, indices)`: the (L K,) codebook and the re-numbered
+    assignments (pruned weights stay 0).
+  """
+  _check_codebook(codebook)
+  k = int(jnp.shape(codebook)[0])
+  leaves, treedef = jax.tree.flatten(indices, is_leaf=_is_none)
+  coded = [i for i, leaf in enumerate(leaves) if leaf is not None]
+  out = list(leaves)
+  for copy, i in enumerate(coded):
+    out[i] = jnp.where(leaves[i] != 0, leaves[i] + copy * k, 0
+                       ).astype(jnp.int32)
+  return (jnp.tile(codebook, len(coded)),
+          jax.tree.unflatten(treedef, out))
+
+
 def _check_codebook(codebook) -> None:
   if jnp.ndim(codebook) != 1:
     raise ValueError(f'codebook must be 1-D, got shape {jnp.shape(codebook)}.')
@@ -332,4 +362,5 @@ __all__ = (
     'expand_codebook',
     'frozen_leaves',
     'make_codebook_step',
+    'per_leaf_codebook',
 )

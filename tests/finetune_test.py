@@ -112,6 +112,36 @@ def test_codebook_gradient_is_the_sum_of_per_weight_gradients():
                              rtol=1e-5)
 
 
+def test_per_leaf_codebook_gradient_is_the_per_leaf_sum():
+  _, _, q = _quantized()
+  x, labels = _batch()
+  shared, shared_indices, _ = finetune.codebook_from_quantized(q)
+  codebook, indices = finetune.per_leaf_codebook(shared, shared_indices)
+  k, leaves = shared.shape[0], len(jax.tree.leaves(q))
+  assert codebook.shape == (leaves * k,)
+  # The same tree, bit for bit, before any training.
+  for a, b in zip(jax.tree.leaves(finetune.expand_codebook(codebook, indices)),
+                  jax.tree.leaves(q)):
+    np.testing.assert_array_equal(np.asarray(a).view(np.uint32),
+                                  np.asarray(b).view(np.uint32))
+  got = np.asarray(jax.grad(_ce_loss)(codebook, indices, x, labels))
+  # Independent: NumPy per-weight gradients, summed per leaf and cluster.
+  _, grads = _np_forward_backward(q, x.astype(np.float64), labels)
+  want = []
+  for g, i in zip(jax.tree.leaves(grads), jax.tree.leaves(shared_indices)):
+    want.append(np.bincount(np.asarray(i).ravel(), weights=g.ravel(),
+                            minlength=k + 1)[1:])
+  np.testing.assert_allclose(got, np.concatenate(want), rtol=2e-4, atol=1e-6)
+  # Pruned weights keep index 0 in every leaf.
+  for a, b in zip(jax.tree.leaves(indices), jax.tree.leaves(shared_indices)):
+    np.testing.assert_array_equal(np.asarray(a) == 0, np.asarray(b) == 0)
+
+
+def test_per_leaf_codebook_rejects_a_matrix():
+  with pytest.raises(ValueError, match='1-D'):
+    finetune.per_leaf_codebook(jnp.ones((2, 2)), {'w': jnp.zeros(3, jnp.int32)})
+
+
 def test_codebook_gradient_matches_finite_differences():
   _, _, q = _quantized(seed=3)
   x, labels = _batch(seed=4)

@@ -20,6 +20,23 @@ def test_breakdown_of_a_smoke_run(tmp_path, capsys):
   assert stages['retrain']['compile'] > 0  # Compilation is its own section.
   assert out['total_s'] >= sum(r['wall'] for r in stages.values())
   assert '| retrain |' in capsys.readouterr().out
+  # One mark at the loop's start and one per epoch: 2 epochs, each timed.
+  for name in ('teacher', 'retrain'):
+    epochs = stages[name]['epoch_s']
+    assert len(epochs) == 2 and all(e > 0 for e in epochs), name
+    assert sum(epochs) <= stages[name]['wall']
+
+
+def test_against_reference_is_wall_over_steps_times_step_time():
+  rows = {'retrain': {'wall': 300.0, 'steps': 1000,
+                      'epoch_s': [40.0, 26.0, 28.0, 27.0]}}
+  before, after = {'ms_per_step': 240.0}, {'ms_per_step': 260.0}
+  ref = bench.against_reference(rows, before, after)
+  assert ref['ms_per_step'] == 250.0
+  assert abs(ref['retrain_ratio'] - 300.0 / (1000 * 0.25)) < 1e-12
+  # Epochs after the first (which compiles): median 27 s over 250 steps.
+  assert ref['median_epoch_s'] == 27.0
+  assert abs(ref['median_epoch_ratio'] - 27.0 / (250 * 0.25)) < 1e-12
 
 
 def test_hlo_census_counts_ops():
