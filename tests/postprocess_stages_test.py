@@ -116,6 +116,35 @@ def test_both_off(run, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_per_leaf_codebooks(run, tmp_path):
+  workdir, _ = run
+  copy = str(tmp_path / 'per_leaf')
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(os.path.join(copy, 'finetune'))
+  report = pipeline.train_and_evaluate(
+      _config(**{'postprocess.finetune_per_leaf': True}), copy)
+  pruned, tuned = _load(copy, 'postprocess'), _load(copy, 'finetune')
+  leaves_p, leaves_t = jax.tree.leaves(pruned), jax.tree.leaves(tuned)
+  record = json.load(open(pipeline.done_path(copy, 'finetune')))
+  k = len(set(np.concatenate([x[x != 0] for x in leaves_p]).tolist()))
+  assert len(record['codebook_after']) == k * len(leaves_p)
+  moved_apart = False
+  for p, t in zip(leaves_p, leaves_t):
+    np.testing.assert_array_equal(p != 0, t != 0)
+    # Within a leaf: one tuned value per pruned value, and back.
+    pairs = set(zip(p[p != 0].tolist(), t[t != 0].tolist()))
+    assert len(pairs) == len(set(p[p != 0].tolist())) == len(
+        set(t[t != 0].tolist()))
+    for value, tuned_value in pairs:
+      for p2, t2 in zip(leaves_p, leaves_t):
+        shared = t2[p2 == value]
+        moved_apart |= bool(shared.size and shared[0] != tuned_value)
+  assert moved_apart  # Some pruned value now differs between two leaves.
+  x, y = _test_set()
+  accuracy = float(np.mean(np.argmax(_logits(tuned, x), -1) == y))
+  assert accuracy == pytest.approx(report['table2']['finetuned'], abs=1e-9)
+
+
 def test_negative_epochs_are_rejected(tmp_path):
   with pytest.raises(ValueError, match='finetune_epochs'):
     pipeline.train_and_evaluate(
