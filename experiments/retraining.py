@@ -90,11 +90,16 @@ def hyperpriors(rc: ml_collections.ConfigDict) -> gmp_jax.Hyperpriors:
                              zero_beta=_pair(rc.get('zero_beta')))
 
 
+def stage_steps(epochs: int, num_examples: int, batch_size: int) -> int:
+  """Train steps in `epochs` epochs (each epoch's remainder is dropped)."""
+  return epochs * (num_examples // batch_size)
+
+
 def cosine_schedule(learning_rate: float, decay_to: float, *, epochs: int,
                     num_examples: int, batch_size: int) -> optax.Schedule:
   """Cosine decay from `learning_rate` to `decay_to * learning_rate` over
-  the `epochs * (num_examples // batch_size)` steps of a training stage."""
-  steps = epochs * (num_examples // batch_size)
+  the `stage_steps(epochs, num_examples, batch_size)` steps of a stage."""
+  steps = stage_steps(epochs, num_examples, batch_size)
   return optax.cosine_decay_schedule(learning_rate, max(steps, 1),
                                      alpha=decay_to)
 
@@ -126,8 +131,8 @@ def tau_schedule(rc: ml_collections.ConfigDict, num_examples: int
   if not (isinstance(warmup, int) and 0 < warmup <= rc.epochs):
     raise ValueError('retrain.tau_warmup_epochs must be None or an int in '
                      f'[1, retrain.epochs = {rc.epochs}], got {warmup!r}.')
-  steps = warmup * (num_examples // rc.batch_size)
-  return optax.linear_schedule(0.0, rc.tau, steps)
+  return optax.linear_schedule(
+      0.0, rc.tau, stage_steps(warmup, num_examples, rc.batch_size))
 
 
 def _optimizer(rc: ml_collections.ConfigDict, lr_weights: float,

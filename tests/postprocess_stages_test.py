@@ -99,14 +99,18 @@ def test_rerun_runs_nothing(run):
           for n in pipeline.STAGES} == before
 
 
+def _rerun_from_finetune(workdir, copy, **overrides):
+  """Copies a finished run and reruns it from the finetune stage on."""
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(os.path.join(copy, 'finetune'))
+  return pipeline.train_and_evaluate(_config(**overrides), copy)
+
+
 def test_both_off(run, tmp_path):
   workdir, report = run
   copy = str(tmp_path / 'off')
-  shutil.copytree(workdir, copy)
-  shutil.rmtree(os.path.join(copy, 'finetune'))
-  off = pipeline.train_and_evaluate(
-      _config(**{'postprocess.finetune_epochs': 0,
-                 'postprocess.cleanup': False}), copy)
+  off = _rerun_from_finetune(workdir, copy, **{
+      'postprocess.finetune_epochs': 0, 'postprocess.cleanup': False})
   assert 'finetuned' not in off['table2']
   assert off['table2']['pruned'] == report['table2']['pruned']
   assert off['cleanup']['skipped'] == 'disabled'
@@ -119,10 +123,8 @@ def test_both_off(run, tmp_path):
 def test_per_leaf_codebooks(run, tmp_path):
   workdir, _ = run
   copy = str(tmp_path / 'per_leaf')
-  shutil.copytree(workdir, copy)
-  shutil.rmtree(os.path.join(copy, 'finetune'))
-  report = pipeline.train_and_evaluate(
-      _config(**{'postprocess.finetune_per_leaf': True}), copy)
+  report = _rerun_from_finetune(workdir, copy,
+                                **{'postprocess.finetune_per_leaf': True})
   pruned, tuned = _load(copy, 'postprocess'), _load(copy, 'finetune')
   leaves_p, leaves_t = jax.tree.leaves(pruned), jax.tree.leaves(tuned)
   record = json.load(open(pipeline.done_path(copy, 'finetune')))
