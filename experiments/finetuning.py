@@ -1,21 +1,29 @@
-"""Codebook fine-tuning after quantisation (the pipeline's `finetune` stage).
+"""Fine-tuning after quantisation (the pipeline's `finetune` stage).
 
-With the pruning mask and every weight's cluster fixed, only the shared
-values are trained (`gmp_jax.make_codebook_step`), against the same data
-loss as end-to-end retraining: distillation on the teacher's logits plus
-the label cross-entropy, as weighted in `config.retrain`. The zero pattern
-and the number of distinct values do not change, so neither do the
-compressed file's position and index streams.
+The pruning mask stays fixed; `MODES` maps `postprocess.finetune_mode` to
+what is trained, against the same data loss as end-to-end retraining
+(distillation on the teacher's logits plus the label cross-entropy, as
+weighted in `config.retrain`):
+
+* ``'codebook'`` (default): only the shared values, every weight's cluster
+  fixed (`gmp_jax.make_codebook_step`). The file's position and index
+  streams do not change.
+* ``'straight_through'``: the shared values and a latent float per kept
+  weight, started from the retrained weights; each weight reads its nearest
+  shared value, so weights may change cluster
+  (`gmp_jax.make_straight_through_step`). Only the position stream is kept.
 
 Config (`config.postprocess`):
-  finetune_epochs: epochs of codebook training; None or 0 skips it.
-  finetune_learning_rate: Adam's learning rate for the codebook.
+  finetune_epochs: epochs of training; None or 0 skips it.
+  finetune_mode: a key of `MODES`; None = 'codebook'.
+  finetune_learning_rate: Adam's learning rate (codebook and latents).
   finetune_batch_size: None = `retrain.batch_size`.
   finetune_per_leaf: every coded leaf trains its own copy of the codebook.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -31,13 +39,18 @@ class CodebookTraining(NamedTuple):
   """What the finetune stage trains.
 
   Attributes:
-    state: the initial `gmp_jax.CodebookState`.
+    state: the initial state (`gmp_jax.CodebookState` or
+      `gmp_jax.StraightThroughState`).
     train_step: pure `(state, batch) -> (state, metrics)`.
     data: training arrays with a leading example axis.
+    params_of: `state -> params`, the quantised params tree of a state.
+    codebook_of: `state -> (n,) array`, every trained shared value.
   """
-  state: gmp_jax.CodebookState
+  state: Any
   train_step: Any
   data: dict[str, np.ndarray]
+  params_of: Callable[[Any], Any]
+  codebook_of: Callable[[Any], np.ndarray]
 
 
 def epochs(config: ml_collections.ConfigDict) -> int:
@@ -54,9 +67,75 @@ def batch_size(config: ml_collections.ConfigDict) -> int:
           or config.retrain.batch_size)
 
 
+def mode(config: ml_collections.ConfigDict) -> str:
+  """`postprocess.finetune_mode`, 'codebook' when unset."""
+  name = config.postprocess.get('finetune_mode') or 'codebook'
+  if name not in MODES:
+    raise ValueError(f'postprocess.finetune_mode must be one of '
+                     f'{sorted(MODES)}, got {name!r}.')
+  return name
+
+
+def _data(config, student_data, teacher_params):
+  rc = config.retrain
+  x, y = student_data
+  data = {'x': x}
+  if rc.distillation_weight > 0:
+    data['teacher_logits'] = retraining.teacher_logits(
+        config.model, teacher_params, x)
+  if rc.label_weight > 0 or 'teacher_logits' not in data:
+    data['label'] = y
+  return data
+
+
+def _loss_options(rc: ml_collections.ConfigDict) -> dict[str, Any]:
+  return dict(temperature=rc.temperature, distillation=rc.distillation,
+              distillation_weight=rc.distillation_weight,
+              label_weight=rc.label_weight)
+
+
+def _all_values(codebook) -> np.ndarray:
+  return np.concatenate([np.ravel(c) for c in
+                         jax.tree.leaves(jax.device_get(codebook))])
+
+
+def _codebook_mode(config, student, quantized, retrained, tx):
+  del retrained  # Assignments come from the quantised tree.
+  codebook, indices, _ = gmp_jax.codebook_from_quantized(quantized)
+  if config.postprocess.get('finetune_per_leaf'):
+    codebook, indices = gmp_jax.per_leaf_codebook(codebook, indices)
+  state = gmp_jax.create_codebook_state(codebook, indices, tx,
+                                        frozen=quantized)
+  step = gmp_jax.make_codebook_step(retraining.apply_fn(student), tx,
+                                    **_loss_options(config.retrain))
+  return state, step, params_of, lambda s: _all_values(s.codebook)
+
+
+def _straight_through_mode(config, student, quantized, retrained, tx):
+  codebook, _, mask = gmp_jax.codebook_from_quantized(quantized)
+  if config.postprocess.get('finetune_per_leaf'):
+    codebook = gmp_jax.per_leaf_codebooks(codebook, mask)
+  start = quantized if retrained is None else retrained
+  state = gmp_jax.create_straight_through_state(
+      gmp_jax.masked_latent(start, mask), codebook, mask, tx,
+      frozen=quantized)
+  step = gmp_jax.make_straight_through_step(retraining.apply_fn(student), tx,
+                                            **_loss_options(config.retrain))
+  return (state, step, gmp_jax.quantized_params,
+          lambda s: _all_values(s.codebook))
+
+
+# `postprocess.finetune_mode` -> `(config, student, quantized, retrained,
+# optimizer) -> (state, step, params_of, codebook_of)`.
+MODES = {
+    'codebook': _codebook_mode,
+    'straight_through': _straight_through_mode,
+}
+
+
 def setup(config: ml_collections.ConfigDict, student: str, quantized,
-          teacher_params, dataset) -> CodebookTraining:
-  """The codebook state, its pure step and the data it trains on.
+          teacher_params, dataset, retrained=None) -> CodebookTraining:
+  """The fine-tuning state, its pure step and the data it trains on.
 
   Args:
     config: the run's config.
@@ -64,47 +143,34 @@ def setup(config: ml_collections.ConfigDict, student: str, quantized,
     quantized: the quantised params (exact zeros are pruned).
     teacher_params: the teacher's params, for the distillation targets.
     dataset: the dataset dict (`'train'` split used).
+    retrained: the retrained (unquantised) params, where the
+      'straight_through' mode starts its latent weights; None starts them
+      at the quantised values.
   """
-  rc = config.retrain
-  x, y = dataset['train']
-  data = {'x': x}
-  if rc.distillation_weight > 0:
-    data['teacher_logits'] = retraining.teacher_logits(
-        config.model, teacher_params, x)
-  if rc.label_weight > 0 or 'teacher_logits' not in data:
-    data['label'] = y
   tx = optax.adam(config.postprocess.finetune_learning_rate)
-  codebook, indices, _ = gmp_jax.codebook_from_quantized(quantized)
-  if config.postprocess.get('finetune_per_leaf'):
-    codebook, indices = gmp_jax.per_leaf_codebook(codebook, indices)
-  state = gmp_jax.create_codebook_state(codebook, indices, tx,
-                                        frozen=quantized)
-  step = gmp_jax.make_codebook_step(
-      retraining.apply_fn(student), tx, temperature=rc.temperature,
-      distillation=rc.distillation,
-      distillation_weight=rc.distillation_weight,
-      label_weight=rc.label_weight)
-  return CodebookTraining(state, step, data)
+  state, step, params_fn, codebook_fn = MODES[mode(config)](
+      config, student, quantized, retrained, tx)
+  return CodebookTraining(state, step,
+                          _data(config, dataset['train'], teacher_params),
+                          params_fn, codebook_fn)
 
 
-def epoch_metrics(evaluate):
+def epoch_metrics(evaluate, params_fn=None):
   """`state -> {metric: float}` for the finetune stage's epoch ends.
 
-  `test_accuracy` and `test_cross_entropy` of the expanded codebook state;
-  `evaluate` is the run's `params -> {'accuracy', 'cross_entropy'}` (from
+  `test_accuracy` and `test_cross_entropy` of the state's quantised params
+  (`params_fn`, by default those of a codebook state); `evaluate` is the
+  run's `params -> {'accuracy', 'cross_entropy'}` (from
   `experiments.evaluation.TestSet.evaluator`), so no second program is built.
   """
+  params_fn = params_fn or params_of
   return lambda state: {f'test_{k}': v
-                        for k, v in evaluate(params_of(state)).items()}
+                        for k, v in evaluate(params_fn(state)).items()}
 
 
 def params_of(state: gmp_jax.CodebookState):
   """The params tree of a codebook state."""
   return gmp_jax.expand_codebook(state.codebook, state.indices, state.frozen)
-
-
-def host_params(state: gmp_jax.CodebookState):
-  return jax.device_get(params_of(state))
 
 
 def _measure(path: str, *, epochs: int, learning_rate: float,

@@ -223,7 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        ) -> dict[str, Any]:
   """Runs every stage; returns the report (also written to the workdir)."""
   retraining.check_config(config)
-  finetuning.epochs(config)  # Rejects a bad value before any training.
+  finetuning.epochs(config)  # Rejects bad values before any training.
+  finetuning.mode(config)
   runtime = distributed.make_runtime(config)
   if runtime is None or runtime.is_writer:
     os.makedirs(workdir, exist_ok=True)
@@ -408,19 +409,25 @@ def finetune(ctx: Context) -> Record:
     record['epochs'], record['skipped'] = 0, 'no non-zero weight'
   elif epochs:
     teacher_params, _ = _load(ctx.path('teacher', 'params.gmpz'))
+    mode = finetuning.mode(config)
+    retrained = (_retrained(ctx)[1] if mode == 'straight_through' else None)
     setup = ctx.timer.run('finetune', 'data', finetuning.setup, config,
-                          student, quantized, teacher_params, ctx.dataset)
+                          student, quantized, teacher_params, ctx.dataset,
+                          retrained)
     evaluate = ctx.evaluator(student)
+    start = evaluate(setup.params_of(setup.state))['accuracy']
     state = _train(ctx, 'finetune', setup.state, setup.train_step,
                    setup.data, epochs=epochs,
                    batch_size=finetuning.batch_size(config),
-                   eval_fn=finetuning.epoch_metrics(evaluate))
-    record['codebook_before'] = np.asarray(setup.state.codebook).tolist()
-    record['codebook_after'] = np.asarray(state.codebook).tolist()
-    quantized = finetuning.host_params(state)
+                   eval_fn=finetuning.epoch_metrics(evaluate, setup.params_of))
+    record['mode'] = mode
+    record['start_accuracy'] = start
+    record['codebook_before'] = setup.codebook_of(setup.state).tolist()
+    record['codebook_after'] = setup.codebook_of(state).tolist()
+    quantized = jax.device_get(setup.params_of(state))
     record['test_accuracy'] = evaluate(quantized)['accuracy']
-    monitor.log_info('finetune: %d epochs, test accuracy %.4f -> %.4f', epochs,
-                  pruned, record['test_accuracy'])
+    monitor.log_info('finetune (%s): %d epochs, test accuracy %.4f -> %.4f',
+                     mode, epochs, pruned, record['test_accuracy'])
   if ctx.is_writer:
     gmp_jax.save_compressed(ctx.path('finetune', 'quantized.gmpz'),
                             quantized, codebook_dtype='float32', metadata=meta)

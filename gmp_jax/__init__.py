@@ -3,7 +3,8 @@
 The pipeline, module by module: prior (Gaussian-mixture prior) -> losses
 (distillation, eq. 1 objective) -> optim (partitioned optax) -> train (pure
 steps, `compile_step`) -> quantize (merge, prune, quantise) -> finetune
-(train the shared values, assignment fixed) -> codec (compressed file) ->
+(train the shared values, assignment fixed; or straight_through: latent
+weights that may change cluster, mask fixed) -> codec (compressed file) ->
 report (Table 1 and true size). `fileio` holds the atomic writer every file
 goes through.
 """
@@ -34,6 +35,14 @@ from gmp_jax.quantize import merge_components
 from gmp_jax.quantize import prune_masks
 from gmp_jax.quantize import quantize
 from gmp_jax.report import compression_report
+from gmp_jax.straight_through import create_straight_through_state
+from gmp_jax.straight_through import make_straight_through_step
+from gmp_jax.straight_through import masked_latent
+from gmp_jax.straight_through import nearest_indices
+from gmp_jax.straight_through import per_leaf_codebooks
+from gmp_jax.straight_through import quantized_params
+from gmp_jax.straight_through import straight_through_params
+from gmp_jax.straight_through import StraightThroughState
 from gmp_jax.report import sparsity_table
 from gmp_jax.train import compile_step
 from gmp_jax.train import create_train_state
@@ -55,6 +64,7 @@ __all__ = (
     'compression_report',
     'CorruptFileError',
     'create_codebook_state',
+    'create_straight_through_state',
     'create_train_state',
     'cross_entropy_loss',
     'distillation_loss',
@@ -71,14 +81,21 @@ __all__ = (
     'make_codebook_step',
     'make_eval_step',
     'make_multi_step',
+    'make_straight_through_step',
     'make_train_step',
+    'masked_latent',
     'merge_components',
     'mixture_log_prob',
     'mse_loss',
+    'nearest_indices',
     'per_leaf_codebook',
+    'per_leaf_codebooks',
     'prune_masks',
     'quantize',
+    'quantized_params',
     'save_compressed',
     'sparsity_table',
+    'straight_through_params',
+    'StraightThroughState',
     'TrainState',
 )

@@ -286,6 +286,36 @@ def create_codebook_state(codebook: jax.Array, indices,
                        indices=indices, frozen=frozen)
 
 
+def data_loss(data_loss_fn: DataLossFn | None, *, temperature: float,
+              distillation: str, distillation_weight: float,
+              label_weight: float) -> DataLossFn:
+  """`data_loss_fn`, or the default data term (`train.default_data_loss`).
+
+  Raises:
+    ValueError: bad `distillation` or `temperature`.
+  """
+  if distillation not in ('mse', 'kl'):
+    raise ValueError(
+        f"distillation must be 'mse' or 'kl', got {distillation!r}.")
+  losses.check_temperature(temperature)
+  if data_loss_fn is not None:
+    return data_loss_fn
+  return train_lib.default_data_loss(
+      temperature=temperature, distillation=distillation,
+      distillation_weight=distillation_weight, label_weight=label_weight)
+
+
+def optimizer_step(optimizer: optax.GradientTransformation, grad, opt_state,
+                   params):
+  """`(params, opt_state)` after one optax update with `grad`."""
+  # optax relies on implicit promotion (Adam's bias correction raises a
+  # float to an int32 count): trace it under the standard rules so that
+  # the step also runs where promotion is 'strict'.
+  with jax.numpy_dtype_promotion('standard'):
+    updates, opt_state = optimizer.update(grad, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
 def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
                        optimizer: optax.GradientTransformation, *,
                        temperature: float = 1.0,
@@ -324,14 +354,9 @@ def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
   Raises:
     ValueError: bad `distillation` or `temperature`.
   """
-  if distillation not in ('mse', 'kl'):
-    raise ValueError(
-        f"distillation must be 'mse' or 'kl', got {distillation!r}.")
-  losses.check_temperature(temperature)
-  if data_loss_fn is None:
-    data_loss_fn = train_lib._default_data_loss(  # pylint: disable=protected-access
-        temperature=temperature, distillation=distillation,
-        distillation_weight=distillation_weight, label_weight=label_weight)
+  data_loss_fn = data_loss(
+      data_loss_fn, temperature=temperature, distillation=distillation,
+      distillation_weight=distillation_weight, label_weight=label_weight)
 
   def loss_fn(codebook, state, batch):
     params = expand_codebook(codebook, state.indices, state.frozen)
@@ -342,13 +367,8 @@ def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
 
   def codebook_step(state: CodebookState, batch: Batch):
     (_, metrics), grad = grad_fn(state.codebook, state, batch)
-    # optax relies on implicit promotion (Adam's bias correction raises a
-    # float to an int32 count): trace it under the standard rules so that
-    # the step also runs where promotion is 'strict'.
-    with jax.numpy_dtype_promotion('standard'):
-      updates, opt_state = optimizer.update(grad, state.opt_state,
-                                            state.codebook)
-    codebook = optax.apply_updates(state.codebook, updates)
+    codebook, opt_state = optimizer_step(optimizer, grad, state.opt_state,
+                                         state.codebook)
     return state._replace(step=state.step + 1, codebook=codebook,
                           opt_state=opt_state), metrics
 

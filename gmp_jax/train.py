@@ -215,8 +215,15 @@ def mixture_summary(mixture: prior_lib.GaussianMixture) -> dict[str, Any]:
           'mixing_proportions': mixture.mixing_proportions}
 
 
-def _default_data_loss(*, temperature, distillation, distillation_weight,
-                       label_weight) -> DataLossFn:
+def default_data_loss(*, temperature, distillation, distillation_weight,
+                      label_weight) -> DataLossFn:
+  """The data term of `make_train_step`: distillation and/or labels.
+
+  `(logits, batch) -> (loss, metrics)`: `distillation_weight` times the
+  'mse' (poster eq. 2) or 'kl' distillation term on `batch['teacher_logits']`
+  at `temperature`, plus the label cross-entropy on `batch['label']`
+  (weighted by `label_weight` next to a teacher, by 1 alone).
+  """
   distill_fn = {'mse': losses.distillation_loss,
                 'kl': losses.kl_distillation_loss}[distillation]
 
@@ -317,7 +324,7 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
     raise ValueError(f'tau must be >= 0, got {tau!r}.')
   tau_at = tau if callable(tau) else lambda step: tau
   if data_loss_fn is None:
-    data_loss_fn = _default_data_loss(
+    data_loss_fn = default_data_loss(
         temperature=temperature, distillation=distillation,
         distillation_weight=distillation_weight, label_weight=label_weight)
 

@@ -8,25 +8,13 @@ import pytest
 
 import gmp_jax
 from gmp_jax import finetune
+import helpers
 
-D_IN, D_HID, D_OUT, BATCH = 12, 9, 4, 32
-
-
-def _apply(params, x):
-  h = jax.nn.relu(x @ params['l1']['kernel'] + params['l1']['bias'][None])
-  return h @ params['l2']['kernel'] + params['l2']['bias'][None]
-
-
-def _params(seed=0):
-  rng = np.random.default_rng(seed)
-  return {'l1': {'kernel': jnp.asarray(rng.normal(0, .4, (D_IN, D_HID)),
-                                       jnp.float32),
-                 'bias': jnp.asarray(rng.normal(0, .1, (D_HID,)),
-                                     jnp.float32)},
-          'l2': {'kernel': jnp.asarray(rng.normal(0, .4, (D_HID, D_OUT)),
-                                       jnp.float32),
-                 'bias': jnp.asarray(rng.normal(0, .1, (D_OUT,)),
-                                     jnp.float32)}}
+D_IN, D_HID, D_OUT = helpers.MLP_DIMS
+BATCH = 32
+_apply = helpers.mlp_apply
+_params = helpers.mlp_params
+_np_forward_backward = helpers.np_mlp_forward_backward
 
 
 def _quantized(seed=0, num_components=5):
@@ -41,26 +29,6 @@ def _batch(seed=1):
   rng = np.random.default_rng(seed)
   x = rng.normal(0, 1, (BATCH, D_IN)).astype(np.float32)
   return x, rng.integers(0, D_OUT, BATCH)
-
-
-def _np_forward_backward(p, x, labels):
-  """Float64 NumPy cross-entropy and its per-weight gradients."""
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
-  z1 = x @ p['l1']['kernel'] + p['l1']['bias']
-  h = np.maximum(z1, 0)
-  z2 = h @ p['l2']['kernel'] + p['l2']['bias']
-  z2 = z2 - z2.max(-1, keepdims=True)
-  prob = np.exp(z2) / np.exp(z2).sum(-1, keepdims=True)
-  n = len(x)
-  loss = -np.mean(np.log(prob[np.arange(n), labels]))
-  dz2 = prob.copy()
-  dz2[np.arange(n), labels] -= 1
-  dz2 /= n
-  dh = dz2 @ p['l2']['kernel'].T
-  dz1 = dh * (z1 > 0)
-  grads = {'l1': {'kernel': x.T @ dz1, 'bias': dz1.sum(0)},
-           'l2': {'kernel': h.T @ dz2, 'bias': dz2.sum(0)}}
-  return loss, grads
 
 
 def _np_loss_of_codebook(codebook, indices, x, labels):

@@ -87,3 +87,45 @@ def override(config, **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+# A two-layer ReLU net small enough for float64 NumPy references.
+MLP_DIMS = (12, 9, 4)  # inputs, hidden units, outputs
+
+
+def mlp_apply(params, x):
+  h = jax.nn.relu(x @ params['l1']['kernel'] + params['l1']['bias'][None])
+  return h @ params['l2']['kernel'] + params['l2']['bias'][None]
+
+
+def mlp_params(seed=0):
+  d_in, d_hid, d_out = MLP_DIMS
+  rng = np.random.default_rng(seed)
+  return {'l1': {'kernel': jnp.asarray(rng.normal(0, .4, (d_in, d_hid)),
+                                       jnp.float32),
+                 'bias': jnp.asarray(rng.normal(0, .1, (d_hid,)),
+                                     jnp.float32)},
+          'l2': {'kernel': jnp.asarray(rng.normal(0, .4, (d_hid, d_out)),
+                                       jnp.float32),
+                 'bias': jnp.asarray(rng.normal(0, .1, (d_out,)),
+                                     jnp.float32)}}
+
+
+def np_mlp_forward_backward(p, x, labels):
+  """Float64 NumPy cross-entropy of `mlp_apply` and per-weight gradients."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  z1 = x @ p['l1']['kernel'] + p['l1']['bias']
+  h = np.maximum(z1, 0)
+  z2 = h @ p['l2']['kernel'] + p['l2']['bias']
+  z2 = z2 - z2.max(-1, keepdims=True)
+  prob = np.exp(z2) / np.exp(z2).sum(-1, keepdims=True)
+  n = len(x)
+  loss = -np.mean(np.log(prob[np.arange(n), labels]))
+  dz2 = prob.copy()
+  dz2[np.arange(n), labels] -= 1
+  dz2 /= n
+  dh = dz2 @ p['l2']['kernel'].T
+  dz1 = dh * (z1 > 0)
+  grads = {'l1': {'kernel': x.T @ dz1, 'bias': dz1.sum(0)},
+           'l2': {'kernel': h.T @ dz2, 'bias': dz2.sum(0)}}
+  return loss, grads

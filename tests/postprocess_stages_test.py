@@ -151,3 +151,48 @@ def test_negative_epochs_are_rejected(tmp_path):
   with pytest.raises(ValueError, match='finetune_epochs'):
     pipeline.train_and_evaluate(
         _config(**{'postprocess.finetune_epochs': -1}), str(tmp_path))
+
+
+def test_unknown_finetune_mode_is_rejected(tmp_path):
+  with pytest.raises(ValueError, match='finetune_mode'):
+    pipeline.train_and_evaluate(
+        _config(**{'postprocess.finetune_mode': 'everything'}), str(tmp_path))
+
+
+def test_straight_through_keeps_the_mask_and_reads_the_codebook(run,
+                                                                tmp_path):
+  workdir, _ = run
+  copy = str(tmp_path / 'straight_through')
+  report = _rerun_from_finetune(
+      workdir, copy, **{'postprocess.finetune_mode': 'straight_through',
+                        'postprocess.finetune_learning_rate': 3e-3})
+  pruned, tuned = _load(copy, 'postprocess'), _load(copy, 'finetune')
+  record = json.load(open(pipeline.done_path(copy, 'finetune')))
+  assert record['mode'] == 'straight_through'
+  codebook = np.asarray(record['codebook_after'])
+  all_p = np.concatenate([x.ravel() for x in jax.tree.leaves(pruned)])
+  all_t = np.concatenate([x.ravel() for x in jax.tree.leaves(tuned)])
+  np.testing.assert_array_equal(all_p != 0, all_t != 0)
+  # Every kept weight is a trained shared value, and its latent started at
+  # the retrained weight: independent of the stage, the nearest value of
+  # each retrained weight in the initial codebook is where it starts.
+  assert set(all_t[all_t != 0].tolist()) <= set(codebook.tolist())
+  retrained = gmp_jax.load_compressed(os.path.join(copy, 'retrain',
+                                                   'state.gmpz'))
+  start = np.asarray(record['codebook_before'])
+  kept = all_p != 0
+  w = np.concatenate([np.asarray(x).ravel() for x in
+                      jax.tree.leaves(retrained)])[kept]
+  nearest = start[np.argmin(np.abs(w[:, None] - start[None]), -1)]
+  x, y = _test_set()
+  flat = np.zeros_like(all_p)
+  flat[kept] = nearest
+  start_params = jax.tree.unflatten(jax.tree.structure(pruned), [
+      a.reshape(v.shape) for a, v in zip(
+          np.split(flat, np.cumsum([v.size for v in
+                                    jax.tree.leaves(pruned)])[:-1]),
+          jax.tree.leaves(pruned))])
+  start_accuracy = float(np.mean(np.argmax(_logits(start_params, x), -1) == y))
+  assert start_accuracy == pytest.approx(record['start_accuracy'], abs=1e-9)
+  accuracy = float(np.mean(np.argmax(_logits(tuned, x), -1) == y))
+  assert accuracy == pytest.approx(report['table2']['finetuned'], abs=1e-9)

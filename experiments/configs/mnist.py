@@ -97,6 +97,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # label-only epochs on the committed poster models gained 0.08-0.26
       # points (python -m experiments.finetuning results/*/model.gmpz).
       finetune_epochs=2,
+      # None ('codebook'): train the shared values, clusters fixed.
+      # 'straight_through': also a latent float per kept weight, started
+      # from the retrained weights, reading its nearest shared value (so
+      # weights may change cluster); the mask stays fixed.
+      finetune_mode=config_dict.placeholder(str),
       finetune_learning_rate=1e-4,
       finetune_batch_size=config_dict.placeholder(int),  # None = retrain's.
       # True: each coded leaf fine-tunes its own copy of the codebook
