@@ -54,6 +54,7 @@ import numpy as np
 
 import gmp_jax
 from gmp_jax import fileio
+from experiments import augment
 from experiments import cleanup as cleanup_lib
 from experiments import data as data_lib
 from experiments import distributed
@@ -225,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   retraining.check_config(config)
   finetuning.epochs(config)  # Rejects bad values before any training.
   finetuning.mode(config)
+  augment.max_shift(config)
   runtime = distributed.make_runtime(config)
   if runtime is None or runtime.is_writer:
     os.makedirs(workdir, exist_ok=True)
@@ -275,8 +277,22 @@ def _flat(params) -> np.ndarray:
 
 
 def _train(ctx: Context, name: str, state, train_step, data, *, epochs: int,
-           batch_size: int, eval_fn, summary_fn=None):
+           batch_size: int, eval_fn, summary_fn=None, teacher_params=None):
+  """Runs a training stage; `teacher_params` redo distillation targets.
+
+  With `data.augment_shift` the step sees shifted images
+  (`experiments.augment`), and batches' `teacher_logits` are recomputed
+  from them by the teacher (`teacher_params`, the teacher model's).
+  """
   config = ctx.config
+  teacher_fn = None
+  if teacher_params is not None:
+    teacher_apply = retraining.apply_fn(config.model)
+    teacher_fn = lambda x: teacher_apply(teacher_params, x)  # pylint: disable=unnecessary-lambda-assignment
+  train_step = augment.with_augmentation(
+      train_step, augment.max_shift(config),
+      seed=config.seed * len(STAGES) + list(STAGES).index(name),
+      teacher_fn=teacher_fn)
   if ctx.runtime is None:  # On a mesh the loop uploads each epoch's rows.
     data = ctx.timer.run(name, 'data', jax.device_put, data)
   return loop.train_loop(
@@ -356,7 +372,7 @@ def retrain(ctx: Context) -> Record:
                  eval_fn=evaluation.epoch_metrics(
                      ctx.evaluator(student), pruned=True,
                      raw=rc.get('eval_raw_each_epoch', False)),
-                 summary_fn=_mixture_summary)
+                 summary_fn=_mixture_summary, teacher_params=teacher_params)
   test = ctx.evaluator(student)(state.params)
   mixture = jax.device_get(state.mixture)
   _save_params(ctx, ctx.path('retrain', 'state.gmpz'), state.params,
@@ -419,7 +435,8 @@ def finetune(ctx: Context) -> Record:
     state = _train(ctx, 'finetune', setup.state, setup.train_step,
                    setup.data, epochs=epochs,
                    batch_size=finetuning.batch_size(config),
-                   eval_fn=finetuning.epoch_metrics(evaluate, setup.params_of))
+                   eval_fn=finetuning.epoch_metrics(evaluate, setup.params_of),
+                   teacher_params=teacher_params)
     record['mode'] = mode
     record['start_accuracy'] = start
     record['codebook_before'] = setup.codebook_of(setup.state).tolist()

@@ -196,3 +196,24 @@ def test_straight_through_keeps_the_mask_and_reads_the_codebook(run,
   assert start_accuracy == pytest.approx(record['start_accuracy'], abs=1e-9)
   accuracy = float(np.mean(np.argmax(_logits(tuned, x), -1) == y))
   assert accuracy == pytest.approx(report['table2']['finetuned'], abs=1e-9)
+
+
+def test_augmented_run_trains_on_shifted_images(run, tmp_path):
+  workdir, report = run
+  shifted = pipeline.train_and_evaluate(
+      _config(**{'data.augment_shift': 1}), str(tmp_path / 'shifted'))
+  assert shifted['config']['data']['augment_shift'] == 1
+  teacher = lambda w: json.load(open(pipeline.done_path(w, 'teacher')))
+  # Same seed and data: only the shifts make the teacher differ.
+  assert teacher(str(tmp_path / 'shifted'))['test_cross_entropy'] != teacher(
+      workdir)['test_cross_entropy']
+  x, y = _test_set()
+  stored = gmp_jax.load_compressed(str(tmp_path / 'shifted' / 'model.gmpz'))
+  accuracy = float(np.mean(np.argmax(_logits(stored, x), -1) == y))
+  assert accuracy == pytest.approx(shifted['table2']['finetuned'], abs=1e-9)
+
+
+def test_bad_augment_shift_is_rejected(tmp_path):
+  with pytest.raises(ValueError, match='augment_shift'):
+    pipeline.train_and_evaluate(_config(**{'data.augment_shift': -2}),
+                                str(tmp_path))

@@ -39,7 +39,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = dict(name='mnist', source='offline',
                      data_dir=config_dict.placeholder(str),
                      num_train=config_dict.placeholder(int),
-                     num_test=config_dict.placeholder(int))
+                     num_test=config_dict.placeholder(int),
+                     # None = off; s = every training step shifts each image
+                     # by a random offset in [-s, s]^2 pixels (zero-filled),
+                     # distillation targets recomputed on the shifted images
+                     # (experiments/augment.py). Evaluation never shifts.
+                     augment_shift=config_dict.placeholder(int))
 
   config.teacher = dict(
       epochs=12,  # ~1 min/epoch on 2 CPU cores.
