@@ -217,3 +217,24 @@ def test_bad_augment_shift_is_rejected(tmp_path):
   with pytest.raises(ValueError, match='augment_shift'):
     pipeline.train_and_evaluate(_config(**{'data.augment_shift': -2}),
                                 str(tmp_path))
+
+
+def test_straight_through_and_shifts_on_a_mesh_match_one_device(tmp_path):
+  if jax.device_count() < 4:
+    pytest.skip('needs 4 devices (conftest.py)')
+  overrides = {'postprocess.finetune_mode': 'straight_through',
+               'data.augment_shift': 1}
+  one = pipeline.train_and_evaluate(
+      _config(**overrides, **{'mesh.num_devices': 1}), str(tmp_path / 'one'))
+  fsdp = pipeline.train_and_evaluate(
+      _config(**overrides, **{'mesh.num_devices': 4, 'mesh.fsdp': True,
+                              'mesh.fsdp_min_size': 1}),
+      str(tmp_path / 'fsdp'))
+  assert fsdp['distributed'] == {'num_processes': 1, 'num_devices': 4}
+  for key, value in one['table2'].items():
+    assert fsdp['table2'][key] == pytest.approx(value, abs=0.01)
+  record = lambda w: json.load(open(pipeline.done_path(str(tmp_path / w),
+                                                       'finetune')))
+  assert record('fsdp')['mode'] == 'straight_through'
+  np.testing.assert_allclose(record('fsdp')['codebook_after'],
+                             record('one')['codebook_after'], atol=1e-5)
