@@ -5,10 +5,10 @@ what is trained, against the same data loss as end-to-end retraining
 (distillation on the teacher's logits plus the label cross-entropy, as
 weighted in `config.retrain`):
 
-* ``'codebook'`` (default): only the shared values, every weight's cluster
+* ``'codebook'``: only the shared values, every weight's cluster
   fixed (`gmp_jax.make_codebook_step`). The file's position and index
   streams do not change.
-* ``'straight_through'``: the shared values and a latent float per kept
+* ``'straight_through'`` (the configs' default): the shared values and a latent float per kept
   weight, started from the retrained weights; each weight reads its nearest
   shared value, so weights may change cluster
   (`gmp_jax.make_straight_through_step`). Only the position stream is kept.

@@ -19,6 +19,9 @@ from experiments import data as data_lib
 from experiments import monitor
 from experiments import models
 from experiments import pipeline
+from experiments import sweep
+from experiments.configs import lenet300 as lenet300_config
+from experiments.configs import lenet5 as lenet5_config
 from experiments.configs import mnist as mnist_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,3 +247,17 @@ def test_committed_result_reproduces_its_accuracy(name):
   table2 = report['table2']
   want = table2.get('finetuned', table2['pruned'])
   assert got['accuracy'] == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize('name, config_module', [
+    ('mnist', mnist_config), ('lenet5', lenet5_config),
+    ('lenet300', lenet300_config)])
+def test_committed_headline_runs_are_their_configs(name, config_module):
+  """results/<name> is what `--config=experiments/configs/<name>.py` runs.
+
+  Fields added since the run count as equal only while they are None.
+  """
+  report = json.load(open(os.path.join(REPO, 'results', name,
+                                       'report.json')))
+  current = json.loads(json.dumps(config_module.get_config().to_dict()))
+  assert sweep.same_config(report['config'], current)

@@ -22,6 +22,9 @@ def _config(**overrides):
   config.retrain.init_std = 0.05
   config.postprocess.finetune_epochs = 1
   config.postprocess.finetune_learning_rate = 1e-3
+  # The codebook mode's invariants are checked on the module's run; the
+  # straight-through tests (the configs' default) override it.
+  config.postprocess.finetune_mode = 'codebook'
   return helpers.override(config, **overrides)
 
 

@@ -14,7 +14,7 @@ Differences from the poster recipe: every training image shifted by up to
 2 pixels (data.augment_shift; the teacher then trains 30 epochs, not 12),
 tau 7.2e-2 (not 2e-2), the zero component's fixed mixing proportion 0.999
 (not 0.99), 60 retraining epochs (not 30), and 4 epochs of straight-through
-fine-tuning with one codebook per layer. `:smoke` shrinks it for tests.
+fine-tuning (not 2) with one codebook per layer. `:smoke` shrinks it for tests.
 """
 
 
@@ -30,7 +30,6 @@ def get_config(arg: str | None = None):
     config.retrain.tau = 7.2e-2
     config.retrain.zero_proportion = 0.999
     config.retrain.epochs = 60
-    config.postprocess.finetune_mode = 'straight_through'
     config.postprocess.finetune_epochs = 4
     config.postprocess.finetune_per_leaf = True
   return config
