@@ -28,10 +28,12 @@ import jax
 from jax import export
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gmp_jax
 from gmp_jax import train as train_lib
+from experiments import augment
 from experiments import models
 from experiments import retraining
 from experiments.configs import mnist as mnist_config
@@ -143,7 +145,19 @@ def _cases(apply_fn, params):
       return end_to_end(state, jax.tree.map(lambda a: a[idx], data))
     return jax.lax.scan(body, state, indices)
 
+  # The default finetune stage: straight-through steps on shifted images,
+  # the teacher's logits recomputed in the step.
+  mask = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+  st_tx = optax.adam(1e-4)
+  st_state = gmp_jax.create_straight_through_state(
+      params, jnp.linspace(-0.2, 0.2, 16), mask, st_tx)
+  st_step = augment.with_augmentation(
+      gmp_jax.make_straight_through_step(apply_fn, st_tx, temperature=4.0),
+      2, seed=0, teacher_fn=lambda x: apply_fn(params, x))
+
   return [
+      ('finetune_straight_through_shifted', st_step,
+       (st_state, _batch('x', 'label', 'teacher_logits'))),
       ('train_end_to_end', end_to_end,
        (state, _batch('x', 'label', 'teacher_logits'))),
       ('train_labels', labels_only, (state, _batch('x', 'label'))),
@@ -164,7 +178,7 @@ def cases(poster):
   return {name: (fn, args) for name, fn, args in _cases(*poster)}
 
 
-CASE_NAMES = ('train_end_to_end', 'train_labels', 'multi_step', 'scan_steps',
+CASE_NAMES = ('finetune_straight_through_shifted', 'train_end_to_end', 'train_labels', 'multi_step', 'scan_steps',
               'train_layerwise', 'quantize', 'assign', 'eval')
 
 
