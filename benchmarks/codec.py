@@ -3,6 +3,7 @@
   python -m benchmarks.codec                 # timings and the size report
   python -m benchmarks.codec --coders        # also compare entropy coders
   python -m benchmarks.codec --json out.json
+  python -m benchmarks.codec --large 10e6 50e6  # streaming at scale only
 
 The model is the poster's MNIST net in flax layout (642,460 parameters),
 quantised synthetically: each layer has 10 shared nonzero values with
@@ -17,6 +18,7 @@ import argparse
 import os
 import tempfile
 import time
+import tracemalloc
 
 import constriction
 import numpy as np
@@ -128,6 +130,61 @@ def compare_coders(params: dict) -> list[dict]:
   return rows
 
 
+def large_leaf(n: int, *, seed: int = 0) -> np.ndarray:
+  """One float32 (4096, n / 4096) leaf: 16 shared values, 95% zeros."""
+  rng = np.random.default_rng(seed)
+  values = rng.uniform(-0.3, 0.3, 16).astype(np.float32)
+  x = values[rng.integers(0, 16, (4096, max(1, n // 4096)), dtype=np.int8)]
+  x[rng.random(x.shape, np.float32) < 0.95] = 0
+  return x
+
+
+def _peak(fn) -> int:
+  """Peak bytes NumPy and Python allocate while `fn` runs (tracemalloc)."""
+  tracemalloc.start()
+  try:
+    fn()
+    return tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
+def scale(sizes: list[int]) -> list[dict]:
+  """Save / load speed and peak added memory on one large leaf per size.
+
+  Times are single runs (save: an atomic write with fsync to a temporary
+  directory); the peaks are measured in separate runs under tracemalloc,
+  relative to the leaf's bytes.
+  """
+  rows = []
+  for n in sizes:
+    x = large_leaf(n)
+    params = {'w': x}
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, 'model.gmp')
+      t0 = time.perf_counter()
+      size = codec.save_compressed(path, params)
+      t1 = time.perf_counter()
+      out = codec.load_compressed(path)
+      t2 = time.perf_counter()
+      assert out['w'].tobytes() == x.tobytes()
+      del out
+      save_peak = _peak(lambda: codec.save_compressed(path, params))
+      load_peak = _peak(lambda: codec.load_compressed(path))
+    row = {'weights': int(x.size), 'file_bytes': size,
+           'save_weights_per_s': x.size / (t1 - t0),
+           'load_weights_per_s': x.size / (t2 - t1),
+           'save_peak_over_leaf': save_peak / x.nbytes,
+           'load_peak_over_leaf': load_peak / x.nbytes}
+    rows.append(row)
+    print(f'{x.size / 1e6:.1f}M weights ({size:,} bytes): save '
+          f'{row["save_weights_per_s"] / 1e6:.1f} M/s, load '
+          f'{row["load_weights_per_s"] / 1e6:.1f} M/s; peak added memory: '
+          f'save {row["save_peak_over_leaf"]:.2f}x, load '
+          f'{row["load_peak_over_leaf"]:.2f}x the leaf')
+  return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
   """Runs the benchmark; prints and returns the results."""
   parser = argparse.ArgumentParser(prog='python -m benchmarks.codec')
@@ -135,7 +192,15 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--coders', action='store_true',
                       help='also compare entropy coders on the largest leaf')
   parser.add_argument('--json', metavar='OUT', help='write results as JSON')
+  parser.add_argument('--large', type=float, nargs='+', metavar='N',
+                      help='only the streaming benchmark: one leaf of about '
+                      'N weights each')
   args = parser.parse_args(argv)
+  if args.large:
+    results = {'scale': scale([int(n) for n in args.large])}
+    if args.json:
+      fileio.write_json_atomic(args.json, results)
+    return results
 
   params = poster_params()
   with tempfile.TemporaryDirectory() as tmp:

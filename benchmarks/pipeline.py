@@ -201,7 +201,8 @@ def hlo_census(text: str) -> dict[str, int]:
 def compare_loops(config, calls: int) -> dict[str, Any]:
   """Compile time and step time of the chunk programs; eval variants."""
   dataset = pipeline.load_data(config)
-  teacher = models.init_params(config.model, jax.random.key(config.seed))
+  teacher = models.init_params(config.model, jax.random.key(config.seed),
+                               dataset=config.data.name)
   setup = retraining.MODES[config.retrain.mode](config, teacher, dataset)
   data = jax.device_put(setup.data)
   n = len(dataset['train'][0])
@@ -209,7 +210,7 @@ def compare_loops(config, calls: int) -> dict[str, Any]:
   steps_per_epoch = n // batch
   params = retraining.initial_params(config, teacher)
   state0 = gmp_jax.create_train_state(
-      params, retraining.init_mixture(params, config.retrain),
+      params, retraining.initial_mixture(params, config.retrain),
       setup.optimizer)
   acc = loop._zero_acc(setup.train_step, state0, data)  # pylint: disable=protected-access
   order = jax.device_put(np.arange(steps_per_epoch * batch, dtype=np.int32)
@@ -251,11 +252,20 @@ def compare_loops(config, calls: int) -> dict[str, Any]:
   print(f'one-call epoch ({steps_per_epoch} steps, scan), lowered: '
         f"{out['epoch_scan_hlo']}", flush=True)
   x, y = dataset['test']
-  apply_fn = retraining.apply_fn(config.model)
+  apply_fn = retraining.apply_fn(config.model, config.data.name)
   host_step = gmp_jax.compile_step(gmp_jax.make_eval_step(apply_fn))
-  eval_variants = {
-      'host loop (gmp_jax.evaluate)': lambda p: gmp_jax.evaluate(
-          host_step, p, x, y, batch_size=config.eval_batch_size)}
+  b = config.eval_batch_size
+
+  def host_loop(p):  # The alternative to one program: a call per batch.
+    totals = None
+    for start in range(0, len(x), b):
+      part = host_step(p, {'x': x[start:start + b],
+                           'label': y[start:start + b]})
+      totals = part if totals is None else jax.tree.map(jnp.add, totals,
+                                                        part)
+    return {'accuracy': float(totals['correct']) / float(totals['count'])}
+
+  eval_variants = {'host loop (a call per batch)': host_loop}
   for kind in loop.KINDS:
     test = evaluation.TestSet(x, y, batch_size=config.eval_batch_size,
                               kind=kind)

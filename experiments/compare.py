@@ -13,6 +13,11 @@ storage count) and |W| / |W!=0|. A published figure sits in the column of
 what it counts: real bitstreams under CR_file, analytic counts under CR_Han.
 
 With run directories: the poster's Tables 1 and 2 beside each run.
+
+The nets, their display names, parameter counts, committed runs and
+published anchors come from the model registry
+(`experiments.registry.register_model`): every registered model with
+anchors gets its rows.
 """
 
 from __future__ import annotations
@@ -21,17 +26,22 @@ import json
 import os
 import sys
 
+from experiments import models
+from experiments import registry
+
 # The poster's Tables 1 and 2 (for comparison only; not computed here).
-POSTER = {'original': 0.9879, 'retrained': 0.9859, 'pruned': 0.9814,
-          'sparsity': 0.923}
+POSTER = models.POSTER_FIGURES
 
 
 def _pct(x, digits=2):
   return f'{100 * x:.{digits}f}%'
 
 
-def _final_accuracy(report) -> float:
-  """Test accuracy of the model in the compressed file."""
+def final_accuracy(report) -> float:
+  """Test accuracy of the model in the compressed file.
+
+  The fine-tuned model's when the run fine-tuned, else the pruned one's.
+  """
   t2 = report['table2']
   return t2.get('finetuned', t2['pruned'])
 
@@ -53,7 +63,7 @@ def table(run_dirs: list[str]) -> str:
       + [_pct(r['table2']['finetuned']) if 'finetuned' in r['table2']
          else 'not run' for r in reports],
       ['**Accuracy of the file**', _pct(POSTER['pruned'])]
-      + [f"**{_pct(_final_accuracy(r))}**" for r in reports],
+      + [f"**{_pct(final_accuracy(r))}**" for r in reports],
       ['Sparsity (total)', _pct(POSTER['sparsity'], 1)]
       + [_pct(r['table1'][-1]['sparsity']) for r in reports],
       ['Non-zero weights', f"{642460 - round(POSTER['sparsity'] * 642460):,}"
@@ -79,46 +89,21 @@ def table(run_dirs: list[str]) -> str:
   return '\n'.join(lines)
 
 
-# Published anchors (Ullrich et al. 2017, Table 1; Oktay et al. 2020;
-# Louizos et al. 2017; Havasi et al. 2019; the poster; the Keras tutorial of
-# soft weight-sharing). `counts` says what the compression figure counts and
-# so which of our columns it belongs to: 'file' -> CR_file, 'analytic' ->
-# CR_Han, 'sparsity' -> |W| / |W!=0|.
-ANCHORS = {
-    'lenet300': [
-        dict(method='SWS (Ullrich et al. 2017)', error=0.0194,
-             compression=64, counts='analytic', note='Han-style'),
-        dict(method='EPR (Oktay et al. 2020)', error=0.019, compression=124,
-             counts='file', file='8.56 KB', note='real bitstream'),
-    ],
-    'lenet5': [
-        dict(method='SWS (Ullrich et al. 2017)', error=0.0097,
-             compression=162, counts='analytic', note='Han-style'),
-        dict(method='Bayesian Compression (Louizos et al. 2017)',
-             error=0.010, compression=419, counts='analytic',
-             note='analytic'),
-        dict(method='EPR (Oktay et al. 2020)', error=0.010, compression=606,
-             counts='file', file='2.84 KB', note='real bitstream'),
-        dict(method='MIRACLE (Havasi et al. 2019)', error=0.0096,
-             compression=1110, counts='file', file='1.52 kB',
-             note='encoded length'),
-    ],
-    'poster': [
-        dict(method='SWS poster (Ullrich et al.)',
-             error=1 - POSTER['pruned'],
-             error_reference=1 - POSTER['original'],
-             compression=1 / (1 - POSTER['sparsity']), counts='sparsity',
-             note='non-zero count'),
-        dict(method='SWS Keras tutorial', error=1 - 0.9902,
-             compression=1 / 0.0743, counts='sparsity',
-             note='non-zero count'),
-    ],
-}
-NETS = {
-    'lenet300': ('LeNet-300-100', 266_610, 'results/lenet300'),
-    'lenet5': ('LeNet-5-Caffe', 431_080, 'results/lenet5'),
-    'poster': ('Poster net', 642_460, 'results/mnist'),
-}
+def nets() -> dict[str, registry.ModelEntry]:
+  """`{net: model entry}` of every registered model with anchors.
+
+  The key is the entry's `benchmark` name (``'lenet300'``, ``'lenet5'``,
+  ``'poster'``), in registration order.
+  """
+  return registry.benchmark_models()
+
+
+def anchors(net: str) -> list[dict]:
+  """The published anchors of a net as dicts (`registry.Anchor` fields)."""
+  entry = nets().get(net)
+  return [] if entry is None else [a.as_dict() for a in entry.anchors]
+
+
 COLUMNS = {'file': 'cr_file', 'analytic': 'cr_han', 'sparsity': 'sparsity'}
 
 
@@ -128,10 +113,11 @@ def _x(value) -> str:
 
 def literature_rows(net: str, run_dir: str | None) -> list[list[str]]:
   """Table rows of one net: its anchors, then our run (or 'not run')."""
-  name, params, default_dir = NETS[net]
-  run_dir = default_dir if run_dir is None else run_dir
+  entry = nets()[net]
+  name, params = entry.display_name, entry.parameters
+  run_dir = entry.results_dir if run_dir is None else run_dir
   rows = []
-  for a in ANCHORS[net]:
+  for a in anchors(net):
     cells = {'cr_file': 'n/a', 'cr_han': 'n/a', 'sparsity': 'n/a'}
     cells[COLUMNS[a['counts']]] = _x(a['compression'])
     reference = a.get('error_reference')
@@ -141,19 +127,19 @@ def literature_rows(net: str, run_dir: str | None) -> list[list[str]]:
                  cells['cr_file'], cells['cr_han'], cells['sparsity'],
                  a.get('file', 'n/a'),
                  a['note']])
-  path = os.path.join(run_dir, 'report.json')
-  if not os.path.exists(path):
-    rows.append([name, f'gmp_jax (`{run_dir}`)', 'not run', 'not run',
-                 'n/a', 'n/a', 'n/a', 'n/a', ''])
+  path = None if run_dir is None else os.path.join(run_dir, 'report.json')
+  if path is None or not os.path.exists(path):
+    rows.append([name, f'gmp_jax (`{run_dir or "no committed run"}`)',
+                 'not run', 'not run', 'n/a', 'n/a', 'n/a', 'n/a', ''])
     return rows
   with open(path) as f:
     r = json.load(f)
   n = r['table1'][-1]['parameters']
-  if n != params:
+  if params is not None and n != params:
     raise ValueError(f'{path}: {n:,} parameters, {name} has {params:,}.')
   rows.append([
       name, f'**gmp_jax** (`{run_dir}`)', _pct(1 - r['table2']['original']),
-      f"**{_pct(1 - _final_accuracy(r))}**", f"**{_x(r['cr_file'])}**",
+      f"**{_pct(1 - final_accuracy(r))}**", f"**{_x(r['cr_file'])}**",
       _x(r['cr_han']), _x(1 / r['nonzero_fraction']),
       f"{r['file_bytes']:,} B", 'real file; all three counts'])
   return rows
@@ -163,22 +149,23 @@ def literature_table(run_dirs: dict[str, str] | None = None) -> str:
   """The anchors of issue-style benchmarks beside our committed runs.
 
   Args:
-    run_dirs: `{net: directory}` overriding `NETS`' defaults, for nets in
-      'lenet300', 'lenet5', 'poster'.
+    run_dirs: `{net: directory}` overriding the committed runs of the
+      registry, for nets of `nets()` ('lenet300', 'lenet5', 'poster').
 
   Returns:
     A Markdown table.
   """
   run_dirs = dict(run_dirs or {})
-  unknown = set(run_dirs) - set(NETS)
+  known = nets()
+  unknown = set(run_dirs) - set(known)
   if unknown:
-    raise ValueError(f'unknown nets {sorted(unknown)}; expected {list(NETS)}')
+    raise ValueError(f'unknown nets {sorted(unknown)}; expected {list(known)}')
   head = ['Net', 'Method', 'Error (uncompressed)', 'Error (compressed)',
           'CR_file (real bytes)', 'CR_Han (analytic)',
           '\\|W\\| / \\|W≠0\\|', 'File', 'Published figure counts']
   lines = ['| ' + ' | '.join(head) + ' |',
            '|---|---|' + '---:|' * (len(head) - 3) + '---|']
-  for net in NETS:
+  for net in known:
     lines += ['| ' + ' | '.join(row) + ' |'
               for row in literature_rows(net, run_dirs.get(net))]
   return '\n'.join(lines)

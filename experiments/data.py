@@ -1,5 +1,9 @@
 """Datasets for the experiments: MNIST, Fashion-MNIST and a synthetic stand-in.
 
+Both are registered in `experiments.registry` (input shape, 10 classes); a
+new dataset plugs in with `registry.register_dataset(name, loader, ...)`
+and is loaded by name with `load_dataset`.
+
 Every source returns the same NumPy layout::
 
     {'train': (x, y), 'test': (x, y)}
@@ -34,6 +38,7 @@ from absl import logging
 import numpy as np
 
 from experiments import mnist_offline
+from experiments import registry
 # The errors live with the lowest module that raises them.
 from experiments.mnist_offline import CorruptCacheError  # pylint: disable=unused-import
 from experiments.mnist_offline import DataError
@@ -41,6 +46,8 @@ from experiments.mnist_offline import DataError
 Split = tuple[np.ndarray, np.ndarray]
 Dataset = dict[str, Split]
 
+# The built-in datasets (`registry.DATASETS` lists every registered one),
+# their sources, and the shape of their examples.
 DATASETS = ('mnist', 'fashion_mnist')
 SOURCES = ('offline', 'tfds', 'random')
 NUM_CLASSES = 10
@@ -71,8 +78,11 @@ def load_dataset(name: str = 'mnist', *, source: str = 'offline',
   """Loads a dataset as NumPy arrays.
 
   Args:
-    name: ``'mnist'`` or ``'fashion_mnist'`` (``'fashion-mnist'`` also works).
-    source: ``'offline'``, ``'tfds'`` or ``'random'`` (see module docstring).
+    name: ``'mnist'``, ``'fashion_mnist'`` (``'fashion-mnist'`` also works)
+      or any name given to `registry.register_dataset`, whose loader then
+      gets the arguments below.
+    source: ``'offline'``, ``'tfds'`` or ``'random'`` (see module docstring;
+      a registered dataset names its own).
     data_dir: for ``'offline'``, the cache dir (default ``$GMP_JAX_DATA_DIR``,
       else ``~/.cache/gmp_jax``); Fashion-MNIST IDX files are looked up in
       ``data_dir/fashion-mnist`` before the Debian location. For ``'tfds'``,
@@ -93,24 +103,44 @@ def load_dataset(name: str = 'mnist', *, source: str = 'offline',
     ValueError: unknown ``name`` or ``source``.
     DataError: the data cannot be found, fetched or verified.
   """
-  name = _canonical_name(name)
-  if source not in SOURCES:
-    raise ValueError(f'Unknown data source {source!r}; expected one of '
-                     f'{SOURCES}.')
-  if source == 'random':
-    return random_dataset(num_train=2048 if num_train is None else num_train,
-                          num_test=512 if num_test is None else num_test,
-                          seed=seed)
-  if source == 'tfds':
-    raw = _load_tfds(name, data_dir=data_dir, download=download)
-  elif name == 'mnist':
-    raw = _load_mnist_offline(data_dir=data_dir, download=download)
-  else:
-    raw = _load_fashion_mnist_idx(data_dir=data_dir)
-  return {
-      'train': _to_float(raw['x_train'], raw['y_train'], num_train),
-      'test': _to_float(raw['x_test'], raw['y_test'], num_test),
-  }
+  entry = registry.dataset(name)
+  if source not in entry.sources:
+    raise ValueError(f'Unknown data source {source!r} for {entry.name!r}; '
+                     f'expected one of {entry.sources}.')
+  return entry.loader(source=source, data_dir=data_dir, download=download,
+                      num_train=num_train, num_test=num_test, seed=seed)
+
+
+def _image_loader(name: str):
+  """The loader of a built-in image dataset (see `load_dataset`)."""
+
+  def load(*, source, data_dir, download, num_train, num_test, seed
+           ) -> Dataset:
+    if source == 'random':
+      return random_dataset(
+          num_train=2048 if num_train is None else num_train,
+          num_test=512 if num_test is None else num_test, seed=seed)
+    if source == 'tfds':
+      raw = _load_tfds(name, data_dir=data_dir, download=download)
+    elif name == 'mnist':
+      raw = _load_mnist_offline(data_dir=data_dir, download=download)
+    else:
+      raw = _load_fashion_mnist_idx(data_dir=data_dir)
+    return {
+        'train': _to_float(raw['x_train'], raw['y_train'], num_train),
+        'test': _to_float(raw['x_test'], raw['y_test'], num_test),
+    }
+
+  return load
+
+
+registry.register_dataset(
+    'mnist', _image_loader('mnist'), input_shape=IMAGE_SHAPE,
+    num_classes=NUM_CLASSES, display_name='MNIST', sources=SOURCES)
+registry.register_dataset(
+    'fashion_mnist', _image_loader('fashion_mnist'), input_shape=IMAGE_SHAPE,
+    num_classes=NUM_CLASSES, display_name='Fashion-MNIST', sources=SOURCES)
+register_dataset = registry.register_dataset
 
 
 def default_data_dir() -> str:
@@ -240,9 +270,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _canonical_name(name: str) -> str:
-  canonical = str(name).lower().replace('-', '_')
+  """The built-in dataset `name` means (ValueError: not a built-in)."""
+  canonical = registry.DATASETS.name_of(name)
   if canonical not in DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; expected one of {DATASETS}.')
+    raise ValueError(f'{name!r} is not a built-in dataset; expected one of '
+                     f'{DATASETS}.')
   return canonical
 
 

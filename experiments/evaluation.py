@@ -1,13 +1,10 @@
-"""Test-set evaluation as one compiled call over a device-resident test set.
+"""The pipeline's test set, held on the device, evaluated by `gmp_jax.evaluate`.
 
-`TestSet.evaluator` compiles `params -> sums` once per model; `epoch_metrics`
-builds a training stage's per-epoch test metrics from it. `TestSet.totals`
-sums `gmp_jax.make_eval_step` over the test set inside one program, the
-batches in a `lax.map` ('scan', the pipeline's choice on every backend: on
-the 2-core CPU the poster network's 10,000 test images took 0.80 s, against
-1.01 s as straight-line code and 1.12 s as a host loop of per-batch calls;
-`python -m benchmarks.pipeline --loops`) or unrolled ('unroll', whose sums
-are added batch by batch in order, as `gmp_jax.evaluate` does).
+`TestSet.evaluator` gives `params -> {'accuracy', 'cross_entropy'}`, one
+compiled call of `gmp_jax.evaluate` (the batches in a `lax.map` for 'scan',
+the pipeline's choice on every backend, or unrolled for 'unroll'), compiled
+once per model; `epoch_metrics` builds a training stage's per-epoch test
+metrics from it.
 """
 
 from __future__ import annotations
@@ -21,8 +18,6 @@ import numpy as np
 
 import gmp_jax
 from experiments import loop
-
-Totals = dict[str, jax.Array]  # 'correct', 'cross_entropy_sum', 'count'
 
 
 class TestSet:
@@ -53,54 +48,16 @@ class TestSet:
     self.batch_size = int(batch_size)
     self.kind = kind
 
-  def totals(self, eval_step: Callable[..., Totals], params, x, labels
-             ) -> Totals:
-    """Sums of `eval_step(params, batch)` over the batches (traceable).
-
-    `x` and `labels` are this set's arrays, passed in as arguments so that
-    a jitted caller does not embed them in its program as constants.
-    """
-    n, b = x.shape[0], self.batch_size
-    full = n // b
-    parts = []
-    if full and self.kind == 'scan':
-      xs = x[:full * b].reshape(full, b, *x.shape[1:])
-      ys = labels[:full * b].reshape(full, b)
-      per_batch = jax.lax.map(
-          lambda xy: eval_step(params, {'x': xy[0], 'label': xy[1]}),
-          (xs, ys))
-      parts.append(jax.tree.map(lambda a: jnp.sum(a, axis=0), per_batch))
-    else:
-      parts += [eval_step(params, {'x': x[i * b:(i + 1) * b],
-                                   'label': labels[i * b:(i + 1) * b]})
-                for i in range(full)]
-    if n % b:
-      parts.append(eval_step(params, {'x': x[full * b:],
-                                      'label': labels[full * b:]}))
-    totals = parts[0]
-    for part in parts[1:]:
-      totals = jax.tree.map(jnp.add, totals, part)
-    return totals
-
   def evaluator(self, apply_fn: Callable[[Any, Any], Any]):
     """`params -> {'accuracy', 'cross_entropy'}` (host floats)."""
     eval_step = gmp_jax.make_eval_step(apply_fn)
-    compiled = gmp_jax.compile_step(
-        lambda params, x, labels: self.totals(eval_step, params, x, labels))
 
     def evaluate(params) -> dict[str, float]:
-      totals = jax.device_get(compiled(self.place(params), self.x,
-                                       self.labels))
-      return summarize(totals)
+      return gmp_jax.evaluate(eval_step, self.place(params), self.x,
+                              self.labels, batch_size=self.batch_size,
+                              kind=self.kind)
 
     return evaluate
-
-
-def summarize(totals: Totals) -> dict[str, float]:
-  """Accuracy and mean cross-entropy from the sums (host floats)."""
-  count = float(totals['count'])
-  return {'accuracy': float(totals['correct']) / count,
-          'cross_entropy': float(totals['cross_entropy_sum']) / count}
 
 
 def epoch_metrics(evaluate: Callable[[Any], dict[str, float]], *,

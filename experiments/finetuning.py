@@ -43,7 +43,8 @@ class CodebookTraining(NamedTuple):
       `gmp_jax.StraightThroughState`).
     train_step: pure `(state, batch) -> (state, metrics)`.
     data: training arrays with a leading example axis.
-    params_of: `state -> params`, the quantised params tree of a state.
+    params_of: `state -> params`, the quantised params tree of a state
+      (`gmp_jax.quantized_params`, i.e. `state.quantized_params()`).
     codebook_of: `state -> (n,) array`, every trained shared value.
   """
   state: Any
@@ -88,10 +89,11 @@ def _data(config, student_data, teacher_params):
   return data
 
 
-def _loss_options(rc: ml_collections.ConfigDict) -> dict[str, Any]:
-  return dict(temperature=rc.temperature, distillation=rc.distillation,
-              distillation_weight=rc.distillation_weight,
-              label_weight=rc.label_weight)
+def _loss_options(rc: ml_collections.ConfigDict) -> gmp_jax.LossOptions:
+  return gmp_jax.LossOptions(temperature=rc.temperature,
+                             distillation=rc.distillation,
+                             distillation_weight=rc.distillation_weight,
+                             label_weight=rc.label_weight)
 
 
 def _all_values(codebook) -> np.ndarray:
@@ -103,24 +105,25 @@ def _codebook_mode(config, student, quantized, retrained, tx):
   del retrained  # Assignments come from the quantised tree.
   codebook, indices, _ = gmp_jax.codebook_from_quantized(quantized)
   if config.postprocess.get('finetune_per_leaf'):
-    codebook, indices = gmp_jax.per_leaf_codebook(codebook, indices)
+    codebook, indices = gmp_jax.tiled_per_leaf_codebook(codebook, indices)
   state = gmp_jax.create_codebook_state(codebook, indices, tx,
                                         frozen=quantized)
   step = gmp_jax.make_codebook_step(retraining.apply_fn(student), tx,
-                                    **_loss_options(config.retrain))
-  return state, step, params_of, lambda s: _all_values(s.codebook)
+                                    loss=_loss_options(config.retrain))
+  return (state, step, gmp_jax.quantized_params,
+          lambda s: _all_values(s.codebook))
 
 
 def _straight_through_mode(config, student, quantized, retrained, tx):
   codebook, _, mask = gmp_jax.codebook_from_quantized(quantized)
   if config.postprocess.get('finetune_per_leaf'):
-    codebook = gmp_jax.per_leaf_codebooks(codebook, mask)
+    codebook = gmp_jax.per_leaf_codebook_tree(codebook, mask)
   start = quantized if retrained is None else retrained
   state = gmp_jax.create_straight_through_state(
       gmp_jax.masked_latent(start, mask), codebook, mask, tx,
       frozen=quantized)
-  step = gmp_jax.make_straight_through_step(retraining.apply_fn(student), tx,
-                                            **_loss_options(config.retrain))
+  step = gmp_jax.make_straight_through_step(
+      retraining.apply_fn(student), tx, loss=_loss_options(config.retrain))
   return (state, step, gmp_jax.quantized_params,
           lambda s: _all_values(s.codebook))
 
@@ -159,18 +162,13 @@ def epoch_metrics(evaluate, params_fn=None):
   """`state -> {metric: float}` for the finetune stage's epoch ends.
 
   `test_accuracy` and `test_cross_entropy` of the state's quantised params
-  (`params_fn`, by default those of a codebook state); `evaluate` is the
+  (`params_fn`, by default `gmp_jax.quantized_params`); `evaluate` is the
   run's `params -> {'accuracy', 'cross_entropy'}` (from
   `experiments.evaluation.TestSet.evaluator`), so no second program is built.
   """
-  params_fn = params_fn or params_of
+  params_fn = params_fn or gmp_jax.quantized_params
   return lambda state: {f'test_{k}': v
                         for k, v in evaluate(params_fn(state)).items()}
-
-
-def params_of(state: gmp_jax.CodebookState):
-  """The params tree of a codebook state."""
-  return gmp_jax.expand_codebook(state.codebook, state.indices, state.frozen)
 
 
 def _measure(path: str, *, epochs: int, learning_rate: float,
@@ -179,34 +177,46 @@ def _measure(path: str, *, epochs: int, learning_rate: float,
 
   A committed run keeps no teacher, so this measures what the shared values
   alone recover against the labels (cross-entropy); the pipeline's stage
-  also distils from the teacher.
+  also distils from the teacher. The steps run in `loop.train_loop`, the
+  test set through `gmp_jax.evaluate`.
   """
-  from experiments import data as data_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import os
+  import tempfile
+  from experiments import data as data_lib
+  from experiments import loop
+  from experiments import monitor
+  # pylint: enable=import-outside-toplevel
   params, metadata = gmp_jax.load_compressed(path, with_metadata=True)
   student = (metadata or {}).get('model', 'poster')
   dataset = data_lib.load_dataset('mnist', download=False)
   (x, y), (xt, yt) = dataset['train'], dataset['test']
-  eval_step = gmp_jax.compile_step(gmp_jax.make_eval_step(
-      retraining.apply_fn(student)))
+  apply_fn = retraining.apply_fn(student)
+  eval_step = gmp_jax.make_eval_step(apply_fn)
+  evaluate = lambda p: gmp_jax.evaluate(eval_step, p, xt, yt)
   tx = optax.adam(learning_rate)
   codebook, indices, _ = gmp_jax.codebook_from_quantized(params)
   state = gmp_jax.create_codebook_state(codebook, indices, tx, frozen=params)
-  step = gmp_jax.make_codebook_step(retraining.apply_fn(student), tx)
-  multi = gmp_jax.compile_step(gmp_jax.make_multi_step(step))
-  data = jax.device_put({'x': x, 'label': y})
-  rows = [{'epoch': 0, **gmp_jax.evaluate(eval_step, params, xt, yt)}]
-  per_call = 5
-  for epoch in range(epochs):
-    order = np.random.default_rng([seed, epoch]).permutation(len(x))
-    steps = len(x) // batch_size
-    order = order[:steps * batch_size].reshape(steps, batch_size)
-    for start in range(0, steps - steps % per_call, per_call):
-      state, _ = multi(state, data, order[start:start + per_call])
-    rows.append({'epoch': epoch + 1,
-                 **gmp_jax.evaluate(eval_step, params_of(state), xt, yt)})
-    print(f"{path}: epoch {epoch + 1}: test accuracy "
-          f"{rows[-1]['accuracy']:.4f} (before {rows[0]['accuracy']:.4f})",
-          flush=True)
+  step = gmp_jax.make_codebook_step(apply_fn, tx)
+  before = evaluate(params)
+  rows = [{'epoch': 0, **before}]
+  with tempfile.TemporaryDirectory(prefix='gmp_jax_finetuning_') as tmp:
+    log = monitor.MetricsLog(tmp)
+    loop.train_loop(
+        stage='finetune', state=state, train_step=step,
+        data=jax.device_put({'x': x, 'label': y}), num_epochs=epochs,
+        batch_size=batch_size, seed=[seed],
+        checkpoint_dir=os.path.join(tmp, 'checkpoints'),
+        options=loop.LoopOptions(kind=loop.default_kind(),
+                                 checkpoint_interval_s=float('inf')),
+        log=log, eval_fn=epoch_metrics(evaluate))
+    for record in log.records():
+      rows.append({'epoch': record['epoch'],
+                   'accuracy': record['test_accuracy'],
+                   'cross_entropy': record['test_cross_entropy']})
+      print(f"{path}: epoch {record['epoch']}: test accuracy "
+            f"{record['test_accuracy']:.4f} (before "
+            f"{before['accuracy']:.4f})", flush=True)
   return rows
 
 

@@ -3,10 +3,10 @@
 `train_loop` trains a `gmp_jax.TrainState` for a number of epochs on a
 dataset held on the device, and keeps the device busy:
 
-* Steps run in compiled chunks (`LoopOptions`): on CPU a few steps unrolled
-  into one program (XLA:CPU runs a loop body's convolutions several times
-  slower than straight-line code), on GPU and TPU a whole epoch as one
-  `lax.scan`. Each call draws its batches on the device from the epoch's
+* Steps run in compiled chunks (`LoopOptions`, `gmp_jax.make_multi_step`):
+  on CPU a few steps unrolled into one program (XLA:CPU runs a loop body's
+  convolutions several times slower than straight-line code), on GPU and
+  TPU a whole epoch as one `lax.scan`. Each call draws its batches on the device from the epoch's
   permutation, which is uploaded once per epoch.
 * Metrics are summed on the device and come to the host once per epoch (or
   every `log_every_steps`); with them comes a device-side record of the
@@ -48,7 +48,7 @@ from experiments import data as data_lib
 from experiments import distributed
 from experiments import monitor
 
-KINDS = ('unroll', 'scan')
+KINDS = ('unroll', 'scan')  # `gmp_jax.make_multi_step`'s kinds.
 # Steps per call of an unrolled chunk (the CPU default): 5 steps per call
 # ran 7% faster per step than 2 and 16% faster than 1 (BUILD_NOTES, issue
 # 13). `unroll_steps` takes the nearest of these that divides the epoch,
@@ -124,26 +124,6 @@ def unroll_steps(steps_per_epoch: int) -> int:
   return UNROLL_STEPS
 
 
-def multi_step(train_step: Callable[..., Any], kind: str):
-  """Pure `(state, data, indices) -> (state, stacked metrics)`.
-
-  'unroll' is `gmp_jax.make_multi_step`; 'scan' runs the same steps in a
-  `lax.scan` over the rows of `indices`.
-  """
-  if kind == 'unroll':
-    return gmp_jax.make_multi_step(train_step)
-  if kind != 'scan':
-    raise ValueError(f'loop kind must be one of {KINDS}, got {kind!r}.')
-
-  def scan_steps(state, data, indices):
-    def body(state, idx):
-      return train_step(state, jax.tree.map(
-          lambda a: jnp.take(a, idx, axis=0), data))
-    return jax.lax.scan(body, state, indices)
-
-  return scan_steps
-
-
 def chunk_program(train_step: Callable[..., Any], kind: str, size: int):
   """Pure `(state, acc, data, order, offset, first_step) -> (state, acc)`.
 
@@ -152,7 +132,7 @@ def chunk_program(train_step: Callable[..., Any], kind: str, size: int):
   smallest step number (1-based, `first_step + 1` for the first of this
   call) whose scalar metrics are not all finite, or stays `_NO_BAD_STEP`.
   """
-  steps = multi_step(train_step, kind)
+  steps = gmp_jax.make_multi_step(train_step, kind=kind)
 
   def chunk(state, acc, data, order, offset, first_step):
     indices = jax.lax.dynamic_slice_in_dim(order, offset, size, axis=0)
@@ -160,28 +140,6 @@ def chunk_program(train_step: Callable[..., Any], kind: str, size: int):
     return state, _accumulate(acc, metrics, first_step, size)
 
   return chunk
-
-
-def stacked_steps(train_step: Callable[..., Any], kind: str):
-  """Pure `(state, batches) -> (state, stacked metrics)`, one step per row.
-
-  `batches` holds `(steps, batch, ...)` arrays; 'unroll' runs the steps as
-  straight-line code, 'scan' in a `lax.scan`.
-  """
-  if kind == 'scan':
-    return lambda state, batches: jax.lax.scan(train_step, state, batches)
-  if kind != 'unroll':
-    raise ValueError(f'loop kind must be one of {KINDS}, got {kind!r}.')
-
-  def unrolled(state, batches):
-    history = []
-    for t in range(next(iter(batches.values())).shape[0]):
-      state, metrics = train_step(state, jax.tree.map(lambda a: a[t],
-                                                      batches))
-      history.append(metrics)
-    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
-
-  return unrolled
 
 
 def epoch_chunk_program(train_step: Callable[..., Any], kind: str,
@@ -193,7 +151,7 @@ def epoch_chunk_program(train_step: Callable[..., Any], kind: str,
   batch split over the devices) and the call runs rows `offset` to
   `offset + size`.
   """
-  steps = stacked_steps(train_step, kind)
+  steps = gmp_jax.make_multi_step(train_step, kind=kind, indexed=False)
 
   def chunk(state, acc, batches, offset, first_step):
     window = jax.tree.map(
@@ -411,5 +369,5 @@ def _log_epoch(stage: str, epoch: int, num_epochs: int,
 
 
 __all__ = ('KINDS', 'LoopOptions', 'UNROLL_STEPS', 'chunk_program',
-           'default_kind', 'epoch_chunk_program', 'multi_step',
-           'stacked_steps', 'train_loop', 'unroll_steps')
+           'default_kind', 'epoch_chunk_program', 'train_loop',
+           'unroll_steps')

@@ -1,5 +1,11 @@
 """Flax models for the MNIST experiments: the poster's net, LeNet-300-100, LeNet-5.
 
+The three are registered in `experiments.registry` (with their display
+names and published anchors); a new model plugs in with
+`registry.register_model(name, constructor, ...)`, the constructor taking
+the dataset's `registry.DatasetEntry` (its input shape and number of
+outputs).
+
 The models are Flax **Linen** modules. Linen keeps parameters outside the
 module as a plain nested dict (``{'conv1': {'kernel', 'bias'}, ...}``), which
 the `gmp_jax` pytree API (mixture prior, quantization, codec) consumes as is,
@@ -20,13 +26,15 @@ CPU is much faster than that of ``lax.reduce_window``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from experiments import registry
 
 Params = Mapping[str, Any]
 
@@ -144,36 +152,120 @@ class LeNet5Caffe(SequentialNet):
   layers: tuple[LayerSpec, ...] = LENET5CAFFE_LAYERS
 
 
-_MODELS: dict[str, type[SequentialNet]] = {
-    'poster': PosterNet,
-    'lenet300100': LeNet300100,
-    'lenet5caffe': LeNet5Caffe,
-}
-_ALIASES = {'posternet': 'poster', 'lenet300': 'lenet300100',
-            'lenet5': 'lenet5caffe'}
-MODEL_NAMES = tuple(_MODELS)
+def with_outputs(layers: Sequence[LayerSpec], num_outputs: int
+                 ) -> tuple[LayerSpec, ...]:
+  """`layers` with the last layer resized to `num_outputs` units."""
+  *body, last = layers
+  return (*body, dataclasses.replace(last, features=int(num_outputs)))
+
+
+def _sequential(cls: type[SequentialNet]):
+  """Constructor `info -> cls` sized for the dataset's outputs."""
+
+  def build(info: registry.DatasetEntry) -> SequentialNet:
+    if info.num_outputs == cls.layers[-1].features:
+      return cls()
+    return cls(layers=with_outputs(cls.layers, info.num_outputs))
+
+  return build
+
+
+# Published anchors (Ullrich et al. 2017, Table 1; Oktay et al. 2020;
+# Louizos et al. 2017; Havasi et al. 2019; the poster; the Keras tutorial of
+# soft weight-sharing), shown by experiments/compare.py and sweep.py.
+# `counts` says what the compression figure counts and so which column it
+# belongs to: 'file' -> CR_file, 'analytic' -> CR_Han, 'sparsity' ->
+# |W| / |W!=0|.
+POSTER_FIGURES = {'original': 0.9879, 'retrained': 0.9859, 'pruned': 0.9814,
+                  'sparsity': 0.923}  # The poster's Tables 1 and 2.
+_Anchor = registry.Anchor
+registry.register_model(
+    'lenet300100', _sequential(LeNet300100), display_name='LeNet-300-100',
+    aliases=('lenet300',), parameters=266_610,
+    results_dir='results/lenet300', benchmark='lenet300', anchors=(
+        _Anchor('SWS (Ullrich et al. 2017)', error=0.0194, compression=64,
+                counts='analytic', note='Han-style'),
+        _Anchor('EPR (Oktay et al. 2020)', error=0.019, compression=124,
+                counts='file', file='8.56 KB', note='real bitstream')))
+registry.register_model(
+    'lenet5caffe', _sequential(LeNet5Caffe), display_name='LeNet-5-Caffe',
+    aliases=('lenet5',), parameters=431_080, results_dir='results/lenet5',
+    benchmark='lenet5', anchors=(
+        _Anchor('SWS (Ullrich et al. 2017)', error=0.0097, compression=162,
+                counts='analytic', note='Han-style'),
+        _Anchor('Bayesian Compression (Louizos et al. 2017)', error=0.010,
+                compression=419, counts='analytic', note='analytic'),
+        _Anchor('EPR (Oktay et al. 2020)', error=0.010, compression=606,
+                counts='file', file='2.84 KB', note='real bitstream'),
+        _Anchor('MIRACLE (Havasi et al. 2019)', error=0.0096,
+                compression=1110, counts='file', file='1.52 kB',
+                note='encoded length')))
+registry.register_model(
+    'poster', _sequential(PosterNet), display_name='Poster net',
+    aliases=('posternet',), parameters=642_460, results_dir='results/mnist',
+    benchmark='poster', anchors=(
+        _Anchor('SWS poster (Ullrich et al.)',
+                error=1 - POSTER_FIGURES['pruned'],
+                error_reference=1 - POSTER_FIGURES['original'],
+                compression=1 / (1 - POSTER_FIGURES['sparsity']),
+                counts='sparsity', note='non-zero count'),
+        _Anchor('SWS Keras tutorial', error=1 - 0.9902,
+                compression=1 / 0.0743, counts='sparsity',
+                note='non-zero count')))
+register_model = registry.register_model
+# The built-in models (`registry.MODELS` lists every registered one).
+MODEL_NAMES = ('poster', 'lenet300100', 'lenet5caffe')
+# What a model instance is sized for when no dataset is named.
+DEFAULT_DATASET = 'mnist'
+
+
+class _ModelTable(MutableMapping):
+  """`_MODELS`, the table of earlier versions, as a view of the registry.
+
+  `_MODELS[name]()` builds the model for its default dataset, and
+  `_MODELS[name] = cls` registers `cls()` under `name`; new code calls
+  `registry.register_model`.
+  """
+
+  def __getitem__(self, name):
+    return registry.model(name).build
+
+  def __setitem__(self, name, cls):
+    registry.register_model(name, lambda info: cls(), replace=True)
+
+  def __delitem__(self, name):
+    raise TypeError('Registered models cannot be removed.')
+
+  def __iter__(self):
+    return iter(registry.MODELS)
+
+  def __len__(self):
+    return len(registry.MODELS)
+
+
+_MODELS = _ModelTable()
 
 
 def _canonical_name(name: str) -> str:
-  key = str(name).lower().replace('-', '').replace('_', '')
-  key = _ALIASES.get(key, key)
-  if key not in _MODELS:
-    raise ValueError(f'Unknown model {name!r}; expected one of {MODEL_NAMES} '
-                     f'(aliases {tuple(_ALIASES)}).')
-  return key
+  """The registered name `name` means (ValueError: unknown)."""
+  return registry.MODELS.name_of(name)
 
 
-def get_model(name: str) -> SequentialNet:
-  """Returns a model by name.
+def get_model(name: str, dataset: str | registry.DatasetEntry | None = None
+              ) -> nn.Module:
+  """Returns a registered model by name, sized for `dataset`.
 
   Args:
-    name: ``'poster'``, ``'lenet300100'`` or ``'lenet5caffe'``; case, ``-``
-      and ``_`` are ignored, and ``'lenet300'``/``'lenet5'`` are aliases.
+    name: ``'poster'``, ``'lenet300100'``, ``'lenet5caffe'`` or any name
+      given to `registry.register_model`; case, ``-`` and ``_`` are
+      ignored, and ``'lenet300'``/``'lenet5'`` are aliases.
+    dataset: the dataset (a registered name or entry) whose outputs the
+      model predicts; None: the model's default dataset (MNIST).
 
   Raises:
     ValueError: unknown name.
   """
-  return _MODELS[_canonical_name(name)]()
+  return registry.model(name).build(dataset)
 
 
 class LayerBlock(NamedTuple):
@@ -189,9 +281,10 @@ class LayerBlock(NamedTuple):
 
 
 def _specs(model: str | SequentialNet) -> tuple[LayerSpec, ...]:
-  if isinstance(model, SequentialNet):
-    return tuple(model.layers)
-  return tuple(_MODELS[_canonical_name(model)].layers)
+  net = model if isinstance(model, nn.Module) else get_model(model)
+  if not isinstance(net, SequentialNet):
+    raise ValueError(f'{model!r} is not a SequentialNet of LayerSpecs.')
+  return tuple(net.layers)
 
 
 def _make_block_fn(spec: LayerSpec):
@@ -254,14 +347,32 @@ def param_counts(params: Params) -> dict[str, int]:
           for name, sub in params.items()}
 
 
-def init_params(model: str | SequentialNet, rng: jax.Array,
-                input_shape: Sequence[int] = (1, 28, 28, 1)) -> Params:
+def init_params(model: str | nn.Module, rng: jax.Array,
+                input_shape: Sequence[int] | None = None, *,
+                dataset: str | registry.DatasetEntry | None = None
+                ) -> Params:
   """Initial parameter dict (without the ``'params'`` wrapper).
 
   Jitted: one compilation instead of one per initialiser op (the same
   values as an eager `model.init`, bit for bit; `tests/models_test.py`).
+
+  Args:
+    model: a registered model name (built for `dataset`) or a module.
+    rng: the key of the initialisers.
+    input_shape: the dummy input's shape; None: one example of `dataset`,
+      ``(1, *input_shape)`` in its input dtype.
+    dataset: a registered dataset name or entry; None: the model's default
+      dataset (`DEFAULT_DATASET` for a module).
   """
-  if not isinstance(model, nn.Module):
-    model = get_model(model)
-  return jax.jit(model.init)(rng, jnp.zeros(input_shape, jnp.float32))[
-      'params']
+  if isinstance(model, nn.Module):
+    info = registry.dataset(DEFAULT_DATASET) if dataset is None else dataset
+  else:
+    entry = registry.model(model)
+    info = entry.default_dataset if dataset is None else dataset
+    model = entry.build(info)
+  if isinstance(info, str):
+    info = registry.dataset(info)
+  dtype = jnp.float32 if input_shape is not None else info.input_dtype
+  if input_shape is None:
+    input_shape = (1, *info.input_shape)
+  return jax.jit(model.init)(rng, jnp.zeros(input_shape, dtype))['params']

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Mapping
 import contextlib
-import json
 import logging as py_logging
 import os
 import time
@@ -24,6 +23,7 @@ import jax
 import tqdm
 
 import gmp_jax
+from experiments import workdir_layout
 
 # Sections of a stage's wall time (`StageTimer`); the rest is 'other'.
 # `pipeline.run_stage` records each stage's whole time as section 'total'.
@@ -126,14 +126,14 @@ class MetricsLog:
   """
 
   def __init__(self, workdir: str, *, tensorboard_dir: str | None = None):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = workdir_layout.metrics_path(workdir)
     self._tensorboard_dir = tensorboard_dir
     self._tensorboard = None
 
   def write(self, record: Mapping[str, Any]) -> None:
     """Appends `record`; with a `tensorboard_dir`, also as TensorBoard events."""
     with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+      f.write(workdir_layout.metrics_lines([record]))
       f.flush()
       os.fsync(f.fileno())
     if self._tensorboard_dir is not None:
@@ -144,17 +144,4 @@ class MetricsLog:
 
   def records(self) -> list[dict[str, Any]]:
     """The records, keeping the last one per (stage, step) after resumes."""
-    if not os.path.exists(self.path):
-      return []
-    latest = {}
-    with open(self.path) as f:
-      for line in f:
-        line = line.strip()
-        if not line:
-          continue
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # A line cut short by a kill.
-        latest[(rec.get('stage'), rec.get('step'))] = rec
-    return list(latest.values())
+    return workdir_layout.read_metrics(self.path, latest=True)

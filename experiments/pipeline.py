@@ -13,7 +13,8 @@ and returns a JSON record. `run_stage` is the one place that runs them: it
 times the stage, writes the record as `<workdir>/<stage>/done.json` after
 the outputs, and skips a stage whose record and outputs exist unless an
 earlier stage ran in the same invocation. Stages talk only through the
-workdir, so a skipped stage needs nothing but its files:
+workdir (`experiments.workdir_layout`), so a skipped stage needs nothing
+but its files:
 
   teacher/params.gmpz          teacher weights (raw float leaves)
   teacher/checkpoints/         Orbax checkpoints while training
@@ -26,8 +27,14 @@ workdir, so a skipped stage needs nothing but its files:
   model.gmpz                   the compressed file
   report.json, report.md, figures/, metrics.jsonl
 
-Training stages checkpoint their `TrainState` with Orbax (`experiments.
-loop`); a killed run resumes from the last checkpoint.
+Before any stage runs, `config_check.check_config` validates the whole
+config once and resolves the model, dataset and task it names
+(`experiments.registry`); the stages take what depends on the problem
+(training arrays, loss, evaluation, metric names) from the task
+(`experiments.tasks`), and every training stage's seeds from its name
+(`experiments.stage_seeds`). Training stages checkpoint their `TrainState`
+with Orbax (`experiments.loop`); a killed run resumes from the last
+checkpoint.
 
 On a mesh (`config.mesh`, `experiments.distributed`) the training stages
 run data-parallel (or FSDP) over every device of every process. All
@@ -53,9 +60,9 @@ import ml_collections
 import numpy as np
 
 import gmp_jax
-from gmp_jax import fileio
 from experiments import augment
-from experiments import cleanup as cleanup_lib
+from experiments import cleanup
+from experiments import config_check
 from experiments import data as data_lib
 from experiments import distributed
 from experiments import evaluation
@@ -66,8 +73,11 @@ from experiments import monitor
 from experiments import plots
 from experiments import reporting
 from experiments import retraining
+from experiments import stage_seeds
+from experiments import tasks
+from experiments import workdir_layout
 
-COMPRESSED_FILE = 'model.gmpz'
+COMPRESSED_FILE = workdir_layout.COMPRESSED_FILE
 Record = dict[str, Any]
 
 
@@ -90,6 +100,8 @@ class Context:
     started: `time.perf_counter()` when the invocation started.
     runtime: the mesh, or None for one device (`distributed.make_runtime`).
     current: the stage running now.
+    checked: what `config_check.check_config` resolved (None: it runs when
+      the context is made).
   """
   config: ml_collections.ConfigDict
   workdir: str
@@ -100,14 +112,28 @@ class Context:
   started: float = dataclasses.field(default_factory=time.perf_counter)
   runtime: distributed.Runtime | None = None
   current: str = ''
+  checked: config_check.CheckedConfig | None = None
   _dataset: data_lib.Dataset | None = None
   _test_set: evaluation.TestSet | None = None
   _evaluators: dict[str, Callable[[Any], dict[str, float]]] = (
       dataclasses.field(default_factory=dict))
 
+  def __post_init__(self):
+    if self.checked is None:
+      self.checked = config_check.check_config(self.config)
+
   @property
   def options(self) -> loop.LoopOptions:
-    return loop.LoopOptions.from_config(self.config)
+    return self.checked.loop_options
+
+  @property
+  def task(self) -> tasks.Task:
+    return self.checked.task
+
+  @property
+  def metric(self) -> str:
+    """The task's headline metric, e.g. 'accuracy'."""
+    return self.checked.task.metric
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -116,6 +142,10 @@ class Context:
   def is_writer(self) -> bool:
     """Whether this process writes the workdir's files (process 0)."""
     return self.runtime is None or self.runtime.is_writer
+
+  def apply_fn(self, model_name: str):
+    """`(params, x) -> logits` of a model sized for the run's dataset."""
+    return retraining.apply_fn(model_name, self.checked.dataset.name)
 
   @functools.cached_property
   def log(self) -> monitor.MetricsLog:
@@ -139,16 +169,17 @@ class Context:
     """The test split on the device, uploaded once."""
     if self._test_set is None:
       x, y = self.dataset['test']
-      self._test_set = evaluation.TestSet(
-          x, y, batch_size=self.config.eval_batch_size, kind='scan',
+      self._test_set = self.task.test_set(
+          x, y, batch_size=self.config.eval_batch_size,
           place=None if self.runtime is None else self.runtime.put)
     return self._test_set
 
   def evaluator(self, model_name: str) -> Callable[[Any], dict[str, float]]:
-    """`params -> {'accuracy', 'cross_entropy'}` on the test split."""
+    """`params -> metrics` on the test split (`{'accuracy',
+    'cross_entropy'}` for classification)."""
     if model_name not in self._evaluators:
-      self._evaluators[model_name] = self.test_set.evaluator(
-          retraining.apply_fn(model_name))
+      self._evaluators[model_name] = self.task.evaluator(
+          self.test_set, self.apply_fn(model_name))
     return self._evaluators[model_name]
 
 
@@ -175,8 +206,12 @@ def stage(name: str, *, outputs: tuple[str, ...], host_only: bool = False):
   return register
 
 
-def done_path(workdir: str, name: str) -> str:
-  return os.path.join(workdir, name, 'done.json')
+done_path = workdir_layout.done_path
+
+
+def stage_outputs(name: str) -> tuple[str, ...]:
+  """The files (workdir-relative) a registered stage makes."""
+  return _OUTPUTS[name]
 
 
 def is_finished(workdir: str, name: str) -> bool:
@@ -198,8 +233,7 @@ def run_stage(ctx: Context, name: str) -> Record:
   earlier = list(STAGES)[:list(STAGES).index(name)]
   if is_finished(ctx.workdir, name) and not set(earlier) & set(ctx.ran):
     monitor.log_info('%s: finished earlier (%s), skipping.', name, done)
-    with open(done) as f:
-      record = json.load(f)
+    record = workdir_layout.read_done(ctx.workdir, name)
   else:
     if ctx.is_writer or name not in _HOST_ONLY:
       start = time.perf_counter()
@@ -208,12 +242,11 @@ def run_stage(ctx: Context, name: str) -> Record:
         record = STAGES[name](ctx)
       record['wall_time_s'] = time.perf_counter() - start
       if ctx.is_writer:
-        fileio.write_json_atomic(done, record)
+        workdir_layout.write_done(ctx.workdir, name, record)
     if ctx.runtime is not None:  # Process 0's files are written.
       ctx.runtime.barrier(f'stage {name}')
     if not (ctx.is_writer or name not in _HOST_ONLY):
-      with open(done) as f:
-        record = json.load(f)
+      record = workdir_layout.read_done(ctx.workdir, name)
     ctx.ran.append(name)
   ctx.results[name] = record
   return record
@@ -222,21 +255,23 @@ def run_stage(ctx: Context, name: str) -> Record:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        timer: monitor.StageTimer | None = None
                        ) -> dict[str, Any]:
-  """Runs every stage; returns the report (also written to the workdir)."""
-  retraining.check_config(config)
-  finetuning.epochs(config)  # Rejects bad values before any training.
-  finetuning.mode(config)
-  augment.max_shift(config)
-  runtime = distributed.make_runtime(config)
+  """Runs every stage; returns the report (also written to the workdir).
+
+  Raises:
+    ValueError: a bad config field (`config_check.check_config`), before
+      any stage runs.
+  """
+  checked = config_check.check_config(config)
+  runtime = checked.runtime
   if runtime is None or runtime.is_writer:
     os.makedirs(workdir, exist_ok=True)
   if runtime is not None:
     runtime.barrier('workdir')
   ctx = Context(config, workdir, timer or monitor.StageTimer(),
-                runtime=runtime)
+                runtime=runtime, checked=checked)
   for name in STAGES:
     run_stage(ctx, name)
-  with open(ctx.path('report.json')) as f:
+  with open(ctx.path(workdir_layout.REPORT_FILE)) as f:
     return json.load(f)
 
 
@@ -287,19 +322,18 @@ def _train(ctx: Context, name: str, state, train_step, data, *, epochs: int,
   config = ctx.config
   teacher_fn = None
   if teacher_params is not None:
-    teacher_apply = retraining.apply_fn(config.model)
+    teacher_apply = ctx.apply_fn(config.model)
     teacher_fn = lambda x: teacher_apply(teacher_params, x)  # pylint: disable=unnecessary-lambda-assignment
   train_step = augment.with_augmentation(
-      train_step, augment.max_shift(config),
-      seed=config.seed * len(STAGES) + list(STAGES).index(name),
+      train_step, ctx.checked.augment_shift,
+      seed=stage_seeds.augment_seed(config.seed, name),
       teacher_fn=teacher_fn)
   if ctx.runtime is None:  # On a mesh the loop uploads each epoch's rows.
     data = ctx.timer.run(name, 'data', jax.device_put, data)
   return loop.train_loop(
       stage=name, state=state, train_step=train_step, data=data,
       num_epochs=epochs, batch_size=batch_size,
-      # The stage's index keeps each stage's batch order of earlier runs.
-      seed=[config.seed, list(STAGES).index(name)],
+      seed=stage_seeds.batch_seed(config.seed, name),
       checkpoint_dir=ctx.path(name, 'checkpoints'), options=ctx.options,
       log=ctx.log, eval_fn=eval_fn, summary_fn=summary_fn, timer=ctx.timer,
       runtime=ctx.runtime)
@@ -315,7 +349,7 @@ def _mixture_summary(state: gmp_jax.TrainState) -> dict[str, Any]:
 def _retrained(ctx: Context):
   """(student, params, mixture) from `retrain/state.gmpz`."""
   params, meta = _load(ctx.path('retrain', 'state.gmpz'))
-  mixture = retraining.init_mixture(params, ctx.config.retrain).replace(
+  mixture = retraining.initial_mixture(params, ctx.config.retrain).replace(
       nonzero_means=jnp.asarray(meta['nonzero_means']),
       log_precisions=jnp.asarray(meta['log_precisions']),
       mixing_logits=jnp.asarray(meta['mixing_logits']))
@@ -327,12 +361,14 @@ def _retrained(ctx: Context):
 # ----------------------------------------------------------------------------
 
 
-@stage('teacher', outputs=('teacher/params.gmpz',))
-def teacher(ctx: Context) -> Record:
-  """Trains the teacher with label cross-entropy."""
+@stage('teacher', outputs=(workdir_layout.TEACHER_PARAMS,))
+def teacher_stage(ctx: Context) -> Record:
+  """Trains the teacher on the task's data loss (label cross-entropy)."""
   config, tc = ctx.config, ctx.config.teacher
-  x, y = ctx.dataset['train']
-  params = models.init_params(config.model, jax.random.key(config.seed))
+  data = ctx.task.train_arrays(ctx.dataset['train'])
+  x = data['x']
+  params = models.init_params(config.model, jax.random.key(config.seed),
+                              dataset=ctx.checked.dataset)
   schedule = retraining.cosine_schedule(
       tc.learning_rate, tc.decay_to, epochs=tc.epochs, num_examples=len(x),
       batch_size=tc.batch_size)
@@ -340,25 +376,25 @@ def teacher(ctx: Context) -> Record:
                              mixing=0.0)
   mixture = gmp_jax.init_mixture(params, 2)  # Unused: the prior is off.
   state = gmp_jax.create_train_state(params, mixture, tx)
-  step = gmp_jax.make_train_step(retraining.apply_fn(config.model), tx,
+  step = gmp_jax.make_train_step(ctx.apply_fn(config.model), tx,
                                  tau=0.0, dataset_size=len(x),
-                                 use_prior=False)
-  state = _train(ctx, 'teacher', state, step, {'x': x, 'label': y},
+                                 use_prior=False,
+                                 data_loss_fn=ctx.task.data_loss_fn())
+  state = _train(ctx, 'teacher', state, step, data,
                  epochs=tc.epochs, batch_size=tc.batch_size,
-                 eval_fn=evaluation.epoch_metrics(
+                 eval_fn=ctx.task.epoch_metrics(
                      ctx.evaluator(config.model), pruned=False))
   test = ctx.evaluator(config.model)(state.params)
-  _save_params(ctx, ctx.path('teacher', 'params.gmpz'), state.params)
-  monitor.log_info('teacher: test accuracy %.4f', test['accuracy'])
-  return {'test_accuracy': test['accuracy'],
-          'test_cross_entropy': test['cross_entropy']}
+  _save_params(ctx, ctx.path(workdir_layout.TEACHER_PARAMS), state.params)
+  monitor.log_info('teacher: test %s %.4f', ctx.metric, test[ctx.metric])
+  return {f'test_{k}': v for k, v in test.items()}
 
 
 @stage('retrain', outputs=('retrain/state.gmpz',))
-def retrain(ctx: Context) -> Record:
+def retrain_stage(ctx: Context) -> Record:
   """Retraining with the mixture prior (poster eq. 1)."""
   config, rc = ctx.config, ctx.config.retrain
-  teacher_params, _ = _load(ctx.path('teacher', 'params.gmpz'))
+  teacher_params, _ = _load(ctx.path(workdir_layout.TEACHER_PARAMS))
   if ctx.runtime is not None:  # Layer-wise steps close over the teacher.
     teacher_params = ctx.runtime.put(teacher_params)
   student = retraining.student_name(config)
@@ -366,10 +402,10 @@ def retrain(ctx: Context) -> Record:
   setup = ctx.timer.run('retrain', 'data', retraining.MODES[rc.mode], config,
                         teacher_params, ctx.dataset)
   state = gmp_jax.create_train_state(
-      params, retraining.init_mixture(params, rc), setup.optimizer)
+      params, retraining.initial_mixture(params, rc), setup.optimizer)
   state = _train(ctx, 'retrain', state, setup.train_step, setup.data,
                  epochs=rc.epochs, batch_size=rc.batch_size,
-                 eval_fn=evaluation.epoch_metrics(
+                 eval_fn=ctx.task.epoch_metrics(
                      ctx.evaluator(student), pruned=True,
                      raw=rc.get('eval_raw_each_epoch', False)),
                  summary_fn=_mixture_summary, teacher_params=teacher_params)
@@ -380,14 +416,14 @@ def retrain(ctx: Context) -> Record:
                    'nonzero_means': np.asarray(mixture.nonzero_means),
                    'log_precisions': np.asarray(mixture.log_precisions),
                    'mixing_logits': np.asarray(mixture.mixing_logits)})
-  monitor.log_info('retrain (%s): test accuracy before pruning %.4f', rc.mode,
-                test['accuracy'])
-  return {'test_accuracy': test['accuracy'], 'student': student,
+  monitor.log_info('retrain (%s): test %s before pruning %.4f', rc.mode,
+                   ctx.metric, test[ctx.metric])
+  return {f'test_{ctx.metric}': test[ctx.metric], 'student': student,
           'mode': rc.mode}
 
 
 @stage('postprocess', outputs=('postprocess/quantized.gmpz',))
-def postprocess(ctx: Context) -> Record:
+def postprocess_stage(ctx: Context) -> Record:
   """Merges components, prunes and quantises; evaluates."""
   student, params, mixture = _retrained(ctx)
   merged = gmp_jax.merge_components(
@@ -402,49 +438,49 @@ def postprocess(ctx: Context) -> Record:
             'mixture_means': np.asarray(merged.means),
             'mixture_variances': np.asarray(merged.variances),
             'mixture_proportions': np.asarray(merged.mixing_proportions)})
-  monitor.log_info('postprocess: %d -> %d components, pruned test accuracy '
-                '%.4f', mixture.num_components, merged.num_components,
-                test['accuracy'])
-  return {'test_accuracy': test['accuracy'],
+  monitor.log_info('postprocess: %d -> %d components, pruned test %s %.4f',
+                   mixture.num_components, merged.num_components, ctx.metric,
+                   test[ctx.metric])
+  return {f'test_{ctx.metric}': test[ctx.metric],
           'components_before_merge': mixture.num_components,
           'components_after_merge': merged.num_components}
 
 
 @stage('finetune', outputs=('finetune/quantized.gmpz',))
-def finetune(ctx: Context) -> Record:
+def finetune_stage(ctx: Context) -> Record:
   """Trains the shared values, mask and assignment fixed (optional)."""
-  config = ctx.config
-  epochs = finetuning.epochs(config)
+  config, metric = ctx.config, ctx.metric
+  epochs = ctx.checked.finetune_epochs
   student = ctx.results['retrain']['student']
   quantized, meta = gmp_jax.load_compressed(
       ctx.path('postprocess', 'quantized.gmpz'), with_metadata=True)
-  pruned = ctx.results['postprocess']['test_accuracy']
-  record = {'epochs': epochs, 'pruned_accuracy': pruned,
-            'test_accuracy': pruned}
+  pruned = ctx.results['postprocess'][f'test_{metric}']
+  record = {'epochs': epochs, f'pruned_{metric}': pruned,
+            f'test_{metric}': pruned}
   if epochs and not any(np.any(x) for x in jax.tree.leaves(quantized)):
     record['epochs'], record['skipped'] = 0, 'no non-zero weight'
   elif epochs:
-    teacher_params, _ = _load(ctx.path('teacher', 'params.gmpz'))
-    mode = finetuning.mode(config)
+    teacher_params, _ = _load(ctx.path(workdir_layout.TEACHER_PARAMS))
+    mode = ctx.checked.finetune_mode
     retrained = (_retrained(ctx)[1] if mode == 'straight_through' else None)
     setup = ctx.timer.run('finetune', 'data', finetuning.setup, config,
                           student, quantized, teacher_params, ctx.dataset,
                           retrained)
     evaluate = ctx.evaluator(student)
-    start = evaluate(setup.params_of(setup.state))['accuracy']
+    start = evaluate(setup.params_of(setup.state))[metric]
     state = _train(ctx, 'finetune', setup.state, setup.train_step,
                    setup.data, epochs=epochs,
                    batch_size=finetuning.batch_size(config),
                    eval_fn=finetuning.epoch_metrics(evaluate, setup.params_of),
                    teacher_params=teacher_params)
     record['mode'] = mode
-    record['start_accuracy'] = start
+    record[f'start_{metric}'] = start
     record['codebook_before'] = setup.codebook_of(setup.state).tolist()
     record['codebook_after'] = setup.codebook_of(state).tolist()
     quantized = jax.device_get(setup.params_of(state))
-    record['test_accuracy'] = evaluate(quantized)['accuracy']
-    monitor.log_info('finetune (%s): %d epochs, test accuracy %.4f -> %.4f',
-                     mode, epochs, pruned, record['test_accuracy'])
+    record[f'test_{metric}'] = evaluate(quantized)[metric]
+    monitor.log_info('finetune (%s): %d epochs, test %s %.4f -> %.4f',
+                     mode, epochs, metric, pruned, record[f'test_{metric}'])
   if ctx.is_writer:
     gmp_jax.save_compressed(ctx.path('finetune', 'quantized.gmpz'),
                             quantized, codebook_dtype='float32', metadata=meta)
@@ -452,15 +488,17 @@ def finetune(ctx: Context) -> Record:
 
 
 @stage('cleanup', outputs=('cleanup/quantized.gmpz',), host_only=True)
-def cleanup(ctx: Context) -> Record:
+def cleanup_stage(ctx: Context) -> Record:
   """Zeroes the weights of dead and unread units (predictions unchanged)."""
   student = ctx.results['retrain']['student']
   quantized, meta = gmp_jax.load_compressed(
       ctx.path('finetune', 'quantized.gmpz'), with_metadata=True)
-  record = {'test_accuracy': ctx.results['finetune']['test_accuracy']}
+  key = f'test_{ctx.metric}'
+  record = {key: ctx.results['finetune'][key]}
   enabled = ctx.config.postprocess.get('cleanup', True)
-  if enabled and isinstance(models.get_model(student), models.SequentialNet):
-    quantized, found = cleanup_lib.cleanup(quantized, student)
+  net = models.get_model(student, ctx.checked.dataset)
+  if enabled and isinstance(net, models.SequentialNet):
+    quantized, found = cleanup.cleanup(quantized, net)
     record.update(found.to_dict())
     monitor.log_info('%s', found.summary())
   else:
@@ -471,7 +509,7 @@ def cleanup(ctx: Context) -> Record:
 
 
 @stage('save', outputs=(COMPRESSED_FILE,), host_only=True)
-def save(ctx: Context) -> Record:
+def save_stage(ctx: Context) -> Record:
   """The compressed file, with the model name as its only metadata."""
   quantized = gmp_jax.load_compressed(ctx.path('cleanup', 'quantized.gmpz'))
   file_bytes = gmp_jax.save_compressed(
@@ -481,12 +519,13 @@ def save(ctx: Context) -> Record:
   return {'compressed_file': COMPRESSED_FILE, 'file_bytes': file_bytes}
 
 
-@stage('report', outputs=('report.json', 'report.md'), host_only=True)
-def report(ctx: Context) -> Record:
+@stage('report', outputs=(workdir_layout.REPORT_FILE,
+                          workdir_layout.REPORT_MARKDOWN), host_only=True)
+def report_stage(ctx: Context) -> Record:
   """Figures 3 and 4, training curves, report.json and report.md."""
   start = time.perf_counter()
   config, workdir = ctx.config, ctx.workdir
-  teacher_params, _ = _load(ctx.path('teacher', 'params.gmpz'))
+  teacher_params, _ = _load(ctx.path(workdir_layout.TEACHER_PARAMS))
   _, retrained, _ = _retrained(ctx)
   # The float32 weights of the compressed file, as the tables always showed
   # them, and the merged mixture.
@@ -517,7 +556,8 @@ def report(ctx: Context) -> Record:
       distributed={'num_processes': jax.process_count(),
                    'num_devices': (1 if ctx.runtime is None
                                    else ctx.runtime.num_devices)},
-      figures={k: os.path.relpath(v, workdir) for k, v in figures.items()})
+      figures={k: os.path.relpath(v, workdir) for k, v in figures.items()},
+      metric=ctx.metric)
   reporting.write_report(workdir, result, size_report.to_markdown())
   monitor.log_info('done: %s', reporting.summary_line(result))
-  return {'report': 'report.json'}
+  return {'report': workdir_layout.REPORT_FILE}

@@ -16,6 +16,7 @@ import ml_collections
 
 import gmp_jax
 from gmp_jax import fileio
+from experiments import registry
 
 
 def fmt(value, spec: str) -> str:
@@ -35,8 +36,8 @@ def build_report(*, config: ml_collections.ConfigDict,
                  size_report, compressed_file: str,
                  wall_time_s: Mapping[str, float],
                  figures: Mapping[str, str],
-                 distributed: Mapping[str, int] | None = None
-                 ) -> dict[str, Any]:
+                 distributed: Mapping[str, int] | None = None,
+                 metric: str = 'accuracy') -> dict[str, Any]:
   """The `report.json` dict.
 
   Args:
@@ -49,17 +50,20 @@ def build_report(*, config: ml_collections.ConfigDict,
     figures: figure paths relative to the workdir, by name.
     distributed: `{'num_processes', 'num_devices'}` of the run (default:
       one process, one device).
+    metric: the task's headline metric (`tasks.Task.metric`); Table 2
+      holds its test values, read from the records' ``test_<metric>``.
   """
   size = size_report.to_dict()
   totals = size['totals']
   rows = table1(quantized)
   post = results['postprocess']
-  table2 = {'original': results['teacher']['test_accuracy'],
-            'retrained': results['retrain']['test_accuracy'],
-            'pruned': post['test_accuracy']}
+  key = f'test_{metric}'
+  table2 = {'original': results['teacher'][key],
+            'retrained': results['retrain'][key],
+            'pruned': post[key]}
   finetune = results.get('finetune') or {}
   if finetune.get('epochs'):
-    table2['finetuned'] = finetune['test_accuracy']
+    table2['finetuned'] = finetune[key]
   extra = {}
   if 'cleanup' in results:
     extra['cleanup'] = {k: v for k, v in results['cleanup'].items()
@@ -85,14 +89,17 @@ def build_report(*, config: ml_collections.ConfigDict,
   }
 
 
-_DATASET_TITLES = {'mnist': 'MNIST', 'fashion_mnist': 'Fashion-MNIST',
-                   'fashion-mnist': 'Fashion-MNIST'}
+def dataset_title(name: str) -> str:
+  """The dataset's display name (`registry.register_dataset`)."""
+  if name in registry.DATASETS:
+    return registry.dataset(name).display_name
+  return str(name)
 
 
 def markdown(report: Mapping[str, Any], size_markdown: str) -> str:
   """`report.md`: Tables 1 and 2, the file's size report, times, figures."""
   t2 = report['table2']
-  dataset = _DATASET_TITLES.get(report['config']['data']['name'], 'MNIST')
+  dataset = dataset_title(report['config']['data']['name'])
   lines = [f'# {dataset} soft weight-sharing report', '',
            f"Mode: `{report['config']['retrain']['mode']}`, student "
            f"`{report['student']}`.", '',

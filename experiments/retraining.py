@@ -4,13 +4,15 @@
 `(config, teacher_params, dataset) -> Retraining`: the optimiser, the pure
 train step (`gmp_jax.make_train_step`) and the arrays it trains on.
 
-What a model needs for each mode (register it in `experiments.models`
-`_MODELS` so that `get_model(name)` finds it):
+What a model needs for each mode (register it with
+`experiments.registry.register_model` so that `models.get_model(name)`
+finds it; its constructor gets the dataset's `registry.DatasetEntry`):
 
 * ``'end_to_end'`` (poster Figure 2): any Flax module whose
-  ``apply({'params': p}, x)`` maps NHWC images to logits, with
-  `models.init_params` able to initialise it from a ``(1, 28, 28, 1)``
-  input. The student may be another architecture
+  ``apply({'params': p}, x)`` maps a batch of the dataset's inputs to
+  logits, with `models.init_params` able to initialise it from one example
+  of the dataset (``(1, *input_shape)``). The student may be another
+  architecture
   (``config.retrain.student``); it then starts from fresh weights (seed + 1)
   instead of the teacher's. The data loss is the distillation term on the
   teacher's logits plus the label cross-entropy, as weighted in the config.
@@ -52,9 +54,15 @@ class Retraining(NamedTuple):
   data: dict[str, np.ndarray]
 
 
-def apply_fn(model_name: str):
-  """`(params, x) -> logits` of a registered model."""
-  model = models.get_model(model_name)
+def apply_fn(model_name: str, dataset: str | None = None):
+  """`(params, x) -> logits` of a registered model.
+
+  Args:
+    model_name: a registered model.
+    dataset: the registered dataset it predicts (sizes its outputs); None:
+      the model's default dataset.
+  """
+  model = models.get_model(model_name, dataset)
   return lambda params, x: model.apply({'params': params}, x)
 
 
@@ -68,11 +76,12 @@ def initial_params(config: ml_collections.ConfigDict, teacher_params):
   student = student_name(config)
   if student == config.model:
     return teacher_params
-  return models.init_params(student, jax.random.key(config.seed + 1))
+  return models.init_params(student, jax.random.key(config.seed + 1),
+                            dataset=config.data.name)
 
 
-def init_mixture(params, rc: ml_collections.ConfigDict
-                 ) -> gmp_jax.GaussianMixture:
+def initial_mixture(params, rc: ml_collections.ConfigDict
+                    ) -> gmp_jax.GaussianMixture:
   """The retraining prior's initial mixture over `params`."""
   return gmp_jax.init_mixture(
       params, rc.num_components, init_std=rc.init_std,
@@ -104,6 +113,21 @@ def cosine_schedule(learning_rate: float, decay_to: float, *, epochs: int,
                                      alpha=decay_to)
 
 
+def _check_lr_decay(rc: ml_collections.ConfigDict) -> None:
+  decay_to = rc.get('lr_decay_to')
+  if decay_to is not None and not 0.0 <= decay_to <= 1.0:
+    raise ValueError(f'retrain.lr_decay_to must be in [0, 1] or None, got '
+                     f'{decay_to!r}.')
+
+
+def _check_tau_warmup(rc: ml_collections.ConfigDict) -> None:
+  warmup = rc.get('tau_warmup_epochs')
+  if warmup is not None and not (isinstance(warmup, int)
+                                 and 0 < warmup <= rc.epochs):
+    raise ValueError('retrain.tau_warmup_epochs must be None or an int in '
+                     f'[1, retrain.epochs = {rc.epochs}], got {warmup!r}.')
+
+
 def weights_schedule(rc: ml_collections.ConfigDict, lr_weights: float,
                      num_examples: int) -> optax.ScalarOrSchedule:
   """The weights' learning rate, constant unless `rc.lr_decay_to` is set.
@@ -111,12 +135,10 @@ def weights_schedule(rc: ml_collections.ConfigDict, lr_weights: float,
   With it, a cosine decay from `lr_weights` to `lr_decay_to * lr_weights`
   over the retraining's steps; the mixture's learning rates stay constant.
   """
+  _check_lr_decay(rc)
   decay_to = rc.get('lr_decay_to')
   if decay_to is None:
     return lr_weights
-  if not 0.0 <= decay_to <= 1.0:
-    raise ValueError(f'retrain.lr_decay_to must be in [0, 1] or None, got '
-                     f'{decay_to!r}.')
   return cosine_schedule(lr_weights, decay_to, epochs=rc.epochs,
                          num_examples=num_examples,
                          batch_size=rc.batch_size)
@@ -125,12 +147,10 @@ def weights_schedule(rc: ml_collections.ConfigDict, lr_weights: float,
 def tau_schedule(rc: ml_collections.ConfigDict, num_examples: int
                  ) -> optax.ScalarOrSchedule:
   """`rc.tau`, ramped up linearly from 0 if `rc.tau_warmup_epochs` is set."""
+  _check_tau_warmup(rc)
   warmup = rc.get('tau_warmup_epochs')
   if warmup is None:
     return rc.tau
-  if not (isinstance(warmup, int) and 0 < warmup <= rc.epochs):
-    raise ValueError('retrain.tau_warmup_epochs must be None or an int in '
-                     f'[1, retrain.epochs = {rc.epochs}], got {warmup!r}.')
   return optax.linear_schedule(
       0.0, rc.tau, stage_steps(warmup, num_examples, rc.batch_size))
 
@@ -150,8 +170,10 @@ LOGITS_BATCH_SIZE = 1000
 
 
 def teacher_logits(model_name: str, params, x: np.ndarray,
-                   batch_size: int = LOGITS_BATCH_SIZE) -> np.ndarray:
-  apply = jax.jit(apply_fn(model_name))
+                   batch_size: int = LOGITS_BATCH_SIZE,
+                   dataset: str | None = None) -> np.ndarray:
+  """The model's logits on `x`, in batches of `batch_size`."""
+  apply = jax.jit(apply_fn(model_name, dataset))
   return np.concatenate([np.asarray(apply(params, x[i:i + batch_size]))
                          for i in range(0, len(x), batch_size)])
 
@@ -163,13 +185,14 @@ def end_to_end(config: ml_collections.ConfigDict, teacher_params,
   x, y = dataset['train']
   data = {'x': x}
   if rc.distillation_weight > 0:
-    data['teacher_logits'] = teacher_logits(config.model, teacher_params, x)
+    data['teacher_logits'] = teacher_logits(config.model, teacher_params, x,
+                                            dataset=config.data.name)
   if rc.label_weight > 0 or 'teacher_logits' not in data:
     data['label'] = y
   tx = _optimizer(rc, rc.lr_weights, len(x))
   step = gmp_jax.make_train_step(
-      apply_fn(student_name(config)), tx, tau=tau_schedule(rc, len(x)),
-      dataset_size=len(x),
+      apply_fn(student_name(config), config.data.name), tx,
+      tau=tau_schedule(rc, len(x)), dataset_size=len(x),
       temperature=rc.temperature, distillation=rc.distillation,
       distillation_weight=rc.distillation_weight,
       label_weight=rc.label_weight, hyperpriors=hyperpriors(rc))
@@ -186,11 +209,12 @@ def layerwise(config: ml_collections.ConfigDict, teacher_params,
   """
   rc = config.retrain
   x, _ = dataset['train']
-  blocks = models.layer_blocks(config.model)
+  net = models.get_model(config.model, config.data.name)
+  blocks = models.layer_blocks(net)
   teacher_params = jax.device_put(teacher_params)
 
   def block_outputs(params, xb):
-    io = models.layer_io(config.model, teacher_params, xb)
+    io = models.layer_io(net, teacher_params, xb)
     outputs = {b.name: b.apply(params[b.name],
                                jax.lax.stop_gradient(io[b.name][0]))
                for b in blocks}
@@ -227,9 +251,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """Rejects a retraining config the modes cannot run, before any training.
 
   Raises:
-    ValueError: unknown mode, or a layer-wise student that is not the
-      teacher's architecture or not a `SequentialNet`.
+    ValueError: unknown mode, a layer-wise student that is not the
+      teacher's architecture or not a `SequentialNet`, or a learning-rate
+      decay or tau warm-up out of range.
   """
+  _check_lr_decay(config.retrain)
+  _check_tau_warmup(config.retrain)
   mode = config.retrain.mode
   if mode not in MODES:
     raise ValueError(f'retrain.mode must be one of {tuple(MODES)}, got '
@@ -239,7 +266,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
           'Layer-wise distillation needs the teacher architecture for the '
           f'student; got student={config.retrain.student!r}.')
-    if not isinstance(models.get_model(config.model), models.SequentialNet):
+    if not isinstance(models.get_model(config.model, config.data.name),
+                      models.SequentialNet):
       raise ValueError(
           f'Layer-wise distillation needs a SequentialNet of LayerSpecs; '
           f'{config.model!r} is not one.')

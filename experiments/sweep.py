@@ -30,7 +30,6 @@ import ast
 import itertools
 import json
 import os
-import shutil
 from typing import Any
 
 from absl import app
@@ -39,6 +38,8 @@ from absl import logging
 import ml_collections
 
 from experiments import compare
+from experiments import registry
+from experiments import workdir_layout
 from gmp_jax import fileio
 
 SUMMARY_FILE = 'sweep.json'
@@ -46,9 +47,7 @@ FIGURE_FILE = 'pareto.png'
 DEFAULT_TAUS = (5e-3, 1e-2, 2e-2, 4e-2, 8e-2)
 # Config fields that determine the teacher stage's output.
 TEACHER_FIELDS = ('seed', 'model', 'data', 'teacher')
-# Model class -> the key of its anchors in experiments/compare.py.
-_NETS = {'PosterNet': 'poster', 'LeNet300100': 'lenet300',
-         'LeNet5Caffe': 'lenet5'}
+TEACHER = 'teacher'  # The stage the points share.
 
 
 # ------------------------------------------------------------------ points ---
@@ -134,13 +133,10 @@ def point_config(config: ml_collections.ConfigDict,
   return config
 
 
-def _plain(obj):
-  return json.loads(json.dumps(obj, default=fileio._jsonable))  # pylint: disable=protected-access
-
-
 def teacher_key(config) -> dict[str, Any]:
   """The config fields that determine the teacher (for sharing checks)."""
-  d = _plain(config.to_dict() if hasattr(config, 'to_dict') else config)
+  d = workdir_layout.jsonable(
+      config.to_dict() if hasattr(config, 'to_dict') else config)
   return {k: d.get(k) for k in TEACHER_FIELDS}
 
 
@@ -148,11 +144,12 @@ def teacher_key(config) -> dict[str, Any]:
 
 
 def _teacher_done(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, 'teacher', 'done.json'))
+  return workdir_layout.has_done(workdir, TEACHER)
 
 
 def _recorded_teacher_key(workdir: str) -> dict[str, Any] | None:
-  for rel in (os.path.join('teacher', 'source.json'), 'report.json'):
+  for rel in (os.path.join(TEACHER, 'source.json'),
+              workdir_layout.REPORT_FILE):
     path = os.path.join(workdir, rel)
     if os.path.exists(path):
       with open(path) as f:
@@ -179,44 +176,33 @@ def share_teacher(source: str, workdir: str, config) -> None:
   """
   if not _teacher_done(source):
     raise FileNotFoundError(f'{source} has no finished teacher stage '
-                            '(teacher/done.json).')
+                            f'({workdir_layout.done_path("", TEACHER)}).')
   want = teacher_key(config)
   have = _recorded_teacher_key(source)
   if have is not None and have != want:
     diff = sorted(k for k in TEACHER_FIELDS if have.get(k) != want.get(k))
     raise ValueError(f'the teacher in {source} was trained with other '
                      f'{diff} settings; it cannot be shared.')
-  src, dst = os.path.join(source, 'teacher'), os.path.join(workdir, 'teacher')
-  os.makedirs(dst, exist_ok=True)
-  with open(os.path.join(src, 'params.gmpz'), 'rb') as f:
-    fileio.write_atomic(os.path.join(dst, 'params.gmpz'), f.read())
-  metrics_src = os.path.join(source, 'metrics.jsonl')
-  metrics_dst = os.path.join(workdir, 'metrics.jsonl')
+  workdir_layout.copy_file(
+      os.path.join(source, workdir_layout.TEACHER_PARAMS),
+      os.path.join(workdir, workdir_layout.TEACHER_PARAMS))
+  metrics_src = workdir_layout.metrics_path(source)
+  metrics_dst = workdir_layout.metrics_path(workdir)
   if os.path.exists(metrics_src) and not os.path.exists(metrics_dst):
-    lines = []
-    with open(metrics_src) as f:
-      for line in f:
-        try:
-          if json.loads(line).get('stage') == 'teacher':
-            lines.append(line if line.endswith('\n') else line + '\n')
-        except (json.JSONDecodeError, AttributeError):
-          continue  # A line cut short by a kill.
-
-    fileio.write_atomic(metrics_dst, ''.join(lines))
-  fileio.write_json_atomic(os.path.join(dst, 'source.json'), {
-      'source': os.path.abspath(source), 'teacher_key': want})
-  shutil.copyfile(os.path.join(src, 'done.json'),
-                  os.path.join(dst, '.done.json.tmp'))
-  os.replace(os.path.join(dst, '.done.json.tmp'),
-             os.path.join(dst, 'done.json'))
+    fileio.write_atomic(metrics_dst, workdir_layout.metrics_lines(
+        workdir_layout.read_metrics(metrics_src, stage=TEACHER)))
+  fileio.write_json_atomic(
+      workdir_layout.stage_path(workdir, TEACHER, 'source.json'),
+      {'source': os.path.abspath(source), 'teacher_key': want})
+  # The record last: an interrupted copy leaves a stage that reruns.
+  workdir_layout.copy_file(workdir_layout.done_path(source, TEACHER),
+                           workdir_layout.done_path(workdir, TEACHER))
 
 
 # ------------------------------------------------------------------- sweep ---
 
 
-def final_accuracy(report: Mapping[str, Any]) -> float:
-  """Test accuracy of the model stored in the compressed file."""
-  return compare._final_accuracy(report)  # pylint: disable=protected-access
+final_accuracy = compare.final_accuracy
 
 
 def _summary_entry(name: str, overrides, report, workdir: str
@@ -252,12 +238,13 @@ def same_config(recorded: Any, current: Any) -> bool:
 
 
 def _finished_report(point_dir: str, config) -> dict[str, Any] | None:
-  path = os.path.join(point_dir, 'report.json')
+  path = os.path.join(point_dir, workdir_layout.REPORT_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:
     report = json.load(f)
-  if not same_config(report.get('config'), _plain(config.to_dict())):
+  if not same_config(report.get('config'),
+                     workdir_layout.jsonable(config.to_dict())):
     raise ValueError(
         f'{path} was made with another config; use a new sweep workdir or '
         'remove that point.')
@@ -334,10 +321,8 @@ def anchors_for(model: str, parameters: int) -> list[dict[str, Any]]:
   4 N / CR bytes: real bytes for published bitstreams, an analytic
   equivalent for Han-style counts. Sparsity-only anchors have no bytes.
   """
-  from experiments import models  # pylint: disable=import-outside-toplevel
-  net = _NETS.get(type(models.get_model(model)).__name__)
   out = []
-  for a in compare.ANCHORS.get(net, []):
+  for a in compare.anchors(registry.model(model).benchmark):
     entry = {'label': a['method'], 'accuracy': 1 - a['error'],
              'counts': a['counts'], 'bytes': None, 'nonzero_fraction': None}
     if a['counts'] in ('file', 'analytic'):

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator, Mapping
-import json
 import numbers
 import os
 import time
 from typing import Any
 
 import numpy as np
+
+from experiments import workdir_layout
 
 # Keys that name the record rather than measure anything.
 _IDENTITY_KEYS = ('stage', 'step')
@@ -148,18 +149,8 @@ class TensorBoardWriter:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """Records of a `metrics.jsonl`, skipping blank lines and a torn last one."""
-  records = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue  # A line cut short by a kill.
-  return records
+  """Every record of a `metrics.jsonl` (`workdir_layout.read_metrics`)."""
+  return workdir_layout.read_metrics(path)
 
 
 def write_jsonl(jsonl_path: str | os.PathLike, logdir: str | os.PathLike
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--logdir', default=None,
                       help='default: WORKDIR/tensorboard')
   args = parser.parse_args(argv)
-  path = os.path.join(args.workdir, 'metrics.jsonl')
+  path = workdir_layout.metrics_path(args.workdir)
   if not os.path.exists(path):
     parser.error(f'{path} does not exist')
   logdir = args.logdir or os.path.join(args.workdir, 'tensorboard')

@@ -5,7 +5,7 @@ model whose probabilities are proportional to integer `counts` (the file
 holds or implies them, so the decoder rebuilds exactly the encoder's model).
 The coder is `constriction`'s stack-based ANS coder: `encode_reverse`, so
 that the stream decodes in order, and `Categorical(counts, perfect=False)`.
-The words are what the file stores; `gmp_jax.codec` frames them (a word
+The words are what the file stores; the format modules frame them (a word
 count, then the words little-endian).
 
 Changing the coder changes the bytes of every coded leaf: bump
@@ -30,6 +30,11 @@ class DecodeError(ValueError):
 def _model(counts: np.ndarray):
   return constriction.stream.model.Categorical(
       np.asarray(counts, np.float64), perfect=False)
+
+
+def categorical_model(counts: np.ndarray):
+  """The coder's model of integer `counts`, to reuse across chunks."""
+  return _model(counts)
 
 
 def encode(symbols: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -111,6 +116,37 @@ class StreamEncoder:
     return coder.get_compressed().astype(np.uint32, copy=False)
 
 
+class ReverseEncoder:
+  """Codes chunks at once, in REVERSE order of decoding (bounded memory).
+
+  The chunks of a `StreamEncoder` stream, passed last chunk first (a chunk
+  may be split into pieces, also passed last piece first), give the same
+  words as `StreamEncoder.words()`: the stack coder codes symbol by symbol
+  from the end of the stream.
+  """
+
+  def __init__(self):
+    self._coder = constriction.stream.stack.AnsCoder()
+
+  def categorical(self, symbols: np.ndarray, model) -> None:
+    """Symbols under a `categorical_model`."""
+    symbols = np.asarray(symbols).astype(np.int32, copy=False).reshape(-1)
+    if symbols.size:
+      self._coder.encode_reverse(symbols, model)
+
+  def bernoulli(self, bits: np.ndarray, p: np.ndarray) -> None:
+    """Bits in {0, 1}, bit i being 1 with probability `p[i]` (float64)."""
+    bits = np.asarray(bits).astype(np.int32, copy=False).reshape(-1)
+    p = np.asarray(p, np.float64).reshape(-1)
+    if bits.shape != p.shape:
+      raise ValueError(f'{bits.size} bits but {p.size} probabilities')
+    if bits.size:
+      self._coder.encode_reverse(bits, _bernoulli(), p)
+
+  def words(self) -> np.ndarray:
+    return self._coder.get_compressed().astype(np.uint32, copy=False)
+
+
 class StreamDecoder:
   """Decodes the chunks of a `StreamEncoder` in order.
 
@@ -132,11 +168,14 @@ class StreamDecoder:
   def bits_read(self) -> int:
     return int(self._start - self._coder.num_valid_bits())
 
-  def categorical(self, counts: np.ndarray, n: int) -> np.ndarray:
+  def categorical(self, counts: np.ndarray, n: int, model=None
+                  ) -> np.ndarray:
+    """`n` symbols under the model of `counts` (or the given `model`)."""
     if n == 0:
       return np.zeros(0, np.int32)
     try:
-      return self._coder.decode(_model(counts), n)
+      return self._coder.decode(
+          _model(counts) if model is None else model, n)
     except Exception as e:
       raise DecodeError(f'undecodable stream: {e}') from e
 

@@ -1,4 +1,4 @@
-"""Recognising leaves that are model state rather than parameters.
+"""Model state: recognising its leaves, checking what a model returns.
 
 BatchNorm statistics, RNG keys and counters live beside the weights in the
 trees of the common libraries, but the prior must never cover them and the
@@ -10,6 +10,9 @@ of those libraries:
   collection (`'batch_stats'`, `'cache'`, `'intermediates'`);
 * a Flax NNX variable that is not a `Param` (`BatchStat`, `RngKey`,
   `RngCount`, `Cache`, `Intermediate`, ...), recognised by its class names.
+
+`apply_stateful` calls a stateful `apply_fn` and checks that the state it
+returns has the leaves, shapes and dtypes that went in.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 # Flax Linen collections that hold state, not parameters.
 LINEN_STATE_COLLECTIONS = ('batch_stats', 'cache', 'intermediates')
@@ -74,3 +78,53 @@ def check_no_state_leaves(tree, *, what: str, hint: str) -> None:
     raise ValueError(
         f'{what} holds model state, not parameters: {listed}{more}. '
         f'{hint}')
+
+
+def _leaf_table(tree) -> dict[str, Any]:
+  return {jax.tree_util.keystr(p): leaf
+          for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def apply_stateful(apply_fn, params, model_state, x, *, train, rng):
+  """Calls a stateful `apply_fn`; returns outputs and the checked new state.
+
+  The new state is put back into the old state's tree structure, so the
+  train state keeps one structure across steps.
+
+  Raises:
+    TypeError: `apply_fn` did not return `(outputs, new_model_state)`.
+    ValueError: the returned state added, dropped or reshaped leaves; the
+      error names them.
+  """
+  out = apply_fn(params, model_state, x, train=train, rng=rng)
+  if not (isinstance(out, tuple) and len(out) == 2):
+    raise TypeError(
+        'With stateful=True, apply_fn must return (outputs, new_model_state); '
+        f'it returned a {type(out).__name__}.')
+  outputs, new_state = out
+  old, new = _leaf_table(model_state), _leaf_table(new_state)
+  added = [p for p in new if p not in old]
+  if added:
+    raise ValueError(
+        'apply_fn returned model state that was not passed in: '
+        f'{", ".join(added[:6])}{" ..." if len(added) > 6 else ""}. Give the '
+        "model's initial state (e.g. Linen {'batch_stats': "
+        "variables['batch_stats']}) to create_train_state(..., "
+        'model_state=...).')
+  dropped = [p for p in old if p not in new]
+  if dropped:
+    raise ValueError(
+        'apply_fn did not return these model state leaves: '
+        f'{", ".join(dropped[:6])}{" ..." if len(dropped) > 6 else ""}; a '
+        "stateful apply_fn returns the whole state (Linen: mutable=[...] must "
+        'name every collection passed in).')
+  for p, a in old.items():
+    b = new[p]
+    if (jnp.shape(a), jnp.result_type(a)) != (jnp.shape(b),
+                                              jnp.result_type(b)):
+      raise ValueError(
+          f'apply_fn changed model state leaf {p} from {jnp.shape(a)} '
+          f'{jnp.result_type(a)} to {jnp.shape(b)} {jnp.result_type(b)}.')
+  new_state = jax.tree.unflatten(jax.tree.structure(model_state),
+                                 [new[p] for p in old])
+  return outputs, new_state

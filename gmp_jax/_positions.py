@@ -28,6 +28,12 @@ quotient of the int64 values r_i c_ij and sum_j' c_ij' (each rounded to
 float64 once), clipped to [PROB_MIN, 1 - PROB_MIN], so the encoder and any
 decoder compute the same bits on every IEEE-754 platform. Leaves whose
 integers could exceed int64 are not offered the model.
+
+`encode_plan` works on the whole matrix; the writer uses the blocked
+`plan_cost` (bounded memory; since p_ij depends on j only through n_ij, the
+cost of row i is a sum over the histogram of (n_ij, z_ij), one log2 per
+distinct n_ij) and `encode_reverse`, which give the same integers and
+probabilities.
 """
 
 from __future__ import annotations
@@ -92,6 +98,148 @@ def encode_plan(z: np.ndarray):
   nz = hist[hist > 0].astype(np.float64)
   cost += float(np.sum(nz * np.log2(counts.size / nz)))
   return counts, hist, bits, p, cost
+
+
+_BLOCK = 1 << 18  # Entries per block of the blocked functions below.
+
+
+def _block(zb: np.ndarray, r0: int, above0: np.ndarray, total0: int):
+  """Coded bits (int64) and probabilities of rows r0.. of z, block `zb`.
+
+  `above0` (C,) holds the column sums and `total0` the ones of the rows
+  above the block; the integers, so the probabilities, are those of
+  `encode_plan` bit for bit.
+  """
+  cols = zb.shape[1]
+  zi = zb.astype(np.int64)
+  rs = zi.sum(axis=1)
+  sel = (rs > 0) & (rs < cols)
+  above = (above0 + np.cumsum(zi, axis=0) - zi)[sel]
+  total = (total0 + np.cumsum(rs) - rs)[sel]
+  i = np.arange(r0, r0 + zb.shape[0], dtype=np.int64)[sel]
+  c = above * (i * cols + 2)[:, None] + BETA * (total + 1)[:, None]
+  return zi[sel], _probabilities(rs[sel], c)
+
+
+def transpose(z: np.ndarray, tile: int = 256) -> np.ndarray:
+  """z.T, C-contiguous, copied tile by tile (cache-friendly; 4x faster)."""
+  out = np.empty(z.shape[::-1], z.dtype)
+  for i in range(0, z.shape[0], tile):
+    for j in range(0, z.shape[1], tile):
+      out[j:j + tile, i:i + tile] = z[i:i + tile, j:j + tile].T
+  return out
+
+
+def _blocks(z: np.ndarray, *, reverse: bool, transposed: bool = False):
+  """Yields `(bits, p)` of the coded rows of z (or z.T), block by block."""
+  if transposed:
+    z = transpose(z)
+  rows, cols = z.shape
+  step = max(1, _BLOCK // cols)
+  starts = range(0, rows, step)
+  if not reverse:
+    above, total = np.zeros(cols, np.int64), 0
+    for r0 in starts:
+      zb = z[r0:r0 + step]
+      yield _block(zb, r0, above, total)
+      above = above + zb.sum(axis=0, dtype=np.int64)
+      total = int(above.sum())
+    return
+  col_total = z.sum(axis=0, dtype=np.int64)
+  suffix = np.zeros(cols, np.int64)
+  for r0 in reversed(starts):
+    zb = z[r0:r0 + step]
+    block = zb.sum(axis=0, dtype=np.int64)
+    above = col_total - suffix - block
+    yield _block(zb, r0, above, int(above.sum()))
+    suffix += block
+
+
+def _block_cost(zb: np.ndarray, r0: int, above0: np.ndarray,
+                total0: int) -> float:
+  """Sum of log2 of the probabilities of the coded bits of rows r0.. of z.
+
+  Within row i, p_ij depends on j only through n_ij, so the sum runs over
+  the histogram of (n_ij, z_ij) of each row: one log2 per distinct n_ij
+  instead of one per entry. Each p is the one `encode_plan` computes (the
+  same integers and float64 operations); only the order of the sum
+  differs.
+  """
+  rows, cols = zb.shape
+  rs = zb.sum(axis=1, dtype=np.int64)
+  sel = (rs > 0) & (rs < cols)
+  if not sel.any():
+    return 0.0
+  # Counts fit int32 (R < 2**31 here); the numerators are formed in int64.
+  n = zb.astype(np.int32)
+  np.cumsum(n, axis=0, out=n)
+  n -= zb
+  n += above0.astype(np.int32)
+  n, bits = n[sel], zb[sel]
+  total = (total0 + np.cumsum(rs) - rs)[sel]
+  i = np.arange(r0, r0 + rows, dtype=np.int64)[sel]
+  a, b, r = i * cols + 2, BETA * (total + 1), rs[sel]
+  lo = n.min(axis=1)
+  width = int((n.max(axis=1) - lo).max()) + 1
+  m = n.shape[0]
+  if m * width > 2 * n.size:  # Spread-out counts: entry by entry.
+    c = n.astype(np.int64) * a[:, None] + b[:, None]
+    p = _probabilities(r, c)
+    return float(np.sum(np.log2(np.where(bits, p, 1 - p))))
+  key = n - lo[:, None]
+  key += (np.arange(m, dtype=np.int32) * width)[:, None]
+  key *= 2
+  key += bits
+  hist = np.bincount(key.reshape(-1), minlength=2 * m * width).reshape(
+      m, width, 2)
+  v = lo.astype(np.int64)[:, None] + np.arange(width, dtype=np.int64)
+  c = v * a[:, None] + b[:, None]
+  # The row sums of the numerators, as `_probabilities` forms them.
+  den = (n.sum(axis=1, dtype=np.int64) * a + cols * b).astype(
+      np.float64)[:, None]
+  num = (r[:, None] * c).astype(np.float64)
+  p = np.clip(num / den, PROB_MIN, 1.0 - PROB_MIN)
+  ones, zeros = hist[..., 1], hist[..., 0]
+  return float(np.sum(ones * np.log2(p)) + np.sum(zeros * np.log2(1 - p)))
+
+
+def plan_cost(z: np.ndarray, *, transposed: bool = False):
+  """`encode_plan` without the bits and probabilities, in bounded memory.
+
+  Args:
+    z: (R, C) boolean, C-contiguous.
+    transposed: the model of z.T.
+
+  Returns:
+    `(counts, hist, cost_bits)` as in `encode_plan` (the cost summed in
+    another order: equal to `encode_plan`'s up to float64 rounding).
+  """
+  if transposed:
+    z = transpose(z)
+  rows, cols = z.shape
+  counts = z.sum(axis=1, dtype=np.int64)
+  hist = np.bincount(counts)
+  step = max(1, _BLOCK // cols)
+  above, total, log_q = np.zeros(cols, np.int64), 0, 0.0
+  for r0 in range(0, rows, step):
+    zb = z[r0:r0 + step]
+    log_q += _block_cost(zb, r0, above, total)
+    above = above + zb.sum(axis=0, dtype=np.int64)
+    total = int(above.sum())
+  nz = hist[hist > 0].astype(np.float64)
+  cost = -log_q + float(np.sum(nz * np.log2(counts.size / nz)))
+  return counts, hist, cost
+
+
+def encode_reverse(z: np.ndarray, encoder, *,
+                   transposed: bool = False) -> None:
+  """Codes the bits of the coded rows of z into a `_ans.ReverseEncoder`.
+
+  The blocks go last first, so the stream decodes rows in order, as
+  `decode_rows` reads them.
+  """
+  for bits, p in _blocks(z, reverse=True, transposed=transposed):
+    encoder.bernoulli(bits, p)
 
 
 def decode_rows(counts: np.ndarray, cols: int, read_bits) -> np.ndarray:

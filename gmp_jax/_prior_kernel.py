@@ -231,8 +231,20 @@ def leaves_log_prob(leaves, means, precisions, log_pi):
     A scalar in the dtype of `means`. Gradients flow to every argument;
     each leaf's gradient keeps the leaf's dtype.
   """
-  # Without differentiation XLA drops the unused per-weight gradients.
-  return _leaves_log_prob_fwd(leaves, means, precisions, log_pi)[0]
+  table = _component_table(means, precisions, log_pi)
+  total = jnp.zeros((), means.dtype)
+  for w in leaves:
+    lse, grad = _lse_and_grad(_view(w, compute_dtype(w.dtype, means.dtype)),
+                              table)
+    # The barrier keeps the unused gradient, and with it the fused pass of
+    # the forward pass. Without it XLA:CPU (jax 0.10.2) drops the gradient
+    # and gives the lone log-sum-exp to a YNNPACK fusion that stores each
+    # (I,) broadcast of the table and the per-component terms: the value
+    # alone then cost 100-180 ns per weight at K = 17, against 13-20 ns
+    # for the value and all gradients.
+    lse, _ = jax.lax.optimization_barrier((lse, grad))
+    total = total + _sum_last(_sum_rows(lse))
+  return total
 
 
 def _leaves_log_prob_fwd(leaves, means, precisions, log_pi):

@@ -25,7 +25,7 @@ The functions follow the library's constructor style:
 ...                               frozen=quantized)
 >>> step = compile_step(make_codebook_step(apply_fn, optax.adam(1e-4)))
 >>> state, metrics = step(state, {'x': x, 'teacher_logits': t})
->>> params = expand_codebook(state.codebook, state.indices, state.frozen)
+>>> params = state.quantized_params()
 
 Reference: Han, Mao & Dally, "Deep Compression", ICLR 2016, section 3.3
 (centroid fine-tuning by summed gradients); Ullrich, Meeds & Welling, ICLR
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -43,11 +44,11 @@ import numpy as np
 import optax
 
 from gmp_jax import losses
+from gmp_jax import optim
 from gmp_jax import prior as prior_lib
-from gmp_jax import train as train_lib
 
-Batch = train_lib.Batch
-DataLossFn = train_lib.DataLossFn
+Batch = losses.Batch
+DataLossFn = losses.DataLossFn
 
 # A quantised tree has a handful of distinct values; more than this many
 # means the tree was not quantised (e.g. the retrained weights were passed).
@@ -71,6 +72,10 @@ class CodebookState(NamedTuple):
   opt_state: optax.OptState
   indices: Any
   frozen: Any
+
+  def quantized_params(self):
+    """The params tree: `expand_codebook(codebook, indices, frozen)`."""
+    return expand_codebook(self.codebook, self.indices, self.frozen)
 
 
 def _is_none(x) -> bool:
@@ -165,8 +170,12 @@ def codebook_from_quantized(params, mixture=None, *,
   return jnp.asarray(codebook), indices, mask
 
 
-def per_leaf_codebook(codebook: jax.Array, indices):
-  """One copy of the codebook per coded leaf: their values train apart.
+def tiled_per_leaf_codebook(codebook: jax.Array, indices):
+  """One copy of the codebook per coded leaf, tiled into one array.
+
+  For codebook fine-tuning (`create_codebook_state`); the straight-through
+  peer is `straight_through.per_leaf_codebook_tree`. The values of the
+  copies train apart.
 
   Leaf l (in tree order) of L coded leaves reads entries
   `l * K + 1 .. (l + 1) * K` of the returned (L K,) codebook, each starting
@@ -193,6 +202,14 @@ def per_leaf_codebook(codebook: jax.Array, indices):
                        ).astype(jnp.int32)
   return (jnp.tile(codebook, len(coded)),
           jax.tree.unflatten(treedef, out))
+
+
+def per_leaf_codebook(codebook: jax.Array, indices):
+  """Deprecated alias of `tiled_per_leaf_codebook`."""
+  warnings.warn('gmp_jax.per_leaf_codebook is deprecated; use '
+                'gmp_jax.tiled_per_leaf_codebook.', DeprecationWarning,
+                stacklevel=2)
+  return tiled_per_leaf_codebook(codebook, indices)
 
 
 def _check_codebook(codebook) -> None:
@@ -279,50 +296,16 @@ def create_codebook_state(codebook: jax.Array, indices,
   expand_codebook(codebook, indices)  # Validates the indices.
   if frozen is not None:
     frozen = frozen_leaves(frozen, indices)
-  with jax.numpy_dtype_promotion('standard'):  # As in `make_codebook_step`.
-    opt_state = optimizer.init(jnp.asarray(codebook))
+  opt_state = optim.promotion_safe(optimizer).init(jnp.asarray(codebook))
   return CodebookState(step=jnp.zeros((), jnp.int32),
                        codebook=jnp.asarray(codebook), opt_state=opt_state,
                        indices=indices, frozen=frozen)
 
 
-def data_loss(data_loss_fn: DataLossFn | None, *, temperature: float,
-              distillation: str, distillation_weight: float,
-              label_weight: float) -> DataLossFn:
-  """`data_loss_fn`, or the default data term (`train.default_data_loss`).
-
-  Raises:
-    ValueError: bad `distillation` or `temperature`.
-  """
-  if distillation not in ('mse', 'kl'):
-    raise ValueError(
-        f"distillation must be 'mse' or 'kl', got {distillation!r}.")
-  losses.check_temperature(temperature)
-  if data_loss_fn is not None:
-    return data_loss_fn
-  return train_lib.default_data_loss(
-      temperature=temperature, distillation=distillation,
-      distillation_weight=distillation_weight, label_weight=label_weight)
-
-
-def optimizer_step(optimizer: optax.GradientTransformation, grad, opt_state,
-                   params):
-  """`(params, opt_state)` after one optax update with `grad`."""
-  # optax relies on implicit promotion (Adam's bias correction raises a
-  # float to an int32 count): trace it under the standard rules so that
-  # the step also runs where promotion is 'strict'.
-  with jax.numpy_dtype_promotion('standard'):
-    updates, opt_state = optimizer.update(grad, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state
-
-
 def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
                        optimizer: optax.GradientTransformation, *,
-                       temperature: float = 1.0,
-                       distillation: str = 'mse',
-                       distillation_weight: float = 1.0,
-                       label_weight: float = 1.0,
-                       data_loss_fn: DataLossFn | None = None):
+                       loss: losses.LossOptions | None = None,
+                       **loss_fields):
   """A pure `(state, batch) -> (state, metrics)` codebook step (un-jitted).
 
   Minimises the data loss of `expand_codebook(c, a, frozen)` over the
@@ -341,11 +324,10 @@ def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
   Args:
     apply_fn: `(params, x) -> outputs`.
     optimizer: the transformation `create_codebook_state` was given.
-    temperature: T of the distillation softmax.
-    distillation: 'mse' (poster eq. 2) or 'kl'.
-    distillation_weight: weight of the distillation term.
-    label_weight: weight of the label cross-entropy next to a teacher.
-    data_loss_fn: custom `(outputs, batch) -> (loss, metrics)`.
+    loss: the data-loss options (`gmp_jax.LossOptions`), as for
+      `make_train_step`.
+    **loss_fields: `LossOptions` fields as keywords (e.g.
+      `temperature=4.0`); they replace those of `loss`.
 
   Returns:
     The pure step; jit it with `compile_step` (or `jax.jit`). Metrics hold
@@ -353,10 +335,9 @@ def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
 
   Raises:
     ValueError: bad `distillation` or `temperature`.
+    TypeError: a keyword that is no `LossOptions` field.
   """
-  data_loss_fn = data_loss(
-      data_loss_fn, temperature=temperature, distillation=distillation,
-      distillation_weight=distillation_weight, label_weight=label_weight)
+  data_loss_fn = losses.loss_options(loss, loss_fields).data_loss()
 
   def loss_fn(codebook, state, batch):
     params = expand_codebook(codebook, state.indices, state.frozen)
@@ -367,8 +348,9 @@ def make_codebook_step(apply_fn: Callable[[Any, Any], Any],
 
   def codebook_step(state: CodebookState, batch: Batch):
     (_, metrics), grad = grad_fn(state.codebook, state, batch)
-    codebook, opt_state = optimizer_step(optimizer, grad, state.opt_state,
-                                         state.codebook)
+    codebook, opt_state = optim.apply_optimizer(optimizer, grad,
+                                                state.opt_state,
+                                                state.codebook)
     return state._replace(step=state.step + 1, codebook=codebook,
                           opt_state=opt_state), metrics
 
@@ -382,5 +364,5 @@ __all__ = (
     'expand_codebook',
     'frozen_leaves',
     'make_codebook_step',
-    'per_leaf_codebook',
+    'tiled_per_leaf_codebook',
 )

@@ -8,6 +8,10 @@ Default learning rates are those of the published recipe (Adam; 5e-4 for
 weights, 1e-4 for means, 3e-3 for log-precisions and for mixing logits):
 Ullrich, Meeds & Welling, "Soft Weight-Sharing for Neural Network
 Compression", ICLR 2017, and their companion tutorial.
+
+`promotion_safe` and `apply_optimizer` are how every train step runs an
+optax transformation, so that it also works where dtype promotion is
+'strict'.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ def partition_labels(tree):
                           mixing_logits=MIXING))
 
 
-def _standard_promotion(tx: optax.GradientTransformation
-                        ) -> optax.GradientTransformationExtraArgs:
+def promotion_safe(tx: optax.GradientTransformation
+                   ) -> optax.GradientTransformationExtraArgs:
   """`tx` traced under standard dtype promotion.
 
   optax's transformations rely on implicit promotion (Adam's bias
@@ -60,6 +64,18 @@ def _standard_promotion(tx: optax.GradientTransformation
       return tx.update(updates, state, params)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def apply_optimizer(tx: optax.GradientTransformation, grads, opt_state,
+                    params):
+  """`(params, opt_state)` after one update of `tx` with `grads`.
+
+  .. math:: (u, s') = \\mathrm{tx.update}(g, s, w), \\qquad w' = w + u
+
+  The update is traced under standard promotion (`promotion_safe`).
+  """
+  updates, opt_state = promotion_safe(tx).update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def gmp_optimizer(*,
@@ -98,4 +114,4 @@ def gmp_optimizer(*,
       LOG_PRECISIONS: make(log_precisions),
       MIXING: make(mixing),
   }
-  return _standard_promotion(optax.partition(transforms, partition_labels))
+  return promotion_safe(optax.partition(transforms, partition_labels))

@@ -172,18 +172,61 @@ def select_leaves(params, filter_fn: FilterFn | None = None):
           f'{dtype}; the mixture prior applies only to floating-point leaves.')
     chosen.append((_path_str(path), leaf))
   if not chosen:
+    leaves = jax.tree_util.tree_leaves(params)
+    if filter_fn is None:
+      raise ValueError(
+          'The parameter tree has no compressible leaves: it has no '
+          f'floating-point leaf (it has {len(leaves)} leaves), and the '
+          'default filter chooses floating-point leaves only.')
+    floating = sum(is_floating((), x) for x in leaves)
     raise ValueError(
         'The parameter tree has no compressible leaves: the filter chose none '
-        'of its leaves (the default chooses every floating-point leaf).')
+        f'of its {len(leaves)} leaves ({floating} floating-point). Check '
+        'filter_fn: it is called as filter_fn(path, leaf), path a tuple of '
+        'jax key entries (jax.tree_util.keystr(path) gives "[\'dense\']'
+        '[\'kernel\']").')
   return chosen
+
+
+def check_mixture_shapes(mixture: GaussianMixture) -> None:
+  """Raises a ValueError naming the problem unless the fields fit together.
+
+  A K-component mixture holds `nonzero_means` of shape (K-1,),
+  `log_precisions` of shape (K,) and `mixing_logits` of shape (K-1,) with a
+  fixed pi_0 or (K,) with a learned one, K >= 2. Fields without a shape
+  (tracers carry one; optax labels do not) are not checked.
+  """
+  if not isinstance(mixture, GaussianMixture):
+    raise TypeError(
+        f'Expected a GaussianMixture, got {type(mixture).__name__}.')
+  fields = {name: getattr(mixture, name) for name in
+            ('nonzero_means', 'log_precisions', 'mixing_logits')}
+  if not all(hasattr(x, 'shape') for x in fields.values()):
+    return
+  shapes = {name: tuple(x.shape) for name, x in fields.items()}
+  got = ', '.join(f'{name} {shape}' for name, shape in shapes.items())
+  if any(len(shape) != 1 for shape in shapes.values()):
+    raise ValueError(f'The mixture fields must be 1-d arrays; got {got}.')
+  k = shapes['log_precisions'][0]
+  fixed = mixture.zero_proportion is not None
+  logits = k - 1 if fixed else k
+  if k < 2 or shapes['nonzero_means'][0] != k - 1 or (
+      shapes['mixing_logits'][0] != logits):
+    raise ValueError(
+        f'The mixture fields do not fit together: {got}. A K-component '
+        f'mixture (K >= 2) with a {"fixed" if fixed else "learned"} pi_0 '
+        'needs nonzero_means (K-1,), log_precisions (K,) and mixing_logits '
+        f'({"K-1" if fixed else "K"},).')
 
 
 def mixture_leaves(params, mixture: GaussianMixture) -> list[jax.Array]:
   """The leaves of `params` that `mixture` covers, in signature order.
 
   Raises:
-    ValueError: `params` is not the tree the mixture was built for.
+    ValueError: `params` is not the tree the mixture was built for, or the
+      mixture's fields have inconsistent shapes (`check_mixture_shapes`).
   """
+  check_mixture_shapes(mixture)
   by_path = {_path_str(p): leaf for p, leaf in
              jax.tree_util.tree_flatten_with_path(params)[0]}
   leaves = []
@@ -361,8 +404,10 @@ def mixture_log_prob(params, mixture: GaussianMixture) -> jax.Array:
     A scalar (float32, or float64 for a float64 mixture).
 
   Raises:
-    ValueError: `params` is not the tree the mixture was built for.
+    ValueError: `params` is not the tree the mixture was built for, or the
+      mixture's fields have inconsistent shapes.
   """
+  check_mixture_shapes(mixture)
   dtype = _prior_kernel.compute_dtype(mixture.log_precisions.dtype)
   means = mixture.means.astype(dtype)
   precisions = mixture.precisions.astype(dtype)

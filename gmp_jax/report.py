@@ -17,14 +17,16 @@ Here N counts the entries of every parameter leaf, 32 bits each.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gmp_jax import codec
+from gmp_jax import prior as prior_lib
 
 
 def huffman_bits(counts) -> int:
@@ -366,7 +368,7 @@ def compression_report(params=None, path=None, *, codebook_dtype='float32',
     decoded = codec.from_bytes(
         codec.to_bytes(params, codebook_dtype=codebook_dtype))
   else:
-    decoded = codec.from_bytes(codec.read_bytes(path))
+    decoded = codec.load_compressed(path, details=True)
     if params is not None:
       _check_match(params, decoded)
   leaves = _leaves(decoded.params)
@@ -419,18 +421,78 @@ def _key_name(key) -> str:
   return str(key)
 
 
-def _row(name: str, shape, values: list[np.ndarray]) -> dict[str, Any]:
-  flat = (np.concatenate([v.ravel() for v in values]) if values
-          else np.zeros(0, np.float32))
+# Sharded leaves list their distinct values by successive minima under jit;
+# past this many the leaf is read to the host instead.
+_MAX_DEVICE_DISTINCT = 4096
+
+
+class _LeafCount(NamedTuple):
+  """Entries, nonzero entries and sorted distinct nonzero float32 values."""
+  size: int
+  nonzero: int
+  distinct: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _device_count(x, cap: int):
+  """`(nonzero, values, found, complete)` of x under jit, for sharded x.
+
+  values[:found] are x's distinct nonzero values (as float32) in increasing
+  order: each step takes min {x > last, x != 0}, a reduction XLA keeps on
+  the devices holding x until one scalar per step. `complete` is False when
+  `cap` steps did not exhaust them.
+  """
+  x = x.astype(jnp.float32)
+  inf = jnp.array(jnp.inf, jnp.float32)
+
+  def step(state):
+    i, last, values, _ = state
+    nxt = jnp.min(jnp.where((x > last) & (x != 0), x, inf))
+    more = nxt < inf
+    values = values.at[i].set(nxt)
+    return i + more.astype(jnp.int32), nxt, values, ~more
+
+  def going(state):
+    i, _, _, done = state
+    return (~done) & (i < cap)
+
+  found, _, values, done = jax.lax.while_loop(
+      going, step, (jnp.int32(0), -inf, jnp.zeros(cap, jnp.float32),
+                    jnp.array(False)))
+  return jnp.count_nonzero(x), values, found, done
+
+
+def _is_sharded(leaf) -> bool:
+  return (isinstance(leaf, jax.Array) and len(leaf.sharding.device_set) > 1
+          and not leaf.sharding.is_fully_replicated)
+
+
+def _count(leaf) -> _LeafCount:
+  """Counts of one leaf; a sharded leaf is counted where it lies."""
+  size = int(np.prod(leaf.shape))
+  if _is_sharded(leaf) and size:
+    nonzero, values, found, done = jax.device_get(
+        _device_count(leaf, _MAX_DEVICE_DISTINCT))
+    if done:
+      return _LeafCount(size, int(nonzero), np.asarray(values[:int(found)]))
+  flat = np.asarray(jax.device_get(leaf)).astype(np.float32).ravel()
   nonzero = flat[flat != 0]
-  n = int(flat.size)
+  return _LeafCount(size, int(nonzero.size), np.unique(nonzero))
+
+
+def _row(name: str, shape, counts: list[_LeafCount]) -> dict[str, Any]:
+  n = sum(c.size for c in counts)
+  nonzero = sum(c.nonzero for c in counts)
+  distinct = (np.unique(np.concatenate([c.distinct for c in counts]))
+              if counts else np.zeros(0, np.float32))
   return {'layer': name, 'shape': shape, 'parameters': n,
-          'nonzero': int(nonzero.size),
-          'sparsity': 1.0 - nonzero.size / n if n else 0.0,
-          'distinct_values': int(np.unique(nonzero).size)}
+          'nonzero': nonzero,
+          'sparsity': 1.0 - nonzero / n if n else 0.0,
+          'distinct_values': int(distinct.size)}
 
 
-def sparsity_table(params, *, by: str = 'leaf') -> list[dict[str, Any]]:
+def sparsity_table(params, mixture=None, *,
+                   by: str = 'leaf') -> list[dict[str, Any]]:
   """The poster's Table 1 for a quantised tree: sparsity and distinct values.
 
   One row per floating-point leaf (`by='leaf'`) or per top-level key of the
@@ -443,41 +505,65 @@ def sparsity_table(params, *, by: str = 'leaf') -> list[dict[str, Any]]:
     \\mathrm{distinct\\_values} = |\\{w \\ne 0\\}|,
 
   the number of distinct non-zero values (counted in float32). The total
-  row sums `parameters` and `nonzero` and counts distinct values across all
+  row sums `parameters` and `nonzero` and counts distinct values across its
   rows. Integer leaves are left out.
+
+  With `mixture` (the one `params` was quantised with), only the leaves it
+  covers share values: their rows come first and `'total'` sums them. The
+  leaves it does not cover keep raw values; their rows follow the total,
+  then a `'raw'` row that sums them. Raw values are never counted in
+  `'total'`. A layer with covered and raw leaves has a row in each part.
+  Without `mixture` every floating-point leaf counts as covered.
+
+  Leaves sharded over several devices (`gmp_jax.sharding`) are counted
+  where they lie: jitted reductions, one scalar per distinct value leaving
+  the devices; a sharded leaf with more than 4,096 distinct values is read
+  to the host.
 
   Args:
     params: any pytree of arrays, e.g. the output of `gmp_jax.quantize`.
+    mixture: optional `GaussianMixture` whose covered leaves are the coded
+      part of the tree.
     by: 'leaf' or 'layer'.
 
   Returns:
     A list of dicts with keys `layer` (the '/'-joined leaf path, the
-    top-level key, or 'total'), `shape` (a list: the leaf's shape, for a
-    layer its kernel's or else its first leaf's; None for the total),
+    top-level key, 'total' or 'raw'), `shape` (a list: the leaf's shape, for
+    a layer its kernel's or else its first leaf's; None for the totals),
     `parameters`, `nonzero`, `sparsity` and `distinct_values`, in the
-    tree's flattening order.
+    tree's flattening order within each part.
 
   Raises:
-    ValueError: `by` is neither 'leaf' nor 'layer', or the tree has no
-      floating-point leaf.
+    ValueError: `by` is neither 'leaf' nor 'layer', the tree has no
+      floating-point leaf, or `params` is not the tree `mixture` was built
+      for.
   """
   if by not in ('leaf', 'layer'):
     raise ValueError(f"by must be 'leaf' or 'layer', got {by!r}.")
-  groups: dict[str, list[tuple[tuple[str, ...], np.ndarray]]] = {}
+  covered = None
+  if mixture is not None:
+    prior_lib.mixture_leaves(params, mixture)  # Validates the tree.
+    covered = {path for path, _, _ in mixture.signature}
+  groups: dict[tuple[bool, str], list[tuple[tuple[str, ...], Any]]] = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     dtype = getattr(leaf, 'dtype', None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
       continue
     names = tuple(_key_name(k) for k in path) or ('<root>',)
-    values = np.asarray(jax.device_get(leaf)).astype(np.float32)
+    raw = covered is not None and jax.tree_util.keystr(path) not in covered
     key = '/'.join(names) if by == 'leaf' else names[0]
-    groups.setdefault(key, []).append((names[1:], values))
+    groups.setdefault((raw, key), []).append((names[1:], leaf))
   if not groups:
     raise ValueError('The tree has no floating-point leaves.')
-  rows = []
-  for name, members in groups.items():
+  rows = {False: [], True: []}
+  totals = {False: [], True: []}
+  for (raw, name), members in groups.items():
     shape = next((v.shape for rest, v in members if 'kernel' in rest),
                  members[0][1].shape)
-    rows.append(_row(name, list(shape), [v for _, v in members]))
-  total = _row('total', None, [v for m in groups.values() for _, v in m])
-  return rows + [total]
+    counts = [_count(v) for _, v in members]
+    rows[raw].append(_row(name, list(shape), counts))
+    totals[raw] += counts
+  table = rows[False] + [_row('total', None, totals[False])]
+  if rows[True]:
+    table += rows[True] + [_row('raw', None, totals[True])]
+  return table

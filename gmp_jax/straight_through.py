@@ -24,7 +24,7 @@ array per coded leaf (each layer's values train apart).
 ...                                       optax.adam(1e-4), frozen=quantized)
 >>> step = compile_step(make_straight_through_step(apply_fn, optax.adam(1e-4)))
 >>> state, metrics = step(state, {'x': x, 'teacher_logits': t})
->>> params = quantized_params(state)
+>>> params = state.quantized_params()
 
 Reference: Bengio, Leonard & Courville, "Estimating or propagating
 gradients through stochastic neurons", 2013 (straight-through estimator);
@@ -36,17 +36,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmp_jax import finetune
-from gmp_jax import train as train_lib
+from gmp_jax import losses
+from gmp_jax import optim
 
-Batch = train_lib.Batch
-DataLossFn = train_lib.DataLossFn
+Batch = losses.Batch
+DataLossFn = losses.DataLossFn
 
 
 class StraightThroughState(NamedTuple):
@@ -69,6 +70,11 @@ class StraightThroughState(NamedTuple):
   opt_state: optax.OptState
   mask: Any
   frozen: Any
+
+  def quantized_params(self):
+    """The quantised params tree (exact codebook values and zeros)."""
+    return straight_through_params(self.latent, self.codebook, self.mask,
+                                   self.frozen)
 
 
 def _is_none(x) -> bool:
@@ -188,7 +194,7 @@ def create_straight_through_state(latent, codebook, mask,
     latent: the starting latent weights (`masked_latent` of the retrained
       params, or the quantised params themselves).
     codebook: (K,) shared values, or a tree with one (K,) array per coded
-      leaf (e.g. `per_leaf_codebooks`).
+      leaf (e.g. `per_leaf_codebook_tree`).
     mask: tree of booleans (True = kept), None where not coded.
     optimizer: an optax transformation of `{'latent': ..., 'codebook': ...}`.
     frozen: optional params tree; its leaves not coded are kept.
@@ -202,32 +208,44 @@ def create_straight_through_state(latent, codebook, mask,
   if frozen is not None:
     frozen = jax.tree.map(lambda m, x: x if m is None else None, mask, frozen,
                           is_leaf=_is_none)
-  with jax.numpy_dtype_promotion('standard'):  # As in `optimizer_step`.
-    opt_state = optimizer.init({'latent': latent, 'codebook': codebook})
+  opt_state = optim.promotion_safe(optimizer).init(
+      {'latent': latent, 'codebook': codebook})
   return StraightThroughState(step=jnp.zeros((), jnp.int32), latent=latent,
                               codebook=codebook, opt_state=opt_state,
                               mask=mask, frozen=frozen)
 
 
-def per_leaf_codebooks(codebook: jax.Array, mask):
-  """A tree with a copy of the (K,) `codebook` for every coded leaf."""
+def per_leaf_codebook_tree(codebook: jax.Array, mask):
+  """A tree like `mask` with a copy of the (K,) `codebook` per coded leaf.
+
+  For straight-through fine-tuning (`create_straight_through_state`); the
+  codebook fine-tuning peer is `finetune.tiled_per_leaf_codebook`.
+  """
   return jax.tree.map(lambda m: None if m is None else jnp.array(codebook),
                       mask, is_leaf=_is_none)
 
 
-def quantized_params(state: StraightThroughState):
-  """The state's quantised params tree (exact codebook values and zeros)."""
-  return straight_through_params(state.latent, state.codebook, state.mask,
-                                 state.frozen)
+def per_leaf_codebooks(codebook: jax.Array, mask):
+  """Deprecated alias of `per_leaf_codebook_tree`."""
+  warnings.warn('gmp_jax.per_leaf_codebooks is deprecated; use '
+                'gmp_jax.per_leaf_codebook_tree.', DeprecationWarning,
+                stacklevel=2)
+  return per_leaf_codebook_tree(codebook, mask)
+
+
+def quantized_params(state):
+  """The quantised params tree of a fine-tuning state.
+
+  `state.quantized_params()` of a `StraightThroughState` or a
+  `finetune.CodebookState`.
+  """
+  return state.quantized_params()
 
 
 def make_straight_through_step(apply_fn: Callable[[Any, Any], Any],
                                optimizer: optax.GradientTransformation, *,
-                               temperature: float = 1.0,
-                               distillation: str = 'mse',
-                               distillation_weight: float = 1.0,
-                               label_weight: float = 1.0,
-                               data_loss_fn: DataLossFn | None = None):
+                               loss: losses.LossOptions | None = None,
+                               **loss_fields):
   """A pure `(state, batch) -> (state, metrics)` step (un-jitted).
 
   Minimises the data loss of `straight_through_params(w, c, m, frozen)`
@@ -245,12 +263,20 @@ def make_straight_through_step(apply_fn: Callable[[Any, Any], Any],
   data terms, `accuracy` when labels are present, and `reassigned`, the
   fraction of kept weights whose cluster changed in this step.
 
+  Args:
+    apply_fn: `(params, x) -> outputs`.
+    optimizer: the transformation `create_straight_through_state` was
+      given.
+    loss: the data-loss options (`gmp_jax.LossOptions`), as for
+      `make_train_step`.
+    **loss_fields: `LossOptions` fields as keywords (e.g.
+      `temperature=4.0`); they replace those of `loss`.
+
   Raises:
     ValueError: bad `distillation` or `temperature`.
+    TypeError: a keyword that is no `LossOptions` field.
   """
-  data_loss_fn = finetune.data_loss(
-      data_loss_fn, temperature=temperature, distillation=distillation,
-      distillation_weight=distillation_weight, label_weight=label_weight)
+  data_loss_fn = losses.loss_options(loss, loss_fields).data_loss()
 
   def loss_fn(trainable, state, batch):
     params = straight_through_params(trainable['latent'],
@@ -267,7 +293,7 @@ def make_straight_through_step(apply_fn: Callable[[Any, Any], Any],
   def straight_through_step(state: StraightThroughState, batch: Batch):
     trainable = {'latent': state.latent, 'codebook': state.codebook}
     (_, metrics), grad = grad_fn(trainable, state, batch)
-    trainable, opt_state = finetune.optimizer_step(
+    trainable, opt_state = optim.apply_optimizer(
         optimizer, grad, state.opt_state, trainable)
     before = nearest_indices(state.latent, state.codebook, state.mask)
     after = nearest_indices(trainable['latent'], trainable['codebook'],
@@ -288,7 +314,7 @@ __all__ = (
     'make_straight_through_step',
     'masked_latent',
     'nearest_indices',
-    'per_leaf_codebooks',
+    'per_leaf_codebook_tree',
     'quantized_params',
     'straight_through_params',
 )

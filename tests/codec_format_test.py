@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from gmp_jax import _positions
+from gmp_jax import _wire
 from gmp_jax import codec
+import helpers
 
 CorruptFileError = codec.CorruptFileError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +108,7 @@ _TREES = st.recursive(
 @settings(max_examples=40, deadline=None)
 @given(_TREES, _TREES)
 def test_both_versions_round_trip_random_trees(params, metadata):
-  for data in (codec._to_bytes_v1(params, metadata=metadata,
+  for data in (helpers.to_bytes_v1(params, metadata=metadata,
                                   codebook_dtype=None),
                codec.to_bytes(params, metadata=metadata,
                               codebook_dtype=None)):
@@ -120,8 +122,8 @@ def test_both_versions_round_trip_random_trees(params, metadata):
 def test_file_objects_hold_records_of_both_versions():
   a = {'a': _structured(np.random.default_rng(0))}
   b = {'b': np.arange(5, dtype=np.int8)}
-  buf = io.BytesIO(codec._to_bytes_v1(a) + codec.to_bytes(b)
-                   + codec._to_bytes_v1(b))
+  buf = io.BytesIO(helpers.to_bytes_v1(a) + codec.to_bytes(b)
+                   + helpers.to_bytes_v1(b))
   _same(a, codec.load_compressed(buf))
   _same(b, codec.load_compressed(buf))
   _same(b, codec.load_compressed(buf))
@@ -218,7 +220,7 @@ def test_row_model_wins_on_structured_leaves():
   # Within a few words of the model's ideal cost (plus its histogram).
   view = x != 0 if info.position_model == 'rows' else (x != 0).T
   _, hist, _, _, ideal = _positions.encode_plan(view)
-  table_bits = 8 * len(b''.join(codec._varint(int(h))
+  table_bits = 8 * len(b''.join(_wire.varint(int(h))
                                 for h in np.append(hist.size - 1, hist)))
   assert info.position_bits <= ideal + table_bits + 64
 
@@ -295,7 +297,7 @@ def test_header_of_the_poster_model_is_lean():
   params = codec.load_compressed(path)
   decoded = codec.from_bytes(codec.to_bytes(params,
                                             metadata={'model': 'poster'}))
-  v1 = codec.from_bytes(codec._to_bytes_v1(params,
+  v1 = codec.from_bytes(helpers.to_bytes_v1(params,
                                            metadata={'model': 'poster'}))
   # Version 2 holds the shared codebook in its header; compare the header
   # and codebooks together.
@@ -378,3 +380,24 @@ def test_exact_fraction_rounding_is_not_needed_but_float_is_deterministic():
   _, _, _, p, _ = _positions.encode_plan(z)
   exact = fractions.Fraction(2 * _positions.BETA, 4 * _positions.BETA)
   assert p[0] == float(exact) == 0.5
+
+
+@pytest.mark.parametrize('block', [1 << 18, 50])
+@pytest.mark.parametrize('transposed', [False, True])
+def test_blocked_row_model_matches_the_whole_matrix_plan(block, transposed,
+                                                         monkeypatch):
+  monkeypatch.setattr(_positions, '_BLOCK', block)
+  z = _structured(np.random.default_rng(11), rows=90, cols=70) != 0
+  view = np.ascontiguousarray(z.T) if transposed else z
+  counts, hist, bits, p, cost = _positions.encode_plan(view)
+  got_counts, got_hist, got_cost = _positions.plan_cost(
+      z, transposed=transposed)
+  np.testing.assert_array_equal(got_counts, counts)
+  np.testing.assert_array_equal(got_hist, hist)
+  assert got_cost == pytest.approx(cost, rel=1e-12)
+  blocks = list(_positions._blocks(z, reverse=True, transposed=transposed))
+  np.testing.assert_array_equal(
+      np.concatenate([b.reshape(-1) for b, _ in blocks[::-1]]), bits)
+  np.testing.assert_array_equal(
+      np.concatenate([q.reshape(-1) for _, q in blocks[::-1]]), p)
+  np.testing.assert_array_equal(_positions.transpose(z, tile=16), z.T)

@@ -89,8 +89,11 @@ def test_bad_input():
     evaluation.TestSet(x, labels, batch_size=7, kind='vmap')
 
 
-def test_summarize():
-  totals = {'correct': np.int32(7), 'cross_entropy_sum': np.float32(3.5),
-            'count': np.int32(10)}
-  assert evaluation.summarize(totals) == {'accuracy': 0.7,
-                                          'cross_entropy': 0.35}
+def test_evaluator_equals_the_library_evaluate():
+  """`TestSet.evaluator` is `gmp_jax.evaluate` on the device-held set."""
+  x, labels, params = _problem(3)
+  eval_step = gmp_jax.make_eval_step(_apply)
+  for kind in ('unroll', 'scan'):
+    test = evaluation.TestSet(x, labels, batch_size=7, kind=kind)
+    assert test.evaluator(_apply)(params) == gmp_jax.evaluate(
+        eval_step, params, x, labels, batch_size=7, kind=kind)

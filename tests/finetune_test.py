@@ -84,7 +84,7 @@ def test_per_leaf_codebook_gradient_is_the_per_leaf_sum():
   _, _, q = _quantized()
   x, labels = _batch()
   shared, shared_indices, _ = finetune.codebook_from_quantized(q)
-  codebook, indices = finetune.per_leaf_codebook(shared, shared_indices)
+  codebook, indices = finetune.tiled_per_leaf_codebook(shared, shared_indices)
   k, leaves = shared.shape[0], len(jax.tree.leaves(q))
   assert codebook.shape == (leaves * k,)
   # The same tree, bit for bit, before any training.
@@ -107,7 +107,8 @@ def test_per_leaf_codebook_gradient_is_the_per_leaf_sum():
 
 def test_per_leaf_codebook_rejects_a_matrix():
   with pytest.raises(ValueError, match='1-D'):
-    finetune.per_leaf_codebook(jnp.ones((2, 2)), {'w': jnp.zeros(3, jnp.int32)})
+    finetune.tiled_per_leaf_codebook(jnp.ones((2, 2)),
+                                     {'w': jnp.zeros(3, jnp.int32)})
 
 
 def test_codebook_gradient_matches_finite_differences():

@@ -129,3 +129,101 @@ def np_mlp_forward_backward(p, x, labels):
   grads = {'l1': {'kernel': x.T @ dz1, 'bias': dz1.sum(0)},
            'l2': {'kernel': h.T @ dz2, 'bias': dz2.sum(0)}}
   return loss, grads
+
+
+# ------------------------------------------------- version-1 file writer ---
+# The codec writes format version 2 only; tests write version-1 files (the
+# layout in `gmp_jax._format_v1`) with this writer, the one the codec shipped.
+
+
+def _v1_varint(n):
+  out = bytearray()
+  while True:
+    byte, n = n & 0x7F, n >> 7
+    out.append(byte | 0x80 if n else byte)
+    if not n:
+      return bytes(out)
+
+
+def _v1_stream(symbols, counts):
+  from gmp_jax import _ans  # pylint: disable=import-outside-toplevel
+  from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
+  words = _ans.encode(symbols, counts)
+  return _v1_varint(words.size) + _wire.le_bytes(words)
+
+
+def _v1_unique(nz):
+  candidates = np.unique(nz[:1 << 16])
+  if nz.size > 1 << 16 and candidates.size > 1 << 15:
+    return None
+  idx = np.minimum(np.searchsorted(candidates, nz), candidates.size - 1)
+  if np.array_equal(candidates[idx], nz):
+    return candidates, idx, np.bincount(idx, minlength=candidates.size)
+  return np.unique(nz, return_inverse=True, return_counts=True)
+
+
+def _v1_coded_record(bits, store):
+  from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
+  n = bits.size
+  mask = bits != 0
+  nz = bits[mask]
+  nnz = nz.size
+  head = bytes([0]) + _v1_varint(nnz)
+  if nnz == 0:
+    return [head], store
+  unique = _v1_unique(nz)
+  if unique is None or unique[0].size > 1 << 16:
+    return None
+  codebook, idx, counts = unique
+  k = codebook.size
+  head += _v1_varint(k)
+  table = b''.join(_v1_varint(int(c)) for c in counts) if k > 1 else b''
+  pos = _v1_stream(mask, np.array([n - nnz, nnz])) if nnz < n else b''
+  ids = _v1_stream(idx.reshape(-1), counts) if k > 1 else b''
+  return [head, _wire.le_bytes(codebook), table, pos, ids], store
+
+
+def _v1_leaf(x, cb):
+  """Chunks of one version-1 leaf record, its storage dtype, CRC coverage."""
+  from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
+  store = _wire.storage_dtype(x.dtype, cb)
+  s = x.astype(store) if store != x.dtype else x
+  uint = _wire.UINT.get(s.dtype.itemsize)
+  bits = None if uint is None else np.ascontiguousarray(s).reshape(-1).view(
+      uint)
+  coded = None if bits is None else _v1_coded_record(bits, store)
+  if coded is not None and sum(map(len, coded[0])) < 1 + x.nbytes:
+    return coded[0], coded[1], bits
+  return [bytes([1]), _wire.le_bytes(x)], x.dtype, x
+
+
+def to_bytes_v1(params, *, metadata=None, codebook_dtype='float32'):
+  """The bytes of a version-1 file of `params` (and `metadata`)."""
+  import json  # pylint: disable=import-outside-toplevel
+  import struct  # pylint: disable=import-outside-toplevel
+  import zlib  # pylint: disable=import-outside-toplevel
+  from gmp_jax import _trees  # pylint: disable=import-outside-toplevel
+  from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
+  leaves, names = [], []
+  tree = _trees.flatten(params, leaves, names, scalars=False, int_keys=False)
+  n_params = len(leaves)
+  meta = _trees.flatten(metadata, leaves, names, scalars=True,
+                        int_keys=False)
+  cb = _wire.codebook_dtype(codebook_dtype)
+  chunks, descr, data_crc = [], [], 0
+  for x in leaves:
+    # Metadata leaves are stored exactly.
+    leaf_chunks, store, covered = _v1_leaf(
+        x, cb if len(descr) < n_params else None)
+    chunks += leaf_chunks
+    descr.append([x.dtype.name, list(x.shape), np.dtype(store).name])
+    data_crc = _wire.crc(covered, data_crc)
+  header = zlib.compress(json.dumps(
+      {'tree': tree, 'metadata': meta, 'leaves': descr, 'params': n_params},
+      separators=(',', ':')).encode(), 9)
+  payload = b''.join(chunks)
+  preamble = struct.Struct('<8sHHIQIIII')
+  head = preamble.pack(_wire.MAGIC, 1, 0, len(header), len(payload),
+                       zlib.crc32(header), zlib.crc32(payload), data_crc, 0)
+  head = head[:-4] + struct.pack('<I', zlib.crc32(head[:-4]))
+  return head + header + payload

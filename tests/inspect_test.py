@@ -68,3 +68,12 @@ def test_module_entry_point(model_file, tmp_path):
                         capture_output=True, text=True, check=False)
   assert fail.returncode == 1
   assert 'bad magic' in fail.stderr
+
+
+def test_declared_sizes_markdown(model_file, capsys):
+  path, w = model_file
+  assert inspect_cli.main([str(path), '--declared']) == 0
+  out = capsys.readouterr().out
+  assert f'| dense/kernel | float32 | (40, 30) | 1,200 | {w.nbytes:,} |' in out
+  assert f'| total | | | 1,230 | {4 * 1230:,} |' in out
+  assert f'file: {os.path.getsize(path):,} bytes, format version 2' in out

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gmp_jax
 from experiments import data as data_lib
 from experiments import loop
 from experiments import monitor
@@ -142,8 +143,8 @@ def test_bad_input(tmp_path):
         checkpoint_dir=str(tmp_path / 'c'),
         options=loop.LoopOptions(kind='unroll'),
         log=monitor.MetricsLog(str(tmp_path)))
-  with pytest.raises(ValueError, match='loop kind'):
-    loop.multi_step(_train_step, 'while')
+  with pytest.raises(ValueError, match='kind must be one of'):
+    gmp_jax.make_multi_step(_train_step, kind='while')
   for bad, match in (({'kind': 'while'}, 'loop kind'),
                      ({'steps_per_call': 0}, 'steps_per_call'),
                      ({'log_every_steps': -5}, 'log_every_steps'),

@@ -66,3 +66,17 @@ def test_schedules_accepted():
 def test_bad_learning_rate():
   with pytest.raises(ValueError, match='means'):
     gmp_jax.gmp_optimizer(means=-1.0)
+
+
+def test_apply_optimizer_runs_adam_under_strict_promotion():
+  """One Adam step, by hand: w - lr * g / (|g| + eps) at step 1."""
+  params = {'w': jnp.asarray([1.0, -2.0], jnp.float32)}
+  grads = {'w': jnp.asarray([0.5, -0.25], jnp.float32)}
+  tx = optax.adam(0.1)
+  with jax.numpy_dtype_promotion('strict'):
+    opt_state = optim.promotion_safe(tx).init(params)
+    new, _ = jax.jit(lambda g, s, p: optim.apply_optimizer(tx, g, s, p))(
+        grads, opt_state, params)
+  g = np.asarray(grads['w'], np.float64)
+  want = np.asarray(params['w'], np.float64) - 0.1 * g / (np.abs(g) + 1e-8)
+  np.testing.assert_allclose(new['w'], want, rtol=1e-6)

@@ -93,6 +93,21 @@ def test_value_and_gradients_match_float64(sizes, k):
                                atol=1e-5 * scale, err_msg=name)
 
 
+@pytest.mark.parametrize('sizes', [
+    (1,), (17,), (5003, 7, 64), ((40, 16), (7, 33), (3, 3, 5, 20)),
+    ((35, 50), (50, 10), (1, 64))])
+@pytest.mark.parametrize('k', [2, 17, 40])
+def test_value_alone_matches_float64(sizes, k):
+  # The value without gradients has its own primal (not the forward pass).
+  params = _params(sizes, seed=3)
+  mixture = _mixture(params, k, seed=4)
+  value = jax.jit(_prior_kernel.leaves_log_prob)(
+      tuple(jax.tree.leaves(params)), mixture.means, mixture.precisions,
+      mixture.log_mixing_proportions)
+  np.testing.assert_allclose(value, _numpy_grads(params, mixture)['value'],
+                             rtol=1e-5)
+
+
 def test_matches_dense_formula_under_jit_and_grad():
   params = _params((12_345, 300, 3))
   mixture = _mixture(params, 17)

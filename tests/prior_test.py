@@ -260,3 +260,23 @@ def test_mixture_for_another_tree():
   reshaped['dense']['kernel'] = jnp.ones((5, 8))
   with pytest.raises(ValueError, match='built for another tree.*shape'):
     gmp_jax.mixture_log_prob(reshaped, mixture)
+
+
+def test_filter_that_chooses_nothing():
+  with pytest.raises(ValueError, match=r'filter chose none of its 3 leaves'):
+    gmp_jax.init_mixture(_tree(), 3, filter_fn=lambda path, leaf: False)
+  with pytest.raises(ValueError, match='no floating-point leaf'):
+    gmp_jax.init_mixture({'step': jnp.int32(0)}, 3)
+
+
+@pytest.mark.parametrize('field,shape', [('nonzero_means', (5,)),
+                                         ('log_precisions', (3,)),
+                                         ('mixing_logits', (4,)),
+                                         ('nonzero_means', (2, 2))])
+def test_mixture_of_the_wrong_shape(field, shape):
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 4)  # Fixed pi_0: logits (3,).
+  bad = mixture.replace(**{field: jnp.zeros(shape, jnp.float32)})
+  for fn in (gmp_jax.mixture_log_prob, gmp_jax.quantize):
+    with pytest.raises(ValueError, match=field):
+      fn(params, bad)

@@ -230,6 +230,45 @@ def test_sparsity_table_bad_input():
     gmp_jax.sparsity_table({'n': np.zeros(3, np.int32)})
 
 
+def test_sparsity_table_keeps_raw_leaves_apart():
+  # Kernels quantised to three shared values; biases left raw (all
+  # distinct), as with a filter that covers kernels only.
+  rng = np.random.default_rng(3)
+  values = np.array([-0.5, 0.25, 0.75], np.float32)
+  params = {
+      'a': {'kernel': np.where(rng.random((30, 20)) < 0.6, 0.0,
+                               rng.choice(values, (30, 20))).astype(
+                                   np.float32),
+            'bias': rng.normal(size=20).astype(np.float32)},
+      'b': {'kernel': np.where(rng.random((20, 5)) < 0.3, 0.0,
+                               rng.choice(values[:2], (20, 5))).astype(
+                                   np.float32),
+            'bias': rng.normal(size=5).astype(np.float32)}}
+  mixture = gmp_jax.init_mixture(params, 4,
+                                 filter_fn=lambda p, x: x.ndim == 2)
+  table = gmp_jax.sparsity_table(params, mixture)
+  assert [r['layer'] for r in table] == [
+      'a/kernel', 'b/kernel', 'total', 'a/bias', 'b/bias', 'raw']
+  kernels = np.concatenate([params['a']['kernel'].ravel(),
+                            params['b']['kernel'].ravel()])
+  biases = np.concatenate([params['a']['bias'], params['b']['bias']])
+  total, raw = table[2], table[5]
+  assert total['parameters'] == kernels.size
+  assert total['nonzero'] == np.count_nonzero(kernels)
+  assert total['distinct_values'] == len(set(kernels[kernels != 0].tolist()))
+  assert total['distinct_values'] == 3
+  assert raw['parameters'] == biases.size == 25
+  assert raw['distinct_values'] == len(set(biases.tolist())) == 25
+  # Without the mixture every leaf counts as covered (the old table).
+  assert gmp_jax.sparsity_table(params)[-1]['distinct_values'] == 3 + 25
+  by_layer = gmp_jax.sparsity_table(params, mixture, by='layer')
+  assert [r['layer'] for r in by_layer] == ['a', 'b', 'total', 'a', 'b',
+                                            'raw']
+  assert by_layer[2] == dict(total, layer='total')
+  with pytest.raises(ValueError, match='another tree'):
+    gmp_jax.sparsity_table({'a': params['a']}, mixture)
+
+
 def test_format_ratio():
   assert report.format_ratio(None) == 'n/a'
   assert report.format_ratio(232.04) == '232.0×'

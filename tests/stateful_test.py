@@ -1,6 +1,6 @@
 """Stateful models (BatchNorm + Dropout) through the train and eval steps.
 
-Flax Linen and Flax NNX models, via the adapters in experiments/stateful.py:
+Flax Linen and Flax NNX models, via the adapters in gmp_jax/flax.py:
 the batch statistics ride in `TrainState.model_state`, the dropout key is
 derived from the step, and a quantised model saved to a file and reloaded
 into a fresh model predicts exactly what the in-memory quantised model does.
@@ -16,7 +16,7 @@ from flax import linen as nn
 from flax import nnx
 
 import gmp_jax
-from experiments import stateful
+from gmp_jax import flax as gmp_flax
 
 NUM_TRAIN = 512
 
@@ -109,7 +109,7 @@ def test_linen_one_step_matches_manual_computation():
   state = gmp_jax.create_train_state(params, mixture, tx,
                                      model_state=model_state)
   step = gmp_jax.compile_step(gmp_jax.make_train_step(
-      stateful.linen_apply(model), tx, tau=0.0, dataset_size=64,
+      gmp_flax.linen_apply(model), tx, tau=0.0, dataset_size=64,
       use_prior=False, stateful=True, seed=7))
   state = state._replace(step=jnp.asarray(3, jnp.int32))
   new, metrics = step(state, {'x': x, 'label': y})
@@ -149,7 +149,7 @@ def test_linen_one_step_matches_manual_computation():
 def test_linen_train_quantise_save_reload():
   model, params, model_state = _linen_setup()
   x, y = _data()
-  apply_fn = stateful.linen_apply(model)
+  apply_fn = gmp_flax.linen_apply(model)
   state = _train(apply_fn, params, model_state, x, y)
   stats = state.model_state['batch_stats']['BatchNorm_0']
   assert not np.allclose(stats['mean'], 0.0)  # The statistics moved.
@@ -197,7 +197,7 @@ def test_nnx_train_quantise_save_reload():
   x, y = _data()
   model = NNXNet(nnx.Rngs(params=0, dropout=1))
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-  apply_fn = stateful.nnx_apply(graphdef)
+  apply_fn = gmp_flax.nnx_apply(graphdef)
   state = _train(apply_fn, params, model_state, x, y)
   mean = state.model_state['bn']['mean'][...]
   assert not np.allclose(mean, 0.0)
@@ -245,7 +245,7 @@ def test_nnx_dropout_key_follows_the_step():
   state = gmp_jax.create_train_state(params, mixture, tx,
                                      model_state=model_state)
   step = gmp_jax.compile_step(gmp_jax.make_train_step(
-      stateful.nnx_apply(graphdef), tx, tau=0.0, dataset_size=64,
+      gmp_flax.nnx_apply(graphdef), tx, tau=0.0, dataset_size=64,
       use_prior=False, stateful=True, seed=5))
   _, m3 = step(state._replace(step=jnp.asarray(3, jnp.int32)),
                {'x': x, 'label': y})
@@ -279,12 +279,12 @@ def _linen_step(model, params, model_state, apply_fn):
 def test_missing_collection_is_named():
   model, params, _ = _linen_setup()
   # Not passed at all: Flax cannot update the statistics.
-  run = _linen_step(model, params, {}, stateful.linen_apply(model))
+  run = _linen_step(model, params, {}, gmp_flax.linen_apply(model))
   with pytest.raises(ValueError, match="collection 'batch_stats'"):
     run()
   # Mutable but not passed: the step would grow new state.
   run = _linen_step(model, params, {},
-                    stateful.linen_apply(model, mutable=['batch_stats']))
+                    gmp_flax.linen_apply(model, mutable=['batch_stats']))
   with pytest.raises(ValueError,
                      match=r"not passed in: \['batch_stats'\]\['BatchNorm_0'\]"):
     run()
@@ -293,14 +293,14 @@ def test_missing_collection_is_named():
 def test_missing_rng_stream_is_named():
   model, params, model_state = _linen_setup()
   run = _linen_step(model, params, model_state,
-                    stateful.linen_apply(model, rngs=()))
+                    gmp_flax.linen_apply(model, rngs=()))
   with pytest.raises(ValueError, match="RNG stream 'dropout'"):
     run()
   x = jnp.zeros((2, 28, 28, 1))
   net = NNXNet(nnx.Rngs(0))  # One 'default' stream, no 'dropout' stream.
   graphdef, p, s = nnx.split(net, nnx.Param, ...)
   with pytest.raises(ValueError, match=r"RNG streams \['default'\]"):
-    stateful.nnx_apply(graphdef)(p, s, x, train=True, rng=jax.random.key(0))
+    gmp_flax.nnx_apply(graphdef)(p, s, x, train=True, rng=jax.random.key(0))
 
 
 def test_apply_fn_must_return_state():

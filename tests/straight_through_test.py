@@ -78,7 +78,7 @@ def test_gradients_pass_straight_through_and_sum_per_cluster():
 def test_per_leaf_codebooks_get_their_own_leaf_sums():
   params = helpers.mlp_params(seed=2)
   mask = _mask(params, seed=3)
-  codebooks = st.per_leaf_codebooks(jnp.asarray(CODEBOOK), mask)
+  codebooks = st.per_leaf_codebook_tree(jnp.asarray(CODEBOOK), mask)
   # A linear loss: dL/dq is the fixed tree g.
   g = helpers.random_tree({'l1': {'kernel': (12, 9), 'bias': (9,)},
                            'l2': {'kernel': (9, 4), 'bias': (4,)}}, seed=4)

@@ -32,7 +32,7 @@ import optax
 import pytest
 
 import gmp_jax
-from gmp_jax import train as train_lib
+from gmp_jax import _compile as compile_lib
 from experiments import augment
 from experiments import models
 from experiments import retraining
@@ -138,12 +138,9 @@ def _cases(apply_fn, params):
   indices = jax.ShapeDtypeStruct((2, BATCH), jnp.int32)
   mixture = gmp_jax.merge_components(state.mixture)
 
-  def scan_steps(state, data, indices):
-    # The train steps in a `lax.scan` over index rows, as a train loop runs
-    # them on accelerators (a while loop in the module).
-    def body(state, idx):
-      return end_to_end(state, jax.tree.map(lambda a: a[idx], data))
-    return jax.lax.scan(body, state, indices)
+  # The train steps in a `lax.scan` over index rows, as the train loop runs
+  # them on accelerators (a while loop in the module).
+  scan_steps = gmp_jax.make_multi_step(end_to_end, kind='scan')
 
   # The default finetune stage: straight-through steps on shifted images,
   # the teacher's logits recomputed in the step.
@@ -280,12 +277,12 @@ def test_checker_flags_a_primitive_the_platform_lacks(platform):
 @pytest.mark.parametrize('backend', ['tpu', 'gpu'])
 def test_no_cpu_compiler_options_off_cpu(monkeypatch, backend):
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
-  assert train_lib.default_compiler_options() == {}
+  assert compile_lib.default_compiler_options() == {}
 
 
 def test_cpu_options_are_a_subset_of_the_known_ones():
-  options = train_lib.default_compiler_options()
+  options = compile_lib.default_compiler_options()
   assert jax.default_backend() == 'cpu'
   for name, value in options.items():
-    assert train_lib.CPU_COMPILER_OPTIONS[name] == value
+    assert compile_lib.CPU_COMPILER_OPTIONS[name] == value
     assert name.startswith('xla_cpu_')

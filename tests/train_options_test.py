@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gmp_jax
-from gmp_jax import train as train_lib
+from gmp_jax import _compile as compile_lib
 import helpers
 
 
@@ -21,23 +21,23 @@ def _setup():
 
 
 def test_cpu_defaults_are_accepted_options():
-  options = train_lib.default_compiler_options()
+  options = compile_lib.default_compiler_options()
   assert jax.default_backend() == 'cpu'
-  assert set(options) <= set(train_lib.CPU_COMPILER_OPTIONS)
+  assert set(options) <= set(compile_lib.CPU_COMPILER_OPTIONS)
   # Each option compiles on this XLA.
   jax.jit(lambda x: x * 2, compiler_options=options or None).lower(
       jnp.ones(3)).compile()
 
 
 def test_unknown_options_are_dropped(monkeypatch):
-  monkeypatch.setitem(train_lib.CPU_COMPILER_OPTIONS,
+  monkeypatch.setitem(compile_lib.CPU_COMPILER_OPTIONS,
                       'xla_cpu_no_such_option_for_the_test', True)
-  train_lib._supported_cpu_options.cache_clear()  # pylint: disable=protected-access
+  compile_lib._supported_cpu_options.cache_clear()  # pylint: disable=protected-access
   try:
-    options = train_lib.default_compiler_options()
+    options = compile_lib.default_compiler_options()
   finally:
     monkeypatch.undo()
-    train_lib._supported_cpu_options.cache_clear()  # pylint: disable=protected-access
+    compile_lib._supported_cpu_options.cache_clear()  # pylint: disable=protected-access
   assert 'xla_cpu_no_such_option_for_the_test' not in options
 
 

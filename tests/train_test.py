@@ -130,20 +130,36 @@ def test_prior_clusters_weights():
   assert err < 0.2
 
 
-def test_multi_step_equals_sequential_steps():
+@pytest.mark.parametrize('indexed', [True, False])
+@pytest.mark.parametrize('kind', ['unroll', 'scan'])
+def test_multi_step_equals_sequential_steps(kind, indexed):
   _, apply_fn, tx, state, kwargs = _setup()
   raw = gmp_jax.make_train_step(apply_fn, tx, **kwargs)
   step = jax.jit(raw)
-  scan = gmp_jax.compile_step(gmp_jax.make_multi_step(raw))
+  multi = gmp_jax.compile_step(gmp_jax.make_multi_step(raw, kind=kind,
+                                                       indexed=indexed))
   x, y = _data()
   idx = np.random.default_rng(0).permutation(32).reshape(4, 8)
-  seq = state
+  seq, seq_losses = state, []
   for row in idx:
-    seq, _ = step(seq, {'x': x[row], 'label': y[row]})
-  scanned, metrics = scan(state, {'x': jnp.asarray(x), 'label': jnp.asarray(y)},
-                          jnp.asarray(idx))
+    seq, m = step(seq, {'x': x[row], 'label': y[row]})
+    seq_losses.append(float(m['loss']))
+  if indexed:
+    out, metrics = multi(state, {'x': jnp.asarray(x), 'label': jnp.asarray(y)},
+                         jnp.asarray(idx))
+  else:
+    out, metrics = multi(state, {'x': jnp.asarray(x[idx]),
+                                 'label': jnp.asarray(y[idx])})
   assert metrics['loss'].shape == (4,)
-  helpers.assert_trees_close(scanned, seq, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics['loss'], seq_losses, rtol=2e-5)
+  helpers.assert_trees_close(out, seq, rtol=2e-5, atol=1e-6)
+
+
+def test_multi_step_rejects_an_unknown_kind():
+  _, apply_fn, tx, _, kwargs = _setup()
+  with pytest.raises(ValueError, match="kind must be one of"):
+    gmp_jax.make_multi_step(gmp_jax.make_train_step(apply_fn, tx, **kwargs),
+                            kind='while')
 
 
 def test_sharded_batch_runs_unchanged():
@@ -179,6 +195,26 @@ def test_eval_and_evaluate():
     gmp_jax.evaluate(ev, state.params, x[:0], y[:0])
   with pytest.raises(ValueError, match='batch_size'):
     gmp_jax.evaluate(ev, state.params, x, y, batch_size=0)
+  with pytest.raises(ValueError, match='kind'):
+    gmp_jax.evaluate(ev, state.params, x, y, kind='vmap')
+
+
+@pytest.mark.parametrize('kind', ['unroll', 'scan'])
+def test_evaluate_sequences_counts_tokens(kind):
+  """(B, T, V) logits, (B, T) labels: accuracy and CE per token (NumPy)."""
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(10, 3, 5)).astype(np.float32)
+  y = rng.integers(0, 5, size=(10, 3)).astype(np.int32)
+  w = rng.normal(size=(5, 5)).astype(np.float32)
+  ev = gmp_jax.make_eval_step(lambda p, xb: xb @ p)
+  got = gmp_jax.evaluate(ev, w, x, y, batch_size=4, kind=kind)
+  logits = x.astype(np.float64) @ w
+  log_p = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
+  picked = np.take_along_axis(log_p, y[..., None], -1)
+  assert got['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == y))
+  assert got['cross_entropy'] == pytest.approx(-np.mean(picked), rel=1e-5)
+  with pytest.raises(ValueError, match='sequence axis'):
+    gmp_jax.evaluate(ev, w, x, y[:, :2], batch_size=4, kind=kind)
 
 
 def test_make_functions_are_pure_and_compile_step_jits():
@@ -228,6 +264,47 @@ def test_bad_step_args():
     gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=0)
   with pytest.raises(ValueError, match='tau'):
     gmp_jax.make_train_step(apply_fn, tx, tau=-1.0, dataset_size=3)
+  with pytest.raises(ValueError, match='tau'):
+    gmp_jax.make_train_step(apply_fn, tx, tau=float('nan'), dataset_size=3)
+  for bad_tau in ('0.1', None, True):
+    with pytest.raises(TypeError, match='tau must be a real number'):
+      gmp_jax.make_train_step(apply_fn, tx, tau=bad_tau, dataset_size=3)
+  with pytest.raises(ValueError, match='dataset_size must be > 0'):
+    gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=-5)
+  for bad_n in (60000.0, '60000', True, None):
+    with pytest.raises(TypeError, match='dataset_size must be a positive int'):
+      gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=bad_n)
+  with pytest.raises(TypeError, match='temprature'):
+    gmp_jax.make_train_step(apply_fn, tx, tau=1.0, dataset_size=3,
+                            temprature=2.0)
+
+
+def test_loss_options_and_keywords_build_the_same_objective():
+  """`loss=LossOptions(...)` and keywords give eq. 1 with the NumPy terms."""
+  _, apply_fn, tx, state, _ = _setup()
+  x, y = _data()
+  teacher = np.random.default_rng(2).normal(size=(32, 4)).astype(np.float32)
+  batch = {'x': x, 'label': y, 'teacher_logits': teacher}
+  options = gmp_jax.LossOptions(temperature=3.0, distillation='kl',
+                                distillation_weight=0.7, label_weight=0.2)
+  steps = [gmp_jax.make_train_step(apply_fn, tx, tau=0.0, dataset_size=32,
+                                   loss=options),
+           gmp_jax.make_train_step(apply_fn, tx, tau=0.0, dataset_size=32,
+                                   temperature=3.0, distillation='kl',
+                                   distillation_weight=0.7, label_weight=0.2),
+           gmp_jax.make_train_step(apply_fn, tx, tau=0.0, dataset_size=32,
+                                   loss=options._replace(temperature=9.0),
+                                   temperature=3.0)]
+  z = np.asarray(apply_fn(state.params, x), np.float64)
+  ls = z / 3.0 - np.log(np.sum(np.exp(z / 3.0), -1, keepdims=True))
+  lt = teacher / 3.0 - np.log(np.sum(np.exp(teacher / 3.0), -1,
+                                     keepdims=True))
+  kl = 9.0 * np.mean(np.sum(np.exp(lt) * (lt - ls), -1))
+  lp = z - np.log(np.sum(np.exp(z), -1, keepdims=True))
+  ce = -np.mean(lp[np.arange(32), y])
+  for step in steps:
+    _, m = jax.jit(step)(state, batch)
+    np.testing.assert_allclose(m['loss'], 0.7 * kl + 0.2 * ce, rtol=1e-5)
 
 
 def test_flax_nnx_state():

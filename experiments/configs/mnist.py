@@ -34,7 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; `arg='smoke'` gives the seconds-long variant."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Names in experiments/registry.py: the model, and (below) the dataset.
   config.model = 'poster'
+  # None = the dataset's task ('classification' for the image datasets);
+  # else a name given to experiments.registry.register_task.
+  config.task = config_dict.placeholder(str)
   # None (the default of each placeholder) = the cache dir / whole split.
   config.data = dict(name='mnist', source='offline',
                      data_dir=config_dict.placeholder(str),

@@ -1,0 +1,68 @@
+"""experiments.config_check: one pass rejects a bad config before any stage."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import helpers
+from experiments import config_check
+from experiments import pipeline
+from experiments import registry
+from experiments.configs import mnist as mnist_config
+
+
+def _smoke(**overrides):
+  return helpers.override(mnist_config.get_config('smoke'), **overrides)
+
+
+def _tokens(*, source, data_dir, download, num_train, num_test, seed):
+  del source, data_dir, download
+  rng = np.random.default_rng(seed)
+  split = lambda n: (rng.integers(0, 7, (n, 5)).astype(np.int32),) * 2
+  return {'train': split(num_train or 8), 'test': split(num_test or 4)}
+
+
+registry.register_dataset('test_tokens', _tokens, input_shape=(5,),
+                          input_dtype='int32', vocab_size=7,
+                          task='classification', sources=('random',),
+                          replace=True)
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'model': 'resnet50'}, 'Unknown model'),
+    ({'retrain.student': 'resnet50'}, 'Unknown model'),
+    ({'data.name': 'cifar'}, 'Unknown dataset'),
+    ({'data.source': 'web'}, 'data.source'),
+    ({'retrain.mode': 'bogus'}, 'retrain.mode'),
+    ({'retrain.lr_decay_to': 1.5}, 'lr_decay_to'),
+    ({'retrain.tau_warmup_epochs': 9}, 'tau_warmup_epochs'),
+    ({'postprocess.finetune_epochs': -1}, 'finetune_epochs'),
+    ({'postprocess.finetune_mode': 'bogus'}, 'finetune_mode'),
+    ({'data.augment_shift': 28}, 'augment_shift'),
+    ({'data.augment_shift': -1}, 'augment_shift'),
+    ({'loop.kind': 'bogus'}, 'loop kind'),
+    ({'loop.steps_per_call': 0}, 'steps_per_call'),
+    ({'mesh.num_devices': 10**6}, 'num_devices'),
+    ({'data.name': 'test_tokens'}, 'classification task needs'),
+])
+def test_bad_fields_fail_before_any_stage(tmp_path, overrides, match):
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match=match):
+    pipeline.train_and_evaluate(_smoke(**overrides), workdir)
+  assert not os.path.exists(workdir)  # Not even the workdir was made.
+
+
+def test_what_the_pass_resolves():
+  checked = config_check.check_config(_smoke(**{
+      'model': 'lenet-300', 'data.augment_shift': 2,
+      'postprocess.finetune_epochs': 3}))
+  assert checked.model.name == checked.student.name == 'lenet300100'
+  assert checked.dataset.name == 'mnist' and checked.task.metric == 'accuracy'
+  assert checked.augment_shift == 2 and checked.finetune_epochs == 3
+  assert checked.finetune_mode == 'straight_through'
+  # A mesh over every device, none for one.
+  assert (checked.runtime is None) == (jax.device_count() == 1)
+  off = config_check.check_config(_smoke(**{'postprocess.finetune_epochs': 0}))
+  assert off.finetune_epochs == 0 and off.augment_shift == 0
