@@ -212,7 +212,7 @@ def compare_loops(config, calls: int) -> dict[str, Any]:
   state0 = gmp_jax.create_train_state(
       params, retraining.initial_mixture(params, config.retrain),
       setup.optimizer)
-  acc = loop._zero_acc(setup.train_step, state0, data)  # pylint: disable=protected-access
+  acc = loop.zero_accumulator(setup.train_step, state0, data)
   order = jax.device_put(np.arange(steps_per_epoch * batch, dtype=np.int32)
                          .reshape(steps_per_epoch, batch))
   out = {'train': [], 'eval': []}

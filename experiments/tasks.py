@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import registry
+from gmp_jax import train as train_lib
 
 Metrics = dict[str, float]
 
@@ -135,30 +136,11 @@ def batch_totals(eval_step, params, x, labels, *, batch_size: int,
                  kind: str = 'scan') -> dict[str, Any]:
   """Sums of `eval_step(params, batch)` over the batches (traceable).
 
-  Full batches run in a `lax.map` ('scan') or one after another
-  ('unroll'); a smaller last batch runs after them. Inputs and labels may
-  have any shape after the example axis.
+  The library's one evaluation loop (`gmp_jax.train.eval_totals`); inputs
+  and labels may have any shape after the example axis.
   """
-  n, b = x.shape[0], batch_size
-  full = n // b
-  parts = []
-  if full and kind == 'scan':
-    xs = x[:full * b].reshape(full, b, *x.shape[1:])
-    ys = labels[:full * b].reshape(full, b, *labels.shape[1:])
-    per_batch = jax.lax.map(
-        lambda xy: eval_step(params, {'x': xy[0], 'label': xy[1]}), (xs, ys))
-    parts.append(jax.tree.map(lambda a: jnp.sum(a, axis=0), per_batch))
-  else:
-    parts += [eval_step(params, {'x': x[i * b:(i + 1) * b],
-                                 'label': labels[i * b:(i + 1) * b]})
-              for i in range(full)]
-  if n % b:
-    parts.append(eval_step(params, {'x': x[full * b:],
-                                    'label': labels[full * b:]}))
-  totals = parts[0]
-  for part in parts[1:]:
-    totals = jax.tree.map(jnp.add, totals, part)
-  return totals
+  return train_lib.eval_totals(eval_step, params, x, labels,
+                               batch_size=batch_size, kind=kind)
 
 
 class Classification(Task):

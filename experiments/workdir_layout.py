@@ -21,8 +21,6 @@ import json
 import os
 from typing import Any
 
-import numpy as np
-
 from gmp_jax import fileio
 
 DONE_FILE = 'done.json'
@@ -112,22 +110,13 @@ def metrics_lines(records: Iterable[Mapping[str, Any]]) -> str:
   return ''.join(json.dumps(r) + '\n' for r in records)
 
 
-def _json_default(x: Any) -> Any:
-  # As `fileio.write_json_atomic` converts them.
-  if isinstance(x, np.generic):
-    return x.item()
-  if hasattr(x, '__array__') and hasattr(x, 'dtype'):  # NumPy or jax array.
-    return np.asarray(x).tolist()
-  raise TypeError(f'not JSON serialisable: {type(x).__name__}')
-
-
 def jsonable(obj: Any) -> Any:
   """`obj` in plain JSON types, as a JSON file of it reads back.
 
   NumPy and jax arrays become lists, NumPy scalars Python numbers, tuples
   lists (as `fileio.write_json_atomic` writes them).
   """
-  return json.loads(json.dumps(obj, default=_json_default))
+  return json.loads(json.dumps(obj, default=fileio.json_default))
 
 
 __all__ = ('COMPRESSED_FILE', 'DONE_FILE', 'METRICS_FILE', 'REPORT_FILE',

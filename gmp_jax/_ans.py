@@ -84,45 +84,13 @@ def _bernoulli():
   return constriction.stream.model.Bernoulli(perfect=False)
 
 
-class StreamEncoder:
-  """Collects chunks of symbols; `words()` codes them to decode in order."""
-
-  def __init__(self):
-    self._chunks = []
-
-  def categorical(self, symbols: np.ndarray, counts: np.ndarray) -> None:
-    """Symbols in {0..K-1} under the static model of integer `counts`."""
-    symbols = np.asarray(symbols).astype(np.int32, copy=False).reshape(-1)
-    if symbols.size:
-      self._chunks.append((symbols, _model(counts), None))
-
-  def bernoulli(self, bits: np.ndarray, p: np.ndarray) -> None:
-    """Bits in {0, 1}, bit i being 1 with probability `p[i]` (float64)."""
-    bits = np.asarray(bits).astype(np.int32, copy=False).reshape(-1)
-    p = np.asarray(p, np.float64).reshape(-1)
-    if bits.shape != p.shape:
-      raise ValueError(f'{bits.size} bits but {p.size} probabilities')
-    if bits.size:
-      self._chunks.append((bits, _bernoulli(), p))
-
-  def words(self) -> np.ndarray:
-    """The uint32 words of every chunk (the last chunk is coded first)."""
-    coder = constriction.stream.stack.AnsCoder()
-    for symbols, model, params in reversed(self._chunks):
-      if params is None:
-        coder.encode_reverse(symbols, model)
-      else:
-        coder.encode_reverse(symbols, model, params)
-    return coder.get_compressed().astype(np.uint32, copy=False)
-
-
 class ReverseEncoder:
   """Codes chunks at once, in REVERSE order of decoding (bounded memory).
 
-  The chunks of a `StreamEncoder` stream, passed last chunk first (a chunk
-  may be split into pieces, also passed last piece first), give the same
-  words as `StreamEncoder.words()`: the stack coder codes symbol by symbol
-  from the end of the stream.
+  The stream's chunks are passed last chunk first (a chunk may be split
+  into pieces, also passed last piece first): the stack coder codes symbol
+  by symbol from the end of the stream, so `StreamDecoder` reads them back
+  first chunk first.
   """
 
   def __init__(self):
@@ -148,7 +116,7 @@ class ReverseEncoder:
 
 
 class StreamDecoder:
-  """Decodes the chunks of a `StreamEncoder` in order.
+  """Decodes the chunks of a `ReverseEncoder` stream in order.
 
   `bits_read` is the number of bits the chunks decoded so far have taken
   from the stream (its decrease in `num_valid_bits`); after `finish`,

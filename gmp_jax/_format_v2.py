@@ -80,7 +80,10 @@ position model is exact (the costs of `gmp_jax._positions.plan_cost`, up to
 the float64 rounding of their sums), so the bytes are those of the
 whole-leaf planner this replaced. The file is then written piece by piece
 (`Encoded.write_to`); raw leaves go from their arrays to the file, and no
-bytes object of the whole file is formed. The reader decodes each leaf in
+bytes object of the whole file is formed. The leaves are taken as given
+(`jax.Array`s, sharded or not, stay on their devices): each pass gathers
+one leaf to the host at a time and drops it before the next, so the host
+holds one leaf, not the model. The reader decodes each leaf in
 blocks into its preallocated output array.
 """
 
@@ -310,6 +313,13 @@ def _encode_leaf_reverse(enc: _ans.ReverseEncoder, plan: _Plan,
 # ----------------------------------------------------------------- writer ---
 
 
+class _RawLeaf:
+  """A raw leaf's data as a piece of the file, gathered when written."""
+
+  def __init__(self, leaf, nbytes: int):
+    self.leaf, self.nbytes = leaf, nbytes
+
+
 class Encoded:
   """A planned and coded file: `size` bytes, written by `write_to`."""
 
@@ -317,18 +327,27 @@ class Encoded:
     self._pieces, self.size = pieces, size
 
   def write_to(self, f) -> None:
-    """Writes the file to the binary file object `f`, piece by piece."""
+    """Writes the file to the binary file object `f`, piece by piece.
+
+    Each raw leaf is gathered (`_trees.as_array`) as it is written and
+    dropped after.
+    """
     crc = 0
     for piece in self._pieces:
-      if isinstance(piece, np.ndarray):
-        piece = _wire.le_view(piece)
+      if isinstance(piece, _RawLeaf):
+        x = _trees.as_array(piece.leaf)
+        view = _wire.le_view(x)
+        f.write(view)
+        crc = zlib.crc32(view, crc)
+        del x, view
+        continue
       f.write(piece)
       crc = zlib.crc32(piece, crc)
     f.write(struct.pack('<I', crc))
 
 
 def _write_tree(w: _wire.Writer, node, leaves, plans, table, pieces) -> None:
-  """Writes a tree node; raw leaf data goes to `pieces` as the arrays."""
+  """Writes a tree node; raw leaf data goes to `pieces` as `_RawLeaf`s."""
   tag = node[0]
   if tag == 'n':
     w.buf.append(T_NONE)
@@ -352,13 +371,13 @@ def _write_tree(w: _wire.Writer, node, leaves, plans, table, pieces) -> None:
     for child in node[1]:
       _write_tree(w, child, leaves, plans, table, pieces)
   elif tag == 'a':
-    x, plan = leaves[node[1]], plans[node[1]]
+    leaf, plan = leaves[node[1]], plans[node[1]]
     w.buf.append(T_ARRAY)
-    w.dtype(x.dtype)
-    w.varint(x.ndim)
-    for d in x.shape:
+    w.dtype(plan.dtype)
+    w.varint(len(plan.shape))
+    for d in plan.shape:
       w.varint(d)
-    _write_record(w, plan, x, table, pieces)
+    _write_record(w, plan, leaf, table, pieces)
   else:  # 'v': a JSON scalar of the metadata.
     v = node[1]
     if isinstance(v, bool):
@@ -374,13 +393,13 @@ def _write_tree(w: _wire.Writer, node, leaves, plans, table, pieces) -> None:
       w.string(v)
 
 
-def _write_record(w: _wire.Writer, plan: _Plan, x: np.ndarray,
+def _write_record(w: _wire.Writer, plan: _Plan, leaf,
                   table: np.ndarray | None, pieces: list) -> None:
   if plan.raw:
     w.buf.append(RAW_FLAG)
-    if x.size:
+    if plan.size:
       pieces.append(bytes(w.buf))
-      pieces.append(x)
+      pieces.append(_RawLeaf(leaf, plan.size * plan.dtype.itemsize))
       w.buf.clear()
     return
   flags = plan.model << MODEL_SHIFT
@@ -419,17 +438,24 @@ def encode(params, metadata, codebook_dtype) -> Encoded:
   n_params = len(leaves)
   meta = _trees.flatten(metadata, leaves, names, scalars=True)
   cb = _wire.codebook_dtype(codebook_dtype)
+  # Each pass gathers one leaf at a time (`_trees.as_array`: no copy of a
+  # NumPy array, a device or sharded jax.Array to the host) and drops it.
   plans, data_crc = [], 0
-  for i, x in enumerate(leaves):
+  for i, leaf in enumerate(leaves):
+    x = _trees.as_array(leaf, names[i])
     # Metadata leaves are stored exactly.
     plan, data_crc = (plan_leaf(x, cb, crc=data_crc) if i < n_params
                       else plan_leaf(x, None, stream_bits=32, crc=data_crc))
+    del x
     plans.append(plan)
   streams = []
   for part in (range(n_params), range(n_params, len(leaves))):
     enc = _ans.ReverseEncoder()
     for i in reversed(part):
-      _encode_leaf_reverse(enc, plans[i], leaves[i])
+      if not plans[i].raw and plans[i].nnz:
+        x = _trees.as_array(leaves[i], names[i])
+        _encode_leaf_reverse(enc, plans[i], x)
+        del x
     streams.append(enc.words())
   table = shared_table(plans[:n_params])
   w, pieces = _wire.Writer(), []
@@ -446,7 +472,7 @@ def encode(params, metadata, codebook_dtype) -> Encoded:
     w.buf += _wire.le_bytes(words)
   w.buf += struct.pack('<I', data_crc)
   pieces.append(bytes(w.buf))
-  body = sum(p.nbytes if isinstance(p, np.ndarray) else len(p)
+  body = sum(p.nbytes if isinstance(p, _RawLeaf) else len(p)
              for p in pieces)
   fixed = len(_wire.PREFIX) + 1 + body + 4
   length = fixed + 1

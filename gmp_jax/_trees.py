@@ -1,7 +1,8 @@
 """Trees of the compressed file formats: nested dicts, lists, tuples, None.
 
 `flatten` turns a tree into a node (the version-1 JSON form, which the
-version-2 writer walks too) and a list of its array leaves; `unflatten` is
+version-2 writer walks too) and a list of its array leaves, kept as given
+(a writer gathers one at a time with `as_array`); `unflatten` is
 its inverse. A node is ``['d', [[key, node], ...]]`` (dict), ``['l',
 [...]]`` (list), ``['t', [...]]`` (tuple), ``['n']`` (None), ``['a', i]``
 (array leaf i) or ``['v', x]`` (a JSON scalar, metadata only).
@@ -25,8 +26,12 @@ def path_name(path: tuple) -> str:
   return '/'.join(map(str, path)) or '<root>'
 
 
-def as_array(x, where: str) -> np.ndarray:
-  """`x` as a native-byte-order NumPy array of a storable dtype."""
+def leaf_spec(x, where: str) -> tuple[np.dtype, tuple[int, ...]]:
+  """Native-byte-order dtype and shape of a leaf, read without converting it.
+
+  Raises:
+    TypeError: `x` is not an array, or its dtype is not storable.
+  """
   if not isinstance(x, np.generic) and not (
       hasattr(x, 'shape') and hasattr(x, 'dtype')):
     if isinstance(x, (bool, int, float, complex, str, bytes)):
@@ -34,7 +39,28 @@ def as_array(x, where: str) -> np.ndarray:
                       'leaves must be arrays (numpy.ndarray or jax.Array)')
     raise TypeError(f'{where}: unsupported node of type {type(x).__name__}; '
                     'supported: dict, list, tuple, None and arrays')
+  dtype = np.dtype(x.dtype)
+  _wire.check_dtype(dtype, where)
+  if dtype.byteorder not in '=|':
+    dtype = dtype.newbyteorder('=')
+  return dtype, tuple(int(d) for d in x.shape)
+
+
+def as_array(x, where: str = '<leaf>') -> np.ndarray:
+  """`x` as a native-byte-order NumPy array (no copy of such an array).
+
+  A `jax.Array` is gathered to the host; the host copy that jax caches on
+  the array (`np.asarray` keeps it for sharded and accelerator arrays) is
+  dropped again, so the caller's reference is the only one and a tree of
+  device arrays is never held on the host at once.
+  """
+  cached = getattr(x, '_npy_value', False) is None
   a = np.asarray(x)
+  if cached:
+    try:
+      x._npy_value = None  # pylint: disable=protected-access
+    except AttributeError:
+      pass
   _wire.check_dtype(a.dtype, where)
   if a.dtype.byteorder not in '=|':
     a = a.astype(a.dtype.newbyteorder('='))
@@ -58,7 +84,8 @@ def flatten(tree, leaves: list, names: list, *, scalars: bool,
 
   Args:
     tree: the tree.
-    leaves: receives the array leaves, depth first.
+    leaves: receives the array leaves, depth first, as given (not converted:
+      `leaf_spec` reads their dtype and shape, `as_array` gathers one).
     names: receives `path_name` of each leaf.
     scalars: allow JSON scalars (str, int, float, bool) as leaves.
     int_keys: allow int dict keys.
@@ -89,7 +116,14 @@ def flatten(tree, leaves: list, names: list, *, scalars: bool,
   if (scalars and isinstance(tree, (bool, int, float, str))
       and not isinstance(tree, np.generic)):
     return ['v', tree]
-  leaves.append(as_array(tree, where))
+  try:
+    leaf_spec(tree, where)
+  except TypeError:
+    if not hasattr(tree, 'dtype'):
+      raise
+    # A dtype NumPy does not name (another framework's tensor): convert.
+    tree = as_array(tree, where)
+  leaves.append(tree)
   names.append(where)
   return ['a', len(leaves) - 1]
 
@@ -127,4 +161,4 @@ def named_leaves(tree) -> list[tuple[str, np.ndarray]]:
   """
   leaves, names = [], []
   flatten(tree, leaves, names, scalars=False)
-  return list(zip(names, leaves))
+  return [(n, as_array(x, n)) for n, x in zip(names, leaves)]

@@ -208,7 +208,9 @@ def save_compressed(file: PathOrFile, params, *, metadata=None,
 
   The file is planned and coded leaf by leaf and written piece by piece: a
   path atomically (temporary file, fsync, `os.replace`), a binary file
-  object at its current position.
+  object at its current position. `jax.Array` leaves, sharded or not, are
+  gathered to the host one at a time (NumPy arrays are not copied), so the
+  host never holds the whole model.
 
   Args:
     file: a path or a binary file object open for writing.

@@ -77,7 +77,8 @@ def write_atomic(path: str | os.PathLike, data: Data) -> None:
   _fsync_directory(directory)
 
 
-def _jsonable(x: Any) -> Any:
+def json_default(x: Any) -> Any:
+  """`json.dumps` default: NumPy scalars as numbers, arrays as lists."""
   if isinstance(x, np.generic):
     return x.item()
   if hasattr(x, '__array__') and hasattr(x, 'dtype'):  # NumPy or jax array.
@@ -94,7 +95,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     TypeError: `obj` holds something else that JSON cannot represent; the
       file is then left unchanged.
   """
-  text = json.dumps(obj, indent=2, default=_jsonable)
+  text = json.dumps(obj, indent=2, default=json_default)
   write_atomic(path, text)
 
 

@@ -177,7 +177,7 @@ def test_default_kind_by_backend():
 def test_chunk_program_structure(kind, whiles):
   """A 'scan' call is one device loop over the steps; no host round trips."""
   state, data = _state(), jax.device_put(_data())
-  acc = loop._zero_acc(_train_step, state, data)  # pylint: disable=protected-access
+  acc = loop.zero_accumulator(_train_step, state, data)
   order = jnp.zeros((10, BATCH), jnp.int32)
   text = jax.jit(loop.chunk_program(_train_step, kind, 10)).lower(
       state, acc, data, order, np.int32(0), np.int32(0)).as_text()

@@ -134,6 +134,7 @@ def two_processes(tmp_path_factory):
   return workdir, audit, outputs, report
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_tables(two_processes, one_process):
   _, _, outputs, report = two_processes
   assert report['distributed'] == {'num_processes': 2, 'num_devices': 4}
@@ -156,6 +157,7 @@ def test_only_process_0_writes_the_workdir(two_processes):
   assert [d for d in os.listdir(ckpts) if d.isdigit()]
 
 
+@pytest.mark.slow
 def test_kill_both_mid_retraining_and_resume(tmp_path, two_processes):
   workdir = tmp_path / 'workdir'
   ckpts = workdir / 'retrain' / 'checkpoints'

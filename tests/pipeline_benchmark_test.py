@@ -1,10 +1,13 @@
 """A `:smoke` run of `benchmarks.pipeline`: its breakdown adds up."""
 
+import pytest
+
 from benchmarks import pipeline as bench
 from experiments import pipeline
 from experiments.configs import mnist as mnist_config
 
 
+@pytest.mark.slow
 def test_breakdown_of_a_smoke_run(tmp_path, capsys):
   config = mnist_config.get_config('smoke')
   out = bench.run_pipeline(config, str(tmp_path), block=True)

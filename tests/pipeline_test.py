@@ -140,6 +140,7 @@ def test_reuses_a_workdir_of_the_earlier_layout(smoke_run, tmp_path):
   assert again['table2'] == report['table2']
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(smoke_run, tmp_path):
   _, report = smoke_run
   again = pipeline.train_and_evaluate(_smoke(), str(tmp_path))
@@ -147,6 +148,7 @@ def test_same_seed_same_numbers(smoke_run, tmp_path):
   assert again['table1'] == report['table1']
 
 
+@pytest.mark.slow
 def test_layerwise_mode(tmp_path):
   report = pipeline.train_and_evaluate(
       _smoke(**{'retrain.mode': 'layerwise'}), str(tmp_path))
@@ -174,6 +176,7 @@ def test_config_placeholders_and_required_flag(tmp_path):
   assert '--config' in out.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_during_retraining_resumes(tmp_path):
   """Kill the CLI mid-retraining; the same command resumes and finishes."""
   workdir = str(tmp_path / 'run')

@@ -222,6 +222,7 @@ def test_bad_augment_shift_is_rejected(tmp_path):
                                 str(tmp_path))
 
 
+@pytest.mark.slow
 def test_straight_through_and_shifts_on_a_mesh_match_one_device(tmp_path):
   if jax.device_count() < 4:
     pytest.skip('needs 4 devices (conftest.py)')

@@ -214,3 +214,20 @@ def test_stage_of_a_missing_api_is_skipped(tmp_path):
     scale.run_benchmark(old, sizes=(4096,), stages=('fit',),
                         layouts=('one_leaf',), runs=1, batch_size=2,
                         leaf_shape=(2, 2), in_process=True, fit_points=2)
+
+
+def test_compare_table_takes_the_largest_common_size():
+  def row(stage, n, seconds, peak):
+    return {'stage': stage, 'layout': 'one_leaf', 'n': n, 'seconds': seconds,
+            'weights_per_s': n / seconds, 'peak_mb_added': peak}
+  before = {'results': [row('save_compressed', 10, 4.0, 30.0),
+                        row('save_compressed', 100, 8.0, 300.0),
+                        row('load_compressed', 10, 1.0, 5.0)]}
+  after = {'results': [row('save_compressed', 10, 1.0, 3.0),
+                       row('save_compressed', 100, 2.0, 40.0),
+                       row('save_compressed', 1000, 9.0, 400.0)]}
+  lines = scale.compare_table(before, after).splitlines()
+  assert len(lines) == 3  # header, rule, save_compressed only
+  cells = [c.strip() for c in lines[2].strip('|').split('|')]
+  assert cells[:6] == ['save_compressed', 'one_leaf', '100', '8', '2', '4.00x']
+  assert cells[8:] == ['300', '40']

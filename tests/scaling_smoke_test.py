@@ -12,6 +12,7 @@ import pytest
 from benchmarks import scaling
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_a_complete_report(tmp_path, capsys):
   out = tmp_path / 'scaling.json'
   scaling.main(['--smoke', '--layouts', 'data_parallel,fsdp',

@@ -114,7 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       finetune_learning_rate=1e-4,
       finetune_batch_size=config_dict.placeholder(int),  # None = retrain's.
       # True: each coded leaf fine-tunes its own copy of the codebook
-      # (gmp_jax.per_leaf_codebook); the file stores up to L x K values.
+      # (gmp_jax.tiled_per_leaf_codebook); the file stores up to L x K values.
       # None (False): one codebook shared by all leaves.
       finetune_per_leaf=config_dict.placeholder(bool),
       # Zero the weights of dead and unread units (experiments/cleanup.py);
