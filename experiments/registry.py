@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 import dataclasses
 import importlib
+import sys
 from typing import Any, Generic, TypeVar
 
 Entry = TypeVar('Entry')
@@ -126,8 +127,15 @@ def _load_builtins() -> None:
   if _builtins['loaded']:
     return
   _builtins['loaded'] = True  # Before importing: they look names up too.
+  main = sys.modules.get('__main__')
+  main_name = getattr(getattr(main, '__spec__', None), 'name', None)
   try:
     for module in _BUILTIN_MODULES:
+      if module == main_name and module not in sys.modules:
+        # `python -m experiments.data`: that run is the module and has
+        # registered its entries; importing it again would register twice.
+        sys.modules[module] = main
+        continue
       importlib.import_module(module)
   except BaseException:
     _builtins['loaded'] = False

@@ -1,5 +1,6 @@
 """experiments.registry: models, datasets and tasks plugged in by name."""
 
+import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -131,3 +132,19 @@ def test_a_task_is_found_from_the_dataset_or_the_config():
   registry.register_task('test_other', tasks.Classification(), replace=True)
   config.task = 'test_other'
   assert tasks.for_config(config) is registry.task('test_other')
+
+
+def test_running_a_builtin_module_registers_its_entries_once(tmp_path):
+  # `python -m experiments.data` runs data.py as __main__; the registry must
+  # not import it a second time (which would register 'mnist' twice). The
+  # Fashion-MNIST offline source reads local files only (never the network):
+  # it loads, or names the missing files.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.data', 'fashion_mnist',
+       f'--data_dir={tmp_path}'],
+      capture_output=True, text=True, timeout=300, check=False,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert 'is taken' not in proc.stderr, proc.stderr[-2000:]
+  assert proc.returncode == 0 or 'DataError' in proc.stderr, proc.stderr[-2000:]
