@@ -101,6 +101,7 @@ def encode_plan(z: np.ndarray):
 
 
 _BLOCK = 1 << 18  # Entries per block of the blocked functions below.
+_ROW_LOOP = 64  # Blocks of at most this many rows sum them row by row.
 
 
 def _block(zb: np.ndarray, r0: int, above0: np.ndarray, total0: int):
@@ -171,14 +172,21 @@ def _block_cost(zb: np.ndarray, r0: int, above0: np.ndarray,
   if not sel.any():
     return 0.0
   # Counts fit int32 (R < 2**31 here); the numerators are formed in int64.
-  n = zb.astype(np.int32)
-  np.cumsum(n, axis=0, out=n)
-  n -= zb
-  n += above0.astype(np.int32)
-  n, bits = n[sel], zb[sel]
-  total = (total0 + np.cumsum(rs) - rs)[sel]
-  i = np.arange(r0, r0 + rows, dtype=np.int64)[sel]
-  a, b, r = i * cols + 2, BETA * (total + 1), rs[sel]
+  n = np.empty((rows, cols), np.int32)
+  if rows <= _ROW_LOOP:  # Wide rows: one pass, row by row.
+    n[0] = above0
+    for k in range(1, rows):
+      np.add(n[k - 1], zb[k - 1], out=n[k])
+  else:
+    np.cumsum(zb, axis=0, dtype=np.int32, out=n)
+    n -= zb
+    n += above0.astype(np.int32)
+  total = total0 + np.cumsum(rs) - rs
+  i = np.arange(r0, r0 + rows, dtype=np.int64)
+  bits, r = zb, rs
+  if not sel.all():  # Only the rows neither empty nor full.
+    n, bits, total, i, r = n[sel], zb[sel], total[sel], i[sel], rs[sel]
+  a, b = i * cols + 2, BETA * (total + 1)
   lo = n.min(axis=1)
   width = int((n.max(axis=1) - lo).max()) + 1
   m = n.shape[0]

@@ -46,21 +46,34 @@ def leaf_spec(x, where: str) -> tuple[np.dtype, tuple[int, ...]]:
   return dtype, tuple(int(d) for d in x.shape)
 
 
+def _gather(x) -> np.ndarray:
+  """`np.asarray(x)`; a multi-device `jax.Array` shard by shard.
+
+  `np.asarray` of a sharded `jax.Array` caches the gathered value on the
+  array, where the caller's tree would keep it alive; copying each distinct
+  shard into a fresh array leaves no such reference behind.
+  """
+  shards = getattr(x, 'addressable_shards', None)
+  if (shards is None or len(shards) < 2
+      or not getattr(x, 'is_fully_addressable', False)):
+    return np.asarray(x)
+  out = np.empty(tuple(x.shape), np.dtype(x.dtype))
+  done = set()
+  for shard in shards:
+    key = tuple((i.start, i.stop, i.step) for i in shard.index)
+    if key not in done:
+      done.add(key)
+      out[shard.index] = np.asarray(shard.data)
+  return out
+
+
 def as_array(x, where: str = '<leaf>') -> np.ndarray:
   """`x` as a native-byte-order NumPy array (no copy of such an array).
 
-  A `jax.Array` is gathered to the host; the host copy that jax caches on
-  the array (`np.asarray` keeps it for sharded and accelerator arrays) is
-  dropped again, so the caller's reference is the only one and a tree of
-  device arrays is never held on the host at once.
+  A `jax.Array` is gathered to the host (`_gather`), into an array that
+  only the caller holds, so a writer dropping it holds one leaf at a time.
   """
-  cached = getattr(x, '_npy_value', False) is None
-  a = np.asarray(x)
-  if cached:
-    try:
-      x._npy_value = None  # pylint: disable=protected-access
-    except AttributeError:
-      pass
+  a = _gather(x)
   _wire.check_dtype(a.dtype, where)
   if a.dtype.byteorder not in '=|':
     a = a.astype(a.dtype.newbyteorder('='))

@@ -49,6 +49,16 @@ def _numpy_tree(seed=0):
   }
 
 
+def _map(tree, fn):
+  """`fn` on every array leaf, keeping dict order (jax.tree.map sorts keys,
+  which would change the file)."""
+  if isinstance(tree, dict):
+    return {k: _map(v, fn) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_map(v, fn) for v in tree)
+  return None if tree is None else fn(tree)
+
+
 def _shard(tree, mesh):
   """Each leaf on the mesh: split along its last axis where it divides."""
 
@@ -57,7 +67,7 @@ def _shard(tree, mesh):
             if x.ndim and x.shape[-1] % NUM_DEVICES == 0 else P())
     return jax.device_put(jnp.asarray(x), NamedSharding(mesh, spec))
 
-  return jax.tree.map(put, tree)
+  return _map(tree, put)
 
 
 def _assert_same(want, got):
@@ -129,7 +139,7 @@ class _Counted:
 
 def test_writer_holds_one_leaf_on_the_host_at_a_time():
   tree = _numpy_tree(2)
-  counted = jax.tree.map(_Counted, tree)
+  counted = _map(tree, _Counted)
   _Counted.reset()
   buf = io.BytesIO()
   size = codec.save_compressed(buf, counted)
