@@ -86,7 +86,9 @@ def test_nnx_list_of_linear_layers_round_trips(tmp_path):
   class Net(nnx.Module):
 
     def __init__(self, rngs):
-      self.blocks = nnx.List([nnx.Linear(4, 4, rngs=rngs) for _ in range(3)])
+      # nnx.List on flax >= 0.12; flax 0.11 takes a plain list (int keys too).
+      self.blocks = getattr(nnx, 'List', list)(
+          [nnx.Linear(4, 4, rngs=rngs) for _ in range(3)])
       self.head = nnx.Linear(4, 2, rngs=rngs)
 
     def __call__(self, x):
