@@ -27,24 +27,7 @@ COMMITTED = [os.path.join(REPO, 'results', name, 'model.gmpz')
              for name in ('mnist_v1', 'mnist_layerwise', 'mnist_tau5e-3')]
 
 
-def _same(a, b):
-  if isinstance(a, dict):
-    assert isinstance(b, dict) and list(a) == list(b)
-    for k in a:
-      _same(a[k], b[k])
-  elif isinstance(a, (list, tuple)):
-    assert type(a) is type(b) and len(a) == len(b)
-    for u, v in zip(a, b):
-      _same(u, v)
-  elif isinstance(a, np.ndarray):
-    assert b.dtype == a.dtype and b.shape == a.shape
-    assert b.tobytes() == a.tobytes()
-  elif isinstance(a, float) and math.isnan(a):
-    assert math.isnan(b)
-  else:
-    assert type(a) is type(b) and a == b
-    if isinstance(a, float):
-      assert math.copysign(1, a) == math.copysign(1, b)
+_same = helpers.assert_same_tree
 
 
 def _structured(rng, rows=300, cols=200, values=(0.25, -0.5, 0.75)):

@@ -8,7 +8,6 @@ runs under results/ were written by the experiments.
 import glob
 import json
 import os
-import struct
 
 import ml_dtypes
 import numpy as np
@@ -25,25 +24,7 @@ RESULTS = sorted(glob.glob(os.path.join(REPO, 'results', '**', 'model.gmpz'),
                            recursive=True))
 
 
-def _same(a, b):
-  """Same structure, key types, container types, dtypes and bits."""
-  if isinstance(a, dict):
-    assert isinstance(b, dict) and list(a) == list(b)
-    assert [type(k) for k in a] == [type(k) for k in b]
-    for k in a:
-      _same(a[k], b[k])
-  elif isinstance(a, (list, tuple)):
-    assert type(a) is type(b) and len(a) == len(b)
-    for u, v in zip(a, b):
-      _same(u, v)
-  elif isinstance(a, float):
-    assert type(b) is float and struct.pack('<d', a) == struct.pack('<d', b)
-  elif a is None or isinstance(a, (str, int)):
-    assert type(a) is type(b) and a == b
-  else:
-    a = np.asarray(a)
-    assert b.dtype == a.dtype and b.shape == a.shape
-    assert b.tobytes() == a.tobytes()
+_same = helpers.assert_same_tree
 
 
 def _stored(x, cb):

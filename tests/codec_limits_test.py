@@ -9,19 +9,14 @@ import zlib
 import numpy as np
 import pytest
 
+import helpers
 from gmp_jax import codec
 from gmp_jax import inspect as inspect_cli
 
 CorruptFileError = codec.CorruptFileError
 
 
-def _varint(n):
-  out = bytearray()
-  while True:
-    byte, n = n & 0x7F, n >> 7
-    out.append(byte | 0x80 if n else byte)
-    if not n:
-      return bytes(out)
+_varint = helpers.varint
 
 
 def _gf2_times(mat, vec):

@@ -15,20 +15,11 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gmp_jax import codec
 
 NUM_DEVICES = 4
-
-
-@pytest.fixture(scope='module')
-def mesh():
-  devices = jax.devices()
-  if len(devices) < NUM_DEVICES:
-    pytest.skip(f'needs {NUM_DEVICES} devices; conftest.py sets '
-                'JAX_NUM_CPU_DEVICES=4 before jax starts')
-  return Mesh(np.array(devices[:NUM_DEVICES]), ('data',))
 
 
 def _quantized(rng, shape, k=5, density=0.3, dtype=np.float32):

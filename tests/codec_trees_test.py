@@ -9,22 +9,7 @@ from gmp_jax import codec
 import helpers
 
 
-def _assert_same(a, b):
-  if isinstance(a, dict):
-    assert isinstance(b, dict)
-    assert [(type(k), k) for k in a] == [(type(k), k) for k in b]
-    for k in a:
-      _assert_same(a[k], b[k])
-  elif isinstance(a, (list, tuple)):
-    assert type(a) is type(b) and len(a) == len(b)
-    for u, v in zip(a, b):
-      _assert_same(u, v)
-  elif a is None:
-    assert b is None
-  else:
-    a = np.asarray(a)
-    assert b.dtype == a.dtype and b.shape == a.shape
-    assert b.tobytes() == a.tobytes()
+_assert_same = helpers.assert_same_tree
 
 
 def _round_trip(tree, **kwargs):

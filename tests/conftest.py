@@ -19,3 +19,19 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 jax.config.update('jax_numpy_dtype_promotion', 'strict')
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+NUM_DEVICES = 4
+
+
+@pytest.fixture(scope='module')
+def mesh():
+  """A one-axis ('data') mesh over the four virtual CPU devices."""
+  from gmp_jax import sharding  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  if len(devices) < NUM_DEVICES:
+    pytest.skip(f'needs {NUM_DEVICES} devices; conftest.py sets '
+                'JAX_NUM_CPU_DEVICES=4 before jax starts')
+  return sharding.data_mesh(devices[:NUM_DEVICES])

@@ -1,5 +1,7 @@
 """Shared test helpers: small parameter trees and independent references."""
 
+import struct
+
 import jax
 import jax.numpy as jnp
 from jax.scipy import special as jsp_special
@@ -136,7 +138,8 @@ def np_mlp_forward_backward(p, x, labels):
 # layout in `gmp_jax._format_v1`) with this writer, the one the codec shipped.
 
 
-def _v1_varint(n):
+def varint(n):
+  """LEB128, written here independently of `gmp_jax._wire`."""
   out = bytearray()
   while True:
     byte, n = n & 0x7F, n >> 7
@@ -149,7 +152,7 @@ def _v1_stream(symbols, counts):
   from gmp_jax import _ans  # pylint: disable=import-outside-toplevel
   from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
   words = _ans.encode(symbols, counts)
-  return _v1_varint(words.size) + _wire.le_bytes(words)
+  return varint(words.size) + _wire.le_bytes(words)
 
 
 def _v1_unique(nz):
@@ -168,7 +171,7 @@ def _v1_coded_record(bits, store):
   mask = bits != 0
   nz = bits[mask]
   nnz = nz.size
-  head = bytes([0]) + _v1_varint(nnz)
+  head = bytes([0]) + varint(nnz)
   if nnz == 0:
     return [head], store
   unique = _v1_unique(nz)
@@ -176,8 +179,8 @@ def _v1_coded_record(bits, store):
     return None
   codebook, idx, counts = unique
   k = codebook.size
-  head += _v1_varint(k)
-  table = b''.join(_v1_varint(int(c)) for c in counts) if k > 1 else b''
+  head += varint(k)
+  table = b''.join(varint(int(c)) for c in counts) if k > 1 else b''
   pos = _v1_stream(mask, np.array([n - nnz, nnz])) if nnz < n else b''
   ids = _v1_stream(idx.reshape(-1), counts) if k > 1 else b''
   return [head, _wire.le_bytes(codebook), table, pos, ids], store
@@ -200,7 +203,6 @@ def _v1_leaf(x, cb):
 def to_bytes_v1(params, *, metadata=None, codebook_dtype='float32'):
   """The bytes of a version-1 file of `params` (and `metadata`)."""
   import json  # pylint: disable=import-outside-toplevel
-  import struct  # pylint: disable=import-outside-toplevel
   import zlib  # pylint: disable=import-outside-toplevel
   from gmp_jax import _trees  # pylint: disable=import-outside-toplevel
   from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
@@ -227,3 +229,24 @@ def to_bytes_v1(params, *, metadata=None, codebook_dtype='float32'):
                        zlib.crc32(header), zlib.crc32(payload), data_crc, 0)
   head = head[:-4] + struct.pack('<I', zlib.crc32(head[:-4]))
   return head + header + payload
+
+
+def assert_same_tree(a, b):
+  """Same structure, key types, container types, dtypes and bits (floats too)."""
+  if isinstance(a, dict):
+    assert isinstance(b, dict) and list(a) == list(b)
+    assert [type(k) for k in a] == [type(k) for k in b]
+    for k in a:
+      assert_same_tree(a[k], b[k])
+  elif isinstance(a, (list, tuple)):
+    assert type(a) is type(b) and len(a) == len(b)
+    for u, v in zip(a, b):
+      assert_same_tree(u, v)
+  elif isinstance(a, float):
+    assert type(b) is float and struct.pack('<d', a) == struct.pack('<d', b)
+  elif a is None or isinstance(a, (str, int)):
+    assert type(a) is type(b) and a == b
+  else:
+    a = np.asarray(a)
+    assert b.dtype == a.dtype and b.shape == a.shape
+    assert b.tobytes() == a.tobytes()

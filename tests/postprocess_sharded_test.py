@@ -24,15 +24,6 @@ MIN_SIZE = 500
 SPLIT = ('conv/kernel', 'dense/kernel')
 
 
-@pytest.fixture(scope='module')
-def mesh():
-  devices = jax.devices()
-  if len(devices) < NUM_DEVICES:
-    pytest.skip(f'needs {NUM_DEVICES} devices; conftest.py sets '
-                'JAX_NUM_CPU_DEVICES=4 before jax starts')
-  return sharding.data_mesh(devices[:NUM_DEVICES])
-
-
 def _params():
   rng = np.random.default_rng(0)
   return {'conv': {'kernel': jnp.asarray(rng.normal(0, 0.2, (3, 3, 4, 16)),

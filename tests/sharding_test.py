@@ -38,15 +38,6 @@ COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
                'collective-permute', 'collective-broadcast')
 
 
-@pytest.fixture(scope='module')
-def mesh():
-  devices = jax.devices()
-  if len(devices) < NUM_DEVICES:
-    pytest.skip(f'needs {NUM_DEVICES} devices; conftest.py sets '
-                'JAX_NUM_CPU_DEVICES=4 before jax starts')
-  return sharding.data_mesh(devices[:NUM_DEVICES])
-
-
 def _conv(x, kernel):
   return jax.lax.conv_general_dilated(
       x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
