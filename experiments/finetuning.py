@@ -77,23 +77,7 @@ def mode(config: ml_collections.ConfigDict) -> str:
   return name
 
 
-def _data(config, student_data, teacher_params):
-  rc = config.retrain
-  x, y = student_data
-  data = {'x': x}
-  if rc.distillation_weight > 0:
-    data['teacher_logits'] = retraining.teacher_logits(
-        config.model, teacher_params, x)
-  if rc.label_weight > 0 or 'teacher_logits' not in data:
-    data['label'] = y
-  return data
-
-
-def _loss_options(rc: ml_collections.ConfigDict) -> gmp_jax.LossOptions:
-  return gmp_jax.LossOptions(temperature=rc.temperature,
-                             distillation=rc.distillation,
-                             distillation_weight=rc.distillation_weight,
-                             label_weight=rc.label_weight)
+_loss_options = retraining.loss_options
 
 
 def _all_values(codebook) -> np.ndarray:
@@ -108,8 +92,9 @@ def _codebook_mode(config, student, quantized, retrained, tx):
     codebook, indices = gmp_jax.tiled_per_leaf_codebook(codebook, indices)
   state = gmp_jax.create_codebook_state(codebook, indices, tx,
                                         frozen=quantized)
-  step = gmp_jax.make_codebook_step(retraining.apply_fn(student), tx,
-                                    loss=_loss_options(config.retrain))
+  step = gmp_jax.make_codebook_step(
+      retraining.apply_fn(student, config.data.name), tx,
+      loss=_loss_options(config.retrain))
   return (state, step, gmp_jax.quantized_params,
           lambda s: _all_values(s.codebook))
 
@@ -123,7 +108,8 @@ def _straight_through_mode(config, student, quantized, retrained, tx):
       gmp_jax.masked_latent(start, mask), codebook, mask, tx,
       frozen=quantized)
   step = gmp_jax.make_straight_through_step(
-      retraining.apply_fn(student), tx, loss=_loss_options(config.retrain))
+      retraining.apply_fn(student, config.data.name), tx,
+      loss=_loss_options(config.retrain))
   return (state, step, gmp_jax.quantized_params,
           lambda s: _all_values(s.codebook))
 
@@ -153,9 +139,13 @@ def setup(config: ml_collections.ConfigDict, student: str, quantized,
   tx = optax.adam(config.postprocess.finetune_learning_rate)
   state, step, params_fn, codebook_fn = MODES[mode(config)](
       config, student, quantized, retrained, tx)
-  return CodebookTraining(state, step,
-                          _data(config, dataset['train'], teacher_params),
-                          params_fn, codebook_fn)
+  data, online = retraining.distillation_data(
+      config, teacher_params, *retraining.train_split(config, dataset))
+  if online:
+    teacher = retraining.apply_fn(config.model, config.data.name)
+    step = retraining.with_online_teacher(
+        step, lambda xb: teacher(teacher_params, xb))
+  return CodebookTraining(state, step, data, params_fn, codebook_fn)
 
 
 def epoch_metrics(evaluate, params_fn=None):

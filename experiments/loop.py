@@ -335,7 +335,11 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
         evaluated = timer.run(stage, 'eval', eval_fn, state)
       means = {k: float(v) / (step - acc_from)
                for k, v in host['sums'].items()}
-      bar.set_postfix(loss=f"{means['loss']:.4g}")
+      # The data term and the prior's share of the gradient: the loss
+      # itself is dominated by tau / N times the prior's log-density.
+      bar.set_postfix({k: f'{means[k]:.4g}' for k in
+                       ('data_loss', 'grad_ratio') if k in means}
+                      or {'loss': f"{means['loss']:.4g}"})
       if step == total or (time.monotonic() - saved_at
                            >= options.checkpoint_interval_s):
         with timer.section(stage, 'checkpoint'):

@@ -43,6 +43,9 @@ flags.DEFINE_bool('distributed', False,
 flags.DEFINE_integer('distributed_timeout_s',
                      distributed.DEFAULT_INIT_TIMEOUT_S,
                      'Seconds to wait for every process to join.')
+flags.DEFINE_string('stop_after', None,
+                    'Run the stages up to and including this one (e.g. '
+                    'teacher), then stop; a later run resumes from there.')
 config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. experiments/configs/mnist.py[:smoke].',
     lock_config=True)
@@ -61,7 +64,12 @@ def main(argv):
         auto=FLAGS.distributed, timeout_s=FLAGS.distributed_timeout_s)
   except (ValueError, distributed.DistributedError) as e:
     sys.exit(f'error: {e}')
-  pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    pipeline.check_stage_name(FLAGS.stop_after)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                              stop_after=FLAGS.stop_after)
 
 
 if __name__ == '__main__':

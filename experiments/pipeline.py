@@ -252,15 +252,27 @@ def run_stage(ctx: Context, name: str) -> Record:
   return record
 
 
+def check_stage_name(name: str | None) -> None:
+  """Raises ValueError unless `name` is None or a stage's name."""
+  if name is not None and name not in STAGES:
+    raise ValueError(f'Unknown stage {name!r}; the stages are '
+                     f'{tuple(STAGES)}.')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       timer: monitor.StageTimer | None = None
-                       ) -> dict[str, Any]:
+                       timer: monitor.StageTimer | None = None,
+                       stop_after: str | None = None
+                       ) -> dict[str, Any] | None:
   """Runs every stage; returns the report (also written to the workdir).
 
+  With `stop_after`, the stages up to that one only, returning None
+  (unless it is the last); a later call resumes after it.
+
   Raises:
-    ValueError: a bad config field (`config_check.check_config`), before
-      any stage runs.
+    ValueError: a bad config field (`config_check.check_config`) or stage
+      name, before any stage runs.
   """
+  check_stage_name(stop_after)
   checked = config_check.check_config(config)
   runtime = checked.runtime
   if runtime is None or runtime.is_writer:
@@ -271,6 +283,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 runtime=runtime, checked=checked)
   for name in STAGES:
     run_stage(ctx, name)
+    if name == stop_after and name != list(STAGES)[-1]:
+      monitor.log_info('stopped after %s (--stop_after).', name)
+      return None
   with open(ctx.path(workdir_layout.REPORT_FILE)) as f:
     return json.load(f)
 
@@ -371,7 +386,7 @@ def teacher_stage(ctx: Context) -> Record:
                               dataset=ctx.checked.dataset)
   schedule = retraining.cosine_schedule(
       tc.learning_rate, tc.decay_to, epochs=tc.epochs, num_examples=len(x),
-      batch_size=tc.batch_size)
+      batch_size=tc.batch_size, warmup_steps=tc.get('warmup_steps') or 0)
   tx = gmp_jax.gmp_optimizer(weights=schedule, means=0.0, log_precisions=0.0,
                              mixing=0.0)
   mixture = gmp_jax.init_mixture(params, 2)  # Unused: the prior is off.
@@ -399,10 +414,25 @@ def retrain_stage(ctx: Context) -> Record:
     teacher_params = ctx.runtime.put(teacher_params)
   student = retraining.student_name(config)
   params = retraining.initial_params(config, teacher_params)
+  mixture = retraining.initial_mixture(params, rc)
+  record = {'tau': rc.tau}
+  if rc.get('tau_ratio') is not None:
+    tau, scales = ctx.timer.run('retrain', 'data', retraining.calibrated_tau,
+                                config, params, mixture, teacher_params,
+                                ctx.dataset)
+    record.update(tau=tau, tau_ratio=rc.tau_ratio,
+                  grad_data_rms=scales.data_rms,
+                  grad_prior_rms=scales.prior_rms)
+    monitor.log_info('retrain: tau %.4g from tau_ratio %g (gradient RMS: '
+                     'data %.3g, prior %.3g per unit tau / N)', tau,
+                     rc.tau_ratio, scales.data_rms, scales.prior_rms)
+  start = gmp_jax.diagnose(params, mixture)
+  record['initial_nonzero_fraction'] = start.nonzero_fraction
+  for message in start.warnings:
+    monitor.log_info('retrain: warning: %s', message)
   setup = ctx.timer.run('retrain', 'data', retraining.MODES[rc.mode], config,
-                        teacher_params, ctx.dataset)
-  state = gmp_jax.create_train_state(
-      params, retraining.initial_mixture(params, rc), setup.optimizer)
+                        teacher_params, ctx.dataset, tau=record['tau'])
+  state = gmp_jax.create_train_state(params, mixture, setup.optimizer)
   state = _train(ctx, 'retrain', state, setup.train_step, setup.data,
                  epochs=rc.epochs, batch_size=rc.batch_size,
                  eval_fn=ctx.task.epoch_metrics(
@@ -419,7 +449,7 @@ def retrain_stage(ctx: Context) -> Record:
   monitor.log_info('retrain (%s): test %s before pruning %.4f', rc.mode,
                    ctx.metric, test[ctx.metric])
   return {f'test_{ctx.metric}': test[ctx.metric], 'student': student,
-          'mode': rc.mode}
+          'mode': rc.mode, **record}
 
 
 @stage('postprocess', outputs=('postprocess/quantized.gmpz',))

@@ -56,11 +56,18 @@ def run(*, num_components: int = 8, pretrain_steps: int = 300,
   pretrained = state.params
   acc_pre = float(metrics['accuracy'])
 
-  # 2. Retrain with the prior: data loss + tau/N * complexity (eq. 1).
-  mixture = gmp_jax.init_mixture(pretrained, num_components, init_std=0.1)
+  # 2. Retrain with the prior: data loss + tau/N * complexity (eq. 1). The
+  # mixture starts from the weights' statistics; tau follows the rule (the
+  # prior's gradient as large as the data term's at the start).
+  mixture = gmp_jax.init_mixture(pretrained, num_components)
+  data_loss = lambda p, b: gmp_jax.default_data_loss()(apply_fn(p, b['x']),
+                                                       b)[0]
+  tau = gmp_jax.calibrate_tau(
+      gmp_jax.gradient_scales(data_loss, pretrained, mixture, [batch]),
+      dataset_size=512)
   tx = gmp_jax.gmp_optimizer(weights=1e-3, means=3e-3)
   step = gmp_jax.compile_step(
-      gmp_jax.make_train_step(apply_fn, tx, tau=0.02, dataset_size=512))
+      gmp_jax.make_train_step(apply_fn, tx, tau=tau, dataset_size=512))
   state = gmp_jax.create_train_state(pretrained, mixture, tx)
   for _ in range(retrain_steps):
     state, metrics = step(state, batch)

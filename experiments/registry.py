@@ -37,7 +37,7 @@ Entry = TypeVar('Entry')
 
 # The modules that register the built-in entries.
 _BUILTIN_MODULES = ('experiments.models', 'experiments.data',
-                    'experiments.tasks')
+                    'experiments.tasks', 'experiments.language_model')
 
 
 def canonical(name: str) -> str:

@@ -24,6 +24,11 @@ def fmt(value, spec: str) -> str:
   return 'n/a' if value is None else format(value, spec)
 
 
+def format_metric(metric: str, value: float) -> str:
+  """Accuracy as a percentage (99.22%), any other metric as 1.8234."""
+  return f'{100 * value:.2f}%' if metric == 'accuracy' else f'{value:.4f}'
+
+
 def table1(quantized) -> list[dict[str, Any]]:
   """Table 1 rows, one per top-level layer, then the total."""
   rows = gmp_jax.sparsity_table(jax.device_get(quantized), by='layer')
@@ -69,6 +74,7 @@ def build_report(*, config: ml_collections.ConfigDict,
     extra['cleanup'] = {k: v for k, v in results['cleanup'].items()
                         if k != 'wall_time_s'}
   return {
+      'metric': metric,
       'table1': rows,
       'table2': table2,
       **extra,
@@ -112,13 +118,16 @@ def markdown(report: Mapping[str, Any], size_markdown: str) -> str:
     lines.append(f"| {name} | {shape} | {r['parameters']:,} | "
                  f"{100 * r['sparsity']:.2f}% | {r['distinct_values']} |")
   tuned = 'finetuned' in t2
-  lines += ['', '## Table 2: test accuracy', '',
+  metric = report.get('metric', 'accuracy')
+  show = lambda k: format_metric(metric, t2[k])  # pylint: disable=unnecessary-lambda-assignment
+  title = metric.replace('_', ' ')
+  lines += ['', f'## Table 2: test {title}', '',
             '| | Original | Retrained | Pruned |'
             + (' Fine-tuned |' if tuned else ''),
             '|---|---:|---:|---:|' + ('---:|' if tuned else ''),
-            f"| Accuracy | {100 * t2['original']:.2f}% | "
-            f"{100 * t2['retrained']:.2f}% | {100 * t2['pruned']:.2f}% |"
-            + (f" {100 * t2['finetuned']:.2f}% |" if tuned else ''), '',
+            f"| {title[0].upper() + title[1:]} | {show('original')} | "
+            f"{show('retrained')} | {show('pruned')} |"
+            + (f" {show('finetuned')} |" if tuned else ''), '',
             '## Compressed file', '',
             f"`{report['compressed_file']}`: {report['file_bytes']:,} bytes, "
             f"CR_file {fmt(report['cr_file'], '.1f')}x, "
@@ -134,10 +143,10 @@ def markdown(report: Mapping[str, Any], size_markdown: str) -> str:
 
 def summary_line(report: Mapping[str, Any]) -> str:
   """One line for the log: pruned accuracy, non-zeros, file size."""
-  t2 = report['table2']
-  tuned = (f", fine-tuned {100 * t2['finetuned']:.2f}%"
-           if 'finetuned' in t2 else '')
-  return (f"pruned accuracy {100 * t2['pruned']:.2f}%{tuned}, "
+  t2, metric = report['table2'], report.get('metric', 'accuracy')
+  show = lambda v: format_metric(metric, v)  # pylint: disable=unnecessary-lambda-assignment
+  tuned = f", fine-tuned {show(t2['finetuned'])}" if 'finetuned' in t2 else ''
+  return (f"pruned {metric.replace('_', ' ')} {show(t2['pruned'])}{tuned}, "
           f"non-zero {100 * report['nonzero_fraction']:.3f}%, "
           f"{report['file_bytes']:,} bytes "
           f"(CR_file {fmt(report['cr_file'], '.1f')}x)")

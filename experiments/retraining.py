@@ -23,7 +23,8 @@ finds it; its constructor gets the dataset's `registry.DatasetEntry`):
   block learns to reproduce the teacher's output of that block from the
   teacher's input to it).
 
-Every floating leaf of the student's params is covered by the mixture.
+The mixture covers the student's leaves that `retrain.filter` chooses (a
+name in `gmp_jax.filters.FILTERS`; None: the library's default).
 """
 
 from __future__ import annotations
@@ -82,11 +83,13 @@ def initial_params(config: ml_collections.ConfigDict, teacher_params):
 
 def initial_mixture(params, rc: ml_collections.ConfigDict
                     ) -> gmp_jax.GaussianMixture:
-  """The retraining prior's initial mixture over `params`."""
+  """The retraining prior's initial mixture over `params` (None fields:
+  `gmp_jax.init_mixture`'s defaults, from the weights' statistics)."""
   return gmp_jax.init_mixture(
-      params, rc.num_components, init_std=rc.init_std,
-      zero_proportion=rc.zero_proportion,
-      learn_zero_proportion=rc.learn_zero_proportion)
+      params, rc.num_components, filter_fn=rc.get('filter'),
+      init_std=rc.get('init_std'),
+      zero_proportion=rc.get('zero_proportion'),
+      learn_zero_proportion=rc.get('learn_zero_proportion'))
 
 
 def _pair(value) -> tuple[float, float] | None:
@@ -105,12 +108,20 @@ def stage_steps(epochs: int, num_examples: int, batch_size: int) -> int:
 
 
 def cosine_schedule(learning_rate: float, decay_to: float, *, epochs: int,
-                    num_examples: int, batch_size: int) -> optax.Schedule:
+                    num_examples: int, batch_size: int,
+                    warmup_steps: int = 0) -> optax.Schedule:
   """Cosine decay from `learning_rate` to `decay_to * learning_rate` over
-  the `stage_steps(epochs, num_examples, batch_size)` steps of a stage."""
+  the `stage_steps(epochs, num_examples, batch_size)` steps of a stage,
+  after a linear warm-up from 0 over `warmup_steps` of them (if > 0)."""
   steps = stage_steps(epochs, num_examples, batch_size)
-  return optax.cosine_decay_schedule(learning_rate, max(steps, 1),
-                                     alpha=decay_to)
+  if warmup_steps < 0:
+    raise ValueError(f'warmup_steps must be >= 0, got {warmup_steps}.')
+  if warmup_steps == 0:
+    return optax.cosine_decay_schedule(learning_rate, max(steps, 1),
+                                       alpha=decay_to)
+  return optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1),
+      end_value=decay_to * learning_rate)
 
 
 def _check_lr_decay(rc: ml_collections.ConfigDict) -> None:
@@ -144,15 +155,17 @@ def weights_schedule(rc: ml_collections.ConfigDict, lr_weights: float,
                          batch_size=rc.batch_size)
 
 
-def tau_schedule(rc: ml_collections.ConfigDict, num_examples: int
-                 ) -> optax.ScalarOrSchedule:
-  """`rc.tau`, ramped up linearly from 0 if `rc.tau_warmup_epochs` is set."""
+def tau_schedule(rc: ml_collections.ConfigDict, num_examples: int, *,
+                 tau: float | None = None) -> optax.ScalarOrSchedule:
+  """`tau` (default `rc.tau`), ramped up linearly from 0 if
+  `rc.tau_warmup_epochs` is set."""
   _check_tau_warmup(rc)
+  tau = rc.tau if tau is None else tau
   warmup = rc.get('tau_warmup_epochs')
   if warmup is None:
-    return rc.tau
+    return tau
   return optax.linear_schedule(
-      0.0, rc.tau, stage_steps(warmup, num_examples, rc.batch_size))
+      0.0, tau, stage_steps(warmup, num_examples, rc.batch_size))
 
 
 def _optimizer(rc: ml_collections.ConfigDict, lr_weights: float,
@@ -178,29 +191,137 @@ def teacher_logits(model_name: str, params, x: np.ndarray,
                          for i in range(0, len(x), batch_size)])
 
 
-def end_to_end(config: ml_collections.ConfigDict, teacher_params,
-               dataset) -> Retraining:
-  """Distillation on the teacher's logits plus labels (poster eq. 2)."""
-  rc = config.retrain
+# Teacher logits over the training split larger than this are computed in
+# each step instead of once (a language model's (N, T, V) logits).
+TEACHER_LOGITS_MAX_BYTES = 1 << 30
+
+
+def train_split(config: ml_collections.ConfigDict, dataset
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """The training rows retraining and fine-tuning step over: the first
+  `retrain.num_train` of the split (None: all)."""
   x, y = dataset['train']
-  data = {'x': x}
+  num = config.retrain.get('num_train')
+  if num is not None:
+    if num < 1:
+      raise ValueError(f'retrain.num_train must be >= 1 or None, got {num}.')
+    x, y = x[:num], y[:num]
+  return x, y
+
+
+def dataset_size(config: ml_collections.ConfigDict, x: np.ndarray) -> int:
+  """N of tau / N: the task's count of what the data loss averages over
+  (examples; tokens for a language model)."""
+  from experiments import tasks  # pylint: disable=import-outside-toplevel
+  return tasks.for_config(config).dataset_size(x)
+
+
+def distillation_data(config: ml_collections.ConfigDict, teacher_params,
+                      x: np.ndarray, y: np.ndarray
+                      ) -> tuple[dict[str, np.ndarray], bool]:
+  """The arrays a distilling step trains on, and whether it is *online*.
+
+  With `retrain.distillation_weight > 0` the teacher's logits on `x`
+  become `'teacher_logits'`, computed once, unless they would take more
+  than `TEACHER_LOGITS_MAX_BYTES`: then the data holds none and the step
+  must compute them (`with_online_teacher`; online is True). Labels are
+  kept when weighted or when there is no teacher.
+  """
+  rc = config.retrain
+  data, online = {'x': x}, False
   if rc.distillation_weight > 0:
-    data['teacher_logits'] = teacher_logits(config.model, teacher_params, x,
-                                            dataset=config.data.name)
-  if rc.label_weight > 0 or 'teacher_logits' not in data:
+    out = jax.eval_shape(apply_fn(config.model, config.data.name),
+                         teacher_params, jnp.asarray(x[:1]))
+    if len(x) * out.size * 4 > TEACHER_LOGITS_MAX_BYTES:
+      online = True
+    else:
+      data['teacher_logits'] = teacher_logits(
+          config.model, teacher_params, x, dataset=config.data.name)
+  if rc.label_weight > 0 or rc.distillation_weight <= 0:
     data['label'] = y
+  return data, online
+
+
+def with_online_teacher(train_step, teacher_fn):
+  """`train_step` on batches whose `'teacher_logits'` it computes first."""
+
+  def step(state, batch):
+    batch = dict(batch, teacher_logits=jax.lax.stop_gradient(
+        teacher_fn(batch['x'])))
+    return train_step(state, batch)
+
+  return step
+
+
+def loss_options(rc: ml_collections.ConfigDict) -> gmp_jax.LossOptions:
+  """The data-loss options of `config.retrain` (retraining, fine-tuning)."""
+  return gmp_jax.LossOptions(temperature=rc.temperature,
+                             distillation=rc.distillation,
+                             distillation_weight=rc.distillation_weight,
+                             label_weight=rc.label_weight)
+
+
+# Batches of the training split `calibrated_tau` measures the gradients on.
+CALIBRATION_BATCHES = 8
+
+
+def calibrated_tau(config: ml_collections.ConfigDict, params, mixture,
+                   teacher_params, dataset
+                   ) -> tuple[float, gmp_jax.GradientScales]:
+  """tau from `retrain.tau_ratio` by `gmp_jax.calibrate_tau` (end to end).
+
+  The data term's gradient is measured at `params` on the first
+  `CALIBRATION_BATCHES` batches of the training rows, with the teacher's
+  logits of those batches.
+  """
+  rc = config.retrain
+  x, y = train_split(config, dataset)
+  apply = apply_fn(student_name(config), config.data.name)
+  teacher = apply_fn(config.model, config.data.name)
+  data_loss = gmp_jax.default_data_loss(loss_options(rc))
+  batches = []
+  for i in range(CALIBRATION_BATCHES):
+    rows = slice(i * rc.batch_size, (i + 1) * rc.batch_size)
+    if not len(x[rows]):
+      break
+    batch = {'x': jnp.asarray(x[rows]), 'label': jnp.asarray(y[rows])}
+    if rc.distillation_weight > 0:
+      batch['teacher_logits'] = jax.jit(teacher)(teacher_params, batch['x'])
+    if not (rc.label_weight > 0 or rc.distillation_weight <= 0):
+      del batch['label']
+    batches.append(batch)
+  scales = gmp_jax.gradient_scales(
+      lambda p, b: data_loss(apply(p, b['x']), b)[0], params, mixture,
+      batches)
+  tau = gmp_jax.calibrate_tau(scales, dataset_size=dataset_size(config, x),
+                              ratio=rc.tau_ratio)
+  return tau, scales
+
+
+def end_to_end(config: ml_collections.ConfigDict, teacher_params,
+               dataset, *, tau: float | None = None) -> Retraining:
+  """Distillation on the teacher's logits plus labels (poster eq. 2).
+
+  `tau` (e.g. from `calibrated_tau`) replaces `retrain.tau`.
+  """
+  rc = config.retrain
+  x, y = train_split(config, dataset)
+  data, online = distillation_data(config, teacher_params, x, y)
   tx = _optimizer(rc, rc.lr_weights, len(x))
   step = gmp_jax.make_train_step(
       apply_fn(student_name(config), config.data.name), tx,
-      tau=tau_schedule(rc, len(x)), dataset_size=len(x),
-      temperature=rc.temperature, distillation=rc.distillation,
-      distillation_weight=rc.distillation_weight,
-      label_weight=rc.label_weight, hyperpriors=hyperpriors(rc))
+      tau=tau_schedule(rc, len(x), tau=tau),
+      dataset_size=dataset_size(config, x), loss=loss_options(rc),
+      hyperpriors=hyperpriors(rc),
+      grad_ratio=rc.get('log_grad_ratio', True))
+  if online:
+    teacher = apply_fn(config.model, config.data.name)
+    step = with_online_teacher(step, lambda xb: teacher(teacher_params, xb))
   return Retraining(tx, step, data)
 
 
 def layerwise(config: ml_collections.ConfigDict, teacher_params,
-              dataset) -> Retraining:
+              dataset, *, tau: float | None = None) -> Retraining:
   """Every layer trained at once, each on the teacher's input to it.
 
   The data loss is the sum over layers of the MSE between the student
@@ -235,8 +356,8 @@ def layerwise(config: ml_collections.ConfigDict, teacher_params,
 
   tx = _optimizer(rc, rc.layerwise_lr_weights, len(x))
   step = gmp_jax.make_train_step(
-      block_outputs, tx, tau=tau_schedule(rc, len(x)),
-      dataset_size=len(x),
+      block_outputs, tx, tau=tau_schedule(rc, len(x), tau=tau),
+      dataset_size=len(x), grad_ratio=rc.get('log_grad_ratio', True),
       hyperpriors=hyperpriors(rc), data_loss_fn=data_loss_fn)
   return Retraining(tx, step, {'x': x})
 
@@ -258,6 +379,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _check_lr_decay(config.retrain)
   _check_tau_warmup(config.retrain)
   mode = config.retrain.mode
+  ratio = config.retrain.get('tau_ratio')
+  if ratio is not None:
+    if not (isinstance(ratio, (int, float)) and ratio > 0):
+      raise ValueError(f'retrain.tau_ratio must be a number > 0 or None, got '
+                       f'{ratio!r}.')
+    if mode != 'end_to_end':
+      raise ValueError('retrain.tau_ratio calibrates end-to-end retraining; '
+                       f'set retrain.tau for mode {mode!r}.')
   if mode not in MODES:
     raise ValueError(f'retrain.mode must be one of {tuple(MODES)}, got '
                      f'{mode!r}.')

@@ -64,6 +64,10 @@ class Task:
     x, y = split
     return {'x': x, 'label': y}
 
+  def dataset_size(self, x: np.ndarray) -> int:
+    """N of the prior's tau / N: the examples the data loss averages over."""
+    return len(x)
+
   def data_loss_fn(self) -> Callable[..., Any] | None:
     """The teacher's data term; None: `gmp_jax`'s label cross-entropy."""
     return None

@@ -6,7 +6,8 @@ The pipeline, module by module: prior (Gaussian-mixture prior) -> losses
 for every step) -> quantize (merge, prune, quantise) -> finetune (train the
 shared values, assignment fixed) or straight_through (latent weights that
 may change cluster, mask fixed) -> codec (compressed file) -> report
-(Table 1 and true size). `fileio` holds the atomic writer every file goes
+(Table 1 and true size); calibration (the tau rule, diagnostics) and
+filters (which leaves the prior covers) serve the retraining. `fileio` holds the atomic writer every file goes
 through. The Flax adapters are optional: `import gmp_jax.flax`.
 """
 
@@ -40,6 +41,12 @@ from gmp_jax._multi_step import make_multi_step
 from gmp_jax._evaluation import make_eval_step
 from gmp_jax._evaluation import evaluate
 
+# Calibration and diagnostics: the tau rule, what a retraining cannot show.
+from gmp_jax.calibration import GradientScales
+from gmp_jax.calibration import gradient_scales
+from gmp_jax.calibration import calibrate_tau
+from gmp_jax.calibration import diagnose
+
 # Post-processing: merge components, prune, quantise.
 from gmp_jax.quantize import merge_components
 from gmp_jax.quantize import prune_masks
@@ -71,6 +78,9 @@ from gmp_jax.codec import CorruptFileError
 # Report: Table 1 and the true size.
 from gmp_jax.report import compression_report
 from gmp_jax.report import sparsity_table
+
+# Named leaf filters (`gmp_jax.filters.FILTERS`), a module.
+from gmp_jax import filters
 
 # Deprecated aliases (warn when called; not in __all__).
 from gmp_jax.finetune import per_leaf_codebook  # tiled_per_leaf_codebook
@@ -104,6 +114,11 @@ __all__ = (
     'make_multi_step',
     'make_eval_step',
     'evaluate',
+    # Calibration and diagnostics.
+    'GradientScales',
+    'gradient_scales',
+    'calibrate_tau',
+    'diagnose',
     # Post-processing.
     'merge_components',
     'prune_masks',

@@ -36,6 +36,7 @@ import numpy as np
 
 from gmp_jax import _nonparams
 from gmp_jax import _prior_kernel
+from gmp_jax import filters
 
 # Variances are kept in [VARIANCE_FLOOR, VARIANCE_CEILING] by clipping the
 # log-precision; the prior and its gradients stay finite at both ends.
@@ -44,15 +45,12 @@ VARIANCE_CEILING = 1e4
 _LOG_PRECISION_MAX = -math.log(VARIANCE_FLOOR)
 _LOG_PRECISION_MIN = -math.log(VARIANCE_CEILING)
 
-FilterFn = Callable[[tuple, Any], bool]
+FilterFn = Callable[[tuple, Any], bool] | str
 # (path string, shape, dtype string) for every leaf the prior covers.
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
 
 
-def is_floating(path: tuple, leaf: Any) -> bool:
-  """Default leaf filter: every floating-point leaf, biases included."""
-  del path
-  return hasattr(leaf, 'dtype') and jnp.issubdtype(leaf.dtype, jnp.floating)
+is_floating = filters.is_floating  # Every floating leaf ('all_floating').
 
 
 @functools.partial(
@@ -152,7 +150,7 @@ def select_leaves(params, filter_fn: FilterFn | None = None):
     ValueError: no leaf is chosen, or a chosen leaf is model state (BatchNorm
       statistics, an RNG key or counter), not a parameter.
   """
-  fn = is_floating if filter_fn is None else filter_fn
+  fn = filters.resolve(filter_fn)
   chosen = []
   state_leaves = _nonparams.non_parameter_leaves(params)
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -173,18 +171,16 @@ def select_leaves(params, filter_fn: FilterFn | None = None):
     chosen.append((_path_str(path), leaf))
   if not chosen:
     leaves = jax.tree_util.tree_leaves(params)
-    if filter_fn is None:
-      raise ValueError(
-          'The parameter tree has no compressible leaves: it has no '
-          f'floating-point leaf (it has {len(leaves)} leaves), and the '
-          'default filter chooses floating-point leaves only.')
     floating = sum(is_floating((), x) for x in leaves)
+    name = (f'the {filters.DEFAULT!r} default filter' if filter_fn is None
+            else f'filter {filter_fn!r}' if isinstance(filter_fn, str)
+            else 'the filter')
     raise ValueError(
-        'The parameter tree has no compressible leaves: the filter chose none '
+        f'The parameter tree has no compressible leaves: {name} chose none '
         f'of its {len(leaves)} leaves ({floating} floating-point). Check '
-        'filter_fn: it is called as filter_fn(path, leaf), path a tuple of '
-        'jax key entries (jax.tree_util.keystr(path) gives "[\'dense\']'
-        '[\'kernel\']").')
+        'filter_fn: a name in gmp_jax.filters.FILTERS, or a function called '
+        'as filter_fn(path, leaf), path a tuple of jax key entries '
+        '(jax.tree_util.keystr(path) gives "[\'dense\'][\'kernel\']").')
   return chosen
 
 
@@ -263,29 +259,45 @@ def map_mixture_leaves(fn, params, mixture: GaussianMixture):
 
 def init_mixture(params, num_components: int = 17, *,
                  filter_fn: FilterFn | None = None,
-                 init_std: float = 0.25,
-                 zero_proportion: float = 0.99,
-                 learn_zero_proportion: bool = False,
+                 init_std: float | None = None,
+                 zero_proportion: float | None = None,
+                 learn_zero_proportion: bool | None = None,
                  means_range: tuple[float, float] | None = None,
                  dtype=jnp.float32) -> GaussianMixture:
-  """Initialises a mixture prior for the floating leaves of `params`.
+  r"""Initialises a mixture prior from the covered weights' own statistics.
 
-  The K-1 non-zero means are spread evenly over the range of the pretrained
-  weights (`linspace(min w, max w, K-1)`), every component starts with
-  standard deviation `init_std`, and the non-zero components share
-  1 - pi_0 equally. This follows the published recipe (Ullrich et al. 2017;
-  their tutorial used K=17, sigma=0.25, pi_0=0.99 fixed).
+  Every default is scale-free, so it transfers from a LeNet's weights to a
+  transformer's:
+
+  * the K-1 non-zero means are spread evenly over the range of the covered
+    weights, :math:`\mu = \mathrm{linspace}(\min w, \max w, K - 1)`
+    (or `means_range`), a spacing of
+    :math:`\Delta = (\max w - \min w) / (K - 2)`;
+  * every component starts with standard deviation `init_std`, by default
+    :math:`\Delta / 2`: the 1-sigma intervals of neighbouring means touch;
+  * the mixing proportions, the zero component's included, start at the
+    fraction of the covered weights nearest to each mean (0 included),
+    :math:`\pi_k = (n_k + 1) / (n + K)`, and are learned. So quantising
+    the trained model with the initial mixture prunes about the weights
+    nearest to zero, not all of them.
+
+  Giving `zero_proportion` restores the published recipe's fixed pi_0 (Ullrich
+  et al. 2017; their tutorial used K=17, sigma=0.25, pi_0=0.99 fixed, as
+  `experiments/configs/mnist.py` pins): the non-zero components then share
+  1 - pi_0 equally.
 
   Args:
     params: any pytree of arrays, e.g. Flax Linen `params` or NNX state.
     num_components: K >= 2, including the zero component.
-    filter_fn: `(path, leaf) -> bool` choosing the compressible leaves;
-      defaults to every floating-point leaf, biases included.
-    init_std: initial standard deviation of every component.
-    zero_proportion: pi_0, the prior mass of the zero component (default
-      0.99). Fixed unless `learn_zero_proportion`.
-    learn_zero_proportion: learn pi_0 with the other mixing proportions,
-      starting from `zero_proportion`.
+    filter_fn: the covered leaves: a name in `gmp_jax.filters.FILTERS`
+      (default ``'no_norm'``: every floating leaf outside normalisation
+      layers) or `(path, leaf) -> bool`.
+    init_std: initial standard deviation of every component; None: half the
+      spacing of the means.
+    zero_proportion: None: every proportion from the weights (see above);
+      else pi_0, the non-zero components sharing the rest equally.
+    learn_zero_proportion: learn pi_0 with the other proportions. None: True
+      when `zero_proportion` is None, else False (pi_0 fixed).
     means_range: `(low, high)` for the non-zero means instead of the weights'
       range.
     dtype: dtype of the mixture parameters.
@@ -303,11 +315,14 @@ def init_mixture(params, num_components: int = 17, *,
     raise ValueError(
         f'num_components must be an integer >= 2 (the zero component plus at '
         f'least one other), got {num_components!r}.')
-  if not init_std > 0:
-    raise ValueError(f'init_std must be > 0, got {init_std!r}.')
-  if not 0.0 < zero_proportion < 1.0:
+  if init_std is not None and not init_std > 0:
+    raise ValueError(f'init_std must be > 0 or None, got {init_std!r}.')
+  if zero_proportion is not None and not 0.0 < zero_proportion < 1.0:
     raise ValueError(
-        f'zero_proportion must lie in (0, 1), got {zero_proportion!r}.')
+        f'zero_proportion must lie in (0, 1) or be None, got '
+        f'{zero_proportion!r}.')
+  if learn_zero_proportion is None:
+    learn_zero_proportion = zero_proportion is None
   chosen = select_leaves(params, filter_fn)
   low, high = np.inf, -np.inf
   for path, leaf in chosen:
@@ -323,26 +338,51 @@ def init_mixture(params, num_components: int = 17, *,
   elif not np.isfinite(low):  # Only empty leaves.
     low, high = -1.0, 1.0
   if low == high:
-    low, high = low - init_std, high + init_std
+    pad = init_std or max(abs(float(low)), 1.0) * 0.5
+    low, high = low - pad, high + pad
   num_nonzero = num_components - 1
   if num_nonzero == 1:
     means = np.array([high if abs(high) >= abs(low) else low])
+    spacing = float(abs(means[0]))
   else:
     means = np.linspace(low, high, num_nonzero)
+    spacing = float(high - low) / (num_nonzero - 1)
+  if init_std is None:
+    init_std = max(spacing / 2.0, math.sqrt(VARIANCE_FLOOR))
   log_precisions = np.full(num_components, -2.0 * math.log(init_std))
+  if zero_proportion is None:
+    counts = _nearest_counts(chosen, np.concatenate([[0.0], means]))
+    proportions = (counts + 1.0) / (counts.sum() + num_components)
+    zero = float(proportions[0])
+    rest = proportions[1:] / proportions[1:].sum()
+  else:
+    zero = float(zero_proportion)
+    rest = np.full(num_nonzero, 1.0 / num_nonzero)
   if learn_zero_proportion:
-    logits = np.full(num_components, math.log((1 - zero_proportion) /
-                                              num_nonzero))
-    logits[0] = math.log(zero_proportion)
+    logits = np.log(np.concatenate([[zero], (1.0 - zero) * rest]))
     fixed = None
   else:
-    logits = np.zeros(num_nonzero)
-    fixed = float(zero_proportion)
+    logits = np.log(rest)
+    fixed = zero
   return GaussianMixture(
       jnp.asarray(means, dtype), jnp.asarray(log_precisions, dtype),
       jnp.asarray(logits, dtype), zero_proportion=fixed,
       signature=tuple((p, tuple(leaf.shape), str(leaf.dtype))
                       for p, leaf in chosen))
+
+
+def _nearest_counts(chosen, centres: np.ndarray) -> np.ndarray:
+  """How many covered weights lie nearest to each centre (float64)."""
+  order = np.argsort(centres)
+  ordered = centres[order]
+  bounds = (ordered[1:] + ordered[:-1]) / 2.0
+  counts = np.zeros(len(centres))
+  for _, leaf in chosen:
+    values = np.ravel(np.asarray(leaf, np.float32))
+    if values.size:
+      counts[order] += np.bincount(np.searchsorted(bounds, values),
+                                   minlength=len(centres))
+  return counts
 
 
 # ----------------------------------------------------------------------------

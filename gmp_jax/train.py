@@ -115,6 +115,7 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
                     use_prior: bool = True,
                     stateful: bool = False,
                     seed: int = 0,
+                    grad_ratio: bool = False,
                     **loss_fields):
   """Builds a pure `(state, batch) -> (state, metrics)` train step.
 
@@ -158,6 +159,10 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
       shapes and dtypes. Ready-made adapters for Flax Linen and NNX are in
       `gmp_jax.flax`.
     seed: seed of the per-step key (stateful steps only).
+    grad_ratio: also report `grad_ratio`, the RMS over the covered weights
+      of the prior's gradient (tau / N) grad[-log p(w)] over that of the
+      rest (the data term's), the rho of `gmp_jax.calibrate_tau`. Costs one
+      more gradient of the prior per step; the update is unchanged.
     **loss_fields: `LossOptions` fields given as keywords (e.g.
       `temperature=4.0`); they replace those of `loss`.
 
@@ -207,6 +212,10 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
     (_, (metrics, model_state)), grads = grad_fn(
         state.params, state.mixture, batch, state.model_state, rng,
         tau_at(state.step))
+    if grad_ratio and use_prior:
+      metrics['grad_ratio'] = _grad_ratio(
+          grads[0], state.params, state.mixture,
+          tau_at(state.step) / dataset_size)
     (params, mixture), opt_state = optim.apply_optimizer(
         optimizer, grads, state.opt_state, (state.params, state.mixture))
     metrics.update(mixture_summary(mixture))
@@ -214,3 +223,16 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
                       jax.lax.stop_gradient(model_state)), metrics
 
   return train_step
+
+
+def _grad_ratio(total_grads, params, mixture, scale) -> jax.Array:
+  """RMS of scale * grad[-log p] over RMS of the rest, covered leaves."""
+  prior_grads = jax.grad(
+      lambda p: -scale * prior_lib.mixture_log_prob(p, mixture))(params)
+  prior_sq = data_sq = 0.0
+  for g, gp in zip(prior_lib.mixture_leaves(total_grads, mixture),
+                   prior_lib.mixture_leaves(prior_grads, mixture)):
+    g, gp = g.astype(jnp.float32), gp.astype(jnp.float32)
+    prior_sq = prior_sq + jnp.sum(jnp.square(gp))
+    data_sq = data_sq + jnp.sum(jnp.square(g - gp))
+  return jnp.sqrt(prior_sq / jnp.maximum(data_sq, jnp.finfo(jnp.float32).tiny))

@@ -30,7 +30,10 @@ def random_tree(shapes, *, seed=0, scale=0.1, dtype=jnp.float32):
 def train_state(params, num_components, *, weights=1e-2):
   """`(optimizer, TrainState)` for `params` with a fresh K-component prior."""
   tx = gmp_jax.gmp_optimizer(weights=weights)
-  mixture = gmp_jax.init_mixture(params, num_components)
+  # The published recipe (sigma 0.25, pi_0 0.99 fixed), as these tests were
+  # written for; init_mixture's data-driven defaults have their own tests.
+  mixture = gmp_jax.init_mixture(params, num_components, init_std=0.25,
+                                 zero_proportion=0.99)
   return tx, gmp_jax.create_train_state(params, mixture, tx)
 
 

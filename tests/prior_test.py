@@ -164,7 +164,7 @@ def test_mixture_is_a_pytree_through_jit():
 
 def test_mixture_is_a_frozen_dataclass_with_static_fields():
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, 3)
+  mixture = gmp_jax.init_mixture(params, 3, zero_proportion=0.99)
   with pytest.raises(dataclasses.FrozenInstanceError):
     mixture.zero_proportion = 0.5
   paths = [jax.tree_util.keystr(p) for p, _ in
@@ -265,7 +265,8 @@ def test_mixture_for_another_tree():
 def test_filter_that_chooses_nothing():
   with pytest.raises(ValueError, match=r'filter chose none of its 3 leaves'):
     gmp_jax.init_mixture(_tree(), 3, filter_fn=lambda path, leaf: False)
-  with pytest.raises(ValueError, match='no floating-point leaf'):
+  with pytest.raises(ValueError, match=r"'no_norm' default filter chose none "
+                     r'of its 1 leaves \(0 floating-point\)'):
     gmp_jax.init_mixture({'step': jnp.int32(0)}, 3)
 
 
@@ -275,7 +276,7 @@ def test_filter_that_chooses_nothing():
                                          ('nonzero_means', (2, 2))])
 def test_mixture_of_the_wrong_shape(field, shape):
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, 4)  # Fixed pi_0: logits (3,).
+  mixture = gmp_jax.init_mixture(params, 4, zero_proportion=0.99)  # (3,)
   bad = mixture.replace(**{field: jnp.zeros(shape, jnp.float32)})
   for fn in (gmp_jax.mixture_log_prob, gmp_jax.quantize):
     with pytest.raises(ValueError, match=field):

@@ -68,7 +68,8 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_sections_come_in_order():
   headings = re.findall(r'^## (.+)$', _read(README), flags=re.M)
-  assert headings == ['Quickstart', 'Use it in your own model', 'API',
+  assert headings == ['Quickstart', 'Compress your own model',
+                      'Use it in your own model', 'API',
                       'Results', 'Experiments CLI', 'Scaling out', 'Colab',
                       'Development']
 

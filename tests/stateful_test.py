@@ -316,10 +316,11 @@ def test_filter_choosing_model_state_is_rejected():
   model = LinenNet()
   variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
                          train=False)
-  # The default filter on the whole variables dict picks the statistics.
+  # Every float leaf of the whole variables dict includes the statistics
+  # (the default 'no_norm' filter leaves BatchNorm out altogether).
   with pytest.raises(ValueError,
                      match=r"\['batch_stats'\]\['BatchNorm_0'\]\['mean'\]"):
-    gmp_jax.init_mixture(variables, 5)
+    gmp_jax.init_mixture(variables, 5, filter_fn='all_floating')
   # A filter that leaves them out, but params that still hold them.
   mixture = gmp_jax.init_mixture(
       variables, 5,

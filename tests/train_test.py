@@ -74,7 +74,8 @@ def test_loss_decomposition():
   t = np.ones((32, 4), np.float32)
   _, m = step(state, {'x': x, 'label': y, 'teacher_logits': t})
   logits = apply_fn(state.params, x)
-  data = (gmp_jax.distillation_loss(logits, t, 2.0)
+  # The default distillation is Hinton's KL.
+  data = (gmp_jax.kl_distillation_loss(logits, t, 2.0)
           + 0.5 * gmp_jax.cross_entropy_loss(logits, y))
   np.testing.assert_allclose(m['data_loss'], data, rtol=1e-5)
   complexity = gmp_jax.complexity_loss(state.params, state.mixture)

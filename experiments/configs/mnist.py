@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       batch_size=128,
       learning_rate=1e-3,
       decay_to=0.05,  # Cosine decay to 5% of the learning rate.
+      warmup_steps=0,  # Linear warm-up from 0 over this many steps first.
   )
 
   config.retrain = dict(
@@ -69,10 +70,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       distillation_weight=1.0,
       label_weight=1.0,  # Weight of the label cross-entropy; 0 = off.
       tau=2e-2,  # Prior strength; the complexity term is scaled by tau / N.
+      # None = retrain.tau; else tau is calibrated so that the prior's
+      # gradient RMS is this many times the data term's at the start
+      # (gmp_jax.calibrate_tau; end-to-end retraining only).
+      tau_ratio=config_dict.placeholder(float),
+      # Log grad_ratio (that same ratio) at every step; costs one more
+      # prior gradient per step, the update is unchanged.
+      log_grad_ratio=True,
+      # None = every training example; else retraining and fine-tuning
+      # step over the first num_train rows of the training split.
+      num_train=config_dict.placeholder(int),
+      # The covered leaves: a name in gmp_jax.filters.FILTERS. The MNIST
+      # nets have no normalisation layers, so 'all_floating' (every
+      # floating leaf, the library's default before 0.2) and the library's
+      # 'no_norm' default cover the same leaves.
+      filter='all_floating',
       # None = tau from the start; else tau rises linearly from 0 over this
       # many epochs.
       tau_warmup_epochs=config_dict.placeholder(int),
       num_components=17,
+      # The published recipe, pinned here; None for each of the three =
+      # gmp_jax.init_mixture's defaults from the weights' statistics (width
+      # half the means' spacing, every proportion learned from the share of
+      # weights nearest each mean).
       init_std=0.25,
       zero_proportion=0.99,
       learn_zero_proportion=False,
