@@ -173,9 +173,15 @@ def run(config, workdir: str, *, kmeans: Sequence[int] = (4, 8, 16, 32),
     params = gmp_jax.load_compressed(path)
     score = evaluate(jax.tree.map(np.asarray, params))
     size = os.path.getsize(path)
+    retrain = workdir_layout.read_done(other, 'retrain')
+    report = json.load(open(os.path.join(other, workdir_layout.REPORT_FILE)))
     rows.append({'name': label, 'kind': 'gmp_jax', 'file_bytes': size,
                  'cr_file': raw_bytes / size, 'workdir': os.path.basename(
-                     os.path.normpath(other)), **score})
+                     os.path.normpath(other)), **score,
+                 'tau': retrain.get('tau'),
+                 'tau_ratio': retrain.get('tau_ratio'),
+                 'retrain_epochs': report['config']['retrain']['epochs'],
+                 'nonzero_fraction': report['nonzero_fraction']})
   table = {'metric': metric, 'parameters': parameters,
            'raw_float32_bytes': raw_bytes, 'covered_leaves': len(covered),
            'rows': rows}
@@ -196,12 +202,18 @@ def markdown(table) -> str:
   """The table as Markdown, relative to the teacher's metric."""
   metric = table['metric']
   base = next(r[metric] for r in table['rows'] if r['kind'] == 'teacher')
-  lines = [f'| method | {metric} | vs teacher | file bytes | CR_file |',
-           '|---|---:|---:|---:|---:|']
+  lines = [f'| method | {metric} | vs teacher | file bytes | CR_file | '
+           'setting |', '|---|---:|---:|---:|---:|---|']
   for r in table['rows']:
+    setting = ''
+    if r['kind'] == 'gmp_jax':
+      setting = (f"tau_ratio {r['tau_ratio']}, " if r.get('tau_ratio')
+                 else '') + (f"tau {r['tau']:.4g}, {r['retrain_epochs']} "
+                             f"retraining epochs, "
+                             f"{100 * r['nonzero_fraction']:.1f}% non-zero")
     lines.append(f"| {r['name']} | {r[metric]:.4f} | "
                  f"{100 * (r[metric] / base - 1):+.1f}% | "
-                 f"{r['file_bytes']:,} | {r['cr_file']:.1f}x |")
+                 f"{r['file_bytes']:,} | {r['cr_file']:.1f}x | {setting} |")
   return '\n'.join(lines) + '\n'
 
 

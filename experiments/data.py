@@ -347,17 +347,26 @@ def _load_tfds(name: str, *, data_dir, download: bool
 
 
 def main(argv: list[str] | None = None) -> int:
-  """`python -m experiments.data [mnist|fashion_mnist]`: fetch and verify."""
+  """`python -m experiments.data [NAME ...]`: fetch, verify and cache.
+
+  NAME: a registered dataset with an offline source (`mnist`, the default,
+  `fashion_mnist`, `shakespeare`).
+  """
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument('name', nargs='?', default='mnist', choices=DATASETS)
+  parser.add_argument('names', nargs='*', default=['mnist'])
   parser.add_argument('--data_dir', default=None)
   args = parser.parse_args(argv)
-  start = time.perf_counter()
-  ds = load_dataset(args.name, data_dir=args.data_dir)
-  print(f"{args.name}: {len(ds['train'][0])} train / {len(ds['test'][0])} "
-        f'test images ready in {time.perf_counter() - start:.1f} s '
-        f'(cache: {_resolve_dir(args.data_dir)})')
+  for name in args.names:
+    if name not in registry.DATASETS:
+      parser.error(f'unknown dataset {name!r}; expected one of '
+                   f'{tuple(registry.DATASETS)}')
+  for name in args.names:
+    start = time.perf_counter()
+    ds = load_dataset(name, data_dir=args.data_dir)
+    print(f"{name}: {len(ds['train'][0])} train / {len(ds['test'][0])} "
+          f'test examples ready in {time.perf_counter() - start:.1f} s '
+          f'(cache: {_resolve_dir(args.data_dir)})')
   return 0
 
 

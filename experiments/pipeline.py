@@ -416,17 +416,24 @@ def retrain_stage(ctx: Context) -> Record:
   params = retraining.initial_params(config, teacher_params)
   mixture = retraining.initial_mixture(params, rc)
   record = {'tau': rc.tau}
-  if rc.get('tau_ratio') is not None:
-    tau, scales = ctx.timer.run('retrain', 'data', retraining.calibrated_tau,
-                                config, params, mixture, teacher_params,
-                                ctx.dataset)
-    record.update(tau=tau, tau_ratio=rc.tau_ratio,
-                  grad_data_rms=scales.data_rms,
-                  grad_prior_rms=scales.prior_rms)
-    monitor.log_info('retrain: tau %.4g from tau_ratio %g (gradient RMS: '
-                     'data %.3g, prior %.3g per unit tau / N)', tau,
-                     rc.tau_ratio, scales.data_rms, scales.prior_rms)
-  start = gmp_jax.diagnose(params, mixture)
+  scales = n = None
+  if rc.mode == 'end_to_end':  # The gradient ratio at the start (rho).
+    scales, n = ctx.timer.run('retrain', 'data', retraining.gradient_scales,
+                              config, params, mixture, teacher_params,
+                              ctx.dataset)
+    if rc.get('tau_ratio') is not None:
+      record.update(tau=gmp_jax.calibrate_tau(scales, dataset_size=n,
+                                              ratio=rc.tau_ratio),
+                    tau_ratio=rc.tau_ratio)
+    record.update(grad_data_rms=scales.data_rms,
+                  grad_prior_rms=scales.prior_rms,
+                  initial_grad_ratio=scales.ratio(record['tau'], n))
+    monitor.log_info('retrain: tau %.4g, gradient ratio %.3g at the start '
+                     '(RMS: data %.3g, prior %.3g per unit tau / N)',
+                     record['tau'], record['initial_grad_ratio'],
+                     scales.data_rms, scales.prior_rms)
+  start = gmp_jax.diagnose(params, mixture, scales=scales, tau=record['tau'],
+                           dataset_size=n, warn=False)
   record['initial_nonzero_fraction'] = start.nonzero_fraction
   for message in start.warnings:
     monitor.log_info('retrain: warning: %s', message)

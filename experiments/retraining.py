@@ -265,36 +265,46 @@ def loss_options(rc: ml_collections.ConfigDict) -> gmp_jax.LossOptions:
 CALIBRATION_BATCHES = 8
 
 
-def calibrated_tau(config: ml_collections.ConfigDict, params, mixture,
-                   teacher_params, dataset
-                   ) -> tuple[float, gmp_jax.GradientScales]:
-  """tau from `retrain.tau_ratio` by `gmp_jax.calibrate_tau` (end to end).
+def gradient_scales(config: ml_collections.ConfigDict, params, mixture,
+                    teacher_params, dataset
+                    ) -> tuple[gmp_jax.GradientScales, int]:
+  """`(gmp_jax.gradient_scales, N)` of end-to-end retraining at `params`.
 
-  The data term's gradient is measured at `params` on the first
-  `CALIBRATION_BATCHES` batches of the training rows, with the teacher's
-  logits of those batches.
+  The data term's gradient is measured on the first `CALIBRATION_BATCHES`
+  batches of the training rows, with the teacher's logits of those
+  batches; N is the step's `dataset_size`.
   """
   rc = config.retrain
   x, y = train_split(config, dataset)
   apply = apply_fn(student_name(config), config.data.name)
-  teacher = apply_fn(config.model, config.data.name)
+  teacher = jax.jit(apply_fn(config.model, config.data.name))
   data_loss = gmp_jax.default_data_loss(loss_options(rc))
   batches = []
   for i in range(CALIBRATION_BATCHES):
     rows = slice(i * rc.batch_size, (i + 1) * rc.batch_size)
     if not len(x[rows]):
       break
-    batch = {'x': jnp.asarray(x[rows]), 'label': jnp.asarray(y[rows])}
+    batch = {'x': jnp.asarray(x[rows])}
     if rc.distillation_weight > 0:
-      batch['teacher_logits'] = jax.jit(teacher)(teacher_params, batch['x'])
-    if not (rc.label_weight > 0 or rc.distillation_weight <= 0):
-      del batch['label']
+      batch['teacher_logits'] = teacher(teacher_params, batch['x'])
+    if rc.label_weight > 0 or rc.distillation_weight <= 0:
+      batch['label'] = jnp.asarray(y[rows])
     batches.append(batch)
   scales = gmp_jax.gradient_scales(
       lambda p, b: data_loss(apply(p, b['x']), b)[0], params, mixture,
       batches)
-  tau = gmp_jax.calibrate_tau(scales, dataset_size=dataset_size(config, x),
-                              ratio=rc.tau_ratio)
+  return scales, dataset_size(config, x)
+
+
+def calibrated_tau(config: ml_collections.ConfigDict, params, mixture,
+                   teacher_params, dataset
+                   ) -> tuple[float, gmp_jax.GradientScales]:
+  """tau from `retrain.tau_ratio` by `gmp_jax.calibrate_tau` (end to end),
+  and the `gradient_scales` it came from."""
+  scales, n = gradient_scales(config, params, mixture, teacher_params,
+                              dataset)
+  tau = gmp_jax.calibrate_tau(scales, dataset_size=n,
+                              ratio=config.retrain.tau_ratio)
   return tau, scales
 
 
@@ -313,7 +323,7 @@ def end_to_end(config: ml_collections.ConfigDict, teacher_params,
       tau=tau_schedule(rc, len(x), tau=tau),
       dataset_size=dataset_size(config, x), loss=loss_options(rc),
       hyperpriors=hyperpriors(rc),
-      grad_ratio=rc.get('log_grad_ratio', True))
+      grad_ratio=rc.get('log_grad_ratio') is not False)
   if online:
     teacher = apply_fn(config.model, config.data.name)
     step = with_online_teacher(step, lambda xb: teacher(teacher_params, xb))
@@ -357,7 +367,7 @@ def layerwise(config: ml_collections.ConfigDict, teacher_params,
   tx = _optimizer(rc, rc.layerwise_lr_weights, len(x))
   step = gmp_jax.make_train_step(
       block_outputs, tx, tau=tau_schedule(rc, len(x), tau=tau),
-      dataset_size=len(x), grad_ratio=rc.get('log_grad_ratio', True),
+      dataset_size=len(x), grad_ratio=rc.get('log_grad_ratio') is not False,
       hyperpriors=hyperpriors(rc), data_loss_fn=data_loss_fn)
   return Retraining(tx, step, {'x': x})
 

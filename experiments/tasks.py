@@ -114,7 +114,8 @@ class Task:
 
     With `raw`, ``test_<key>`` of every metric of the weights; with
     `pruned`, ``test_pruned_<metric>`` of their quantised copy
-    (`gmp_jax.quantize` with the state's mixture) and its
+    (`gmp_jax.quantize` with the state's mixture, merged by
+    `gmp_jax.merge_components` as post-processing will) and its
     ``nonzero_fraction``.
     """
     import gmp_jax  # pylint: disable=import-outside-toplevel
@@ -126,7 +127,8 @@ class Task:
       if raw:
         out.update({f'test_{k}': v for k, v in evaluate(state.params).items()})
       if pruned:
-        q = gmp_jax.quantize(state.params, state.mixture)
+        q = gmp_jax.quantize(state.params,
+                             gmp_jax.merge_components(state.mixture))
         out[f'test_pruned_{self.metric}'] = evaluate(q)[self.metric]
         leaves = jax.tree.leaves(q)
         nonzero = sum(int(jnp.count_nonzero(w)) for w in leaves)

@@ -46,7 +46,7 @@ from gmp_jax import prior as prior_lib
 from gmp_jax import quantize as quantize_lib
 
 # rho of the tau rule (see the module docstring).
-DEFAULT_RATIO = 1.0
+DEFAULT_RATIO = 0.05
 # `diagnose` warns outside these.
 PRUNE_WARNING = 0.99  # Fraction of covered weights pruned.
 RATIO_WARNING = (1e-2, 1e2)

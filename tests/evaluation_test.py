@@ -1,6 +1,7 @@
 """Tests for experiments.evaluation against NumPy."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special
@@ -50,7 +51,8 @@ def test_epoch_metrics_with_pruning():
   out = evaluation.epoch_metrics(test.evaluator(_apply), pruned=True)(state)
   want = _numpy_metrics(params, x, labels)
   assert out['test_accuracy'] == want['accuracy']
-  q = jax.device_get(gmp_jax.quantize(params, mixture))
+  q = jax.device_get(gmp_jax.quantize(  # merged, as post-processing will
+      params, gmp_jax.merge_components(mixture)))
   assert out['test_pruned_accuracy'] == _numpy_metrics(q, x, labels)[
       'accuracy']
   values = np.concatenate([np.ravel(v) for v in jax.tree.leaves(q)])
@@ -72,7 +74,8 @@ def test_epoch_metrics_pruned_only_skips_the_raw_pass():
   out = evaluation.epoch_metrics(counting, pruned=True, raw=False)(state)
   assert sorted(out) == ['nonzero_fraction', 'test_pruned_accuracy']
   assert len(seen) == 1
-  q = jax.device_get(gmp_jax.quantize(params, mixture))
+  q = jax.device_get(gmp_jax.quantize(  # merged, as post-processing will
+      params, gmp_jax.merge_components(mixture)))
   assert out['test_pruned_accuracy'] == _numpy_metrics(q, x, labels)[
       'accuracy']
   with pytest.raises(ValueError, match='raw or pruned'):
@@ -97,3 +100,25 @@ def test_evaluator_equals_the_library_evaluate():
     test = evaluation.TestSet(x, labels, batch_size=7, kind=kind)
     assert test.evaluator(_apply)(params) == gmp_jax.evaluate(
         eval_step, params, x, labels, batch_size=7, kind=kind)
+
+
+def test_epoch_metrics_count_a_component_at_zero_as_pruned():
+  """A learned mean drifted to 1e-5 holds weights the file prunes."""
+  x, labels, params = _problem(2)
+  mixture = gmp_jax.init_mixture(params, 3, init_std=0.1,
+                                 zero_proportion=0.2)
+  mixture = mixture.replace(  # pi = (0.2, 0.6, 0.2)
+      nonzero_means=jnp.asarray([1e-5, 0.3]),
+      mixing_logits=jnp.log(jnp.asarray([0.75, 0.25])))
+  state = gmp_jax.create_train_state(params, mixture, gmp_jax.gmp_optimizer())
+  test = evaluation.TestSet(x, labels, batch_size=7, kind='unroll')
+  out = evaluation.epoch_metrics(test.evaluator(_apply), pruned=True,
+                                 raw=False)(state)
+  # NumPy: a weight is kept iff the component at 0.3 owns it.
+  w = np.concatenate([np.ravel(v) for v in jax.tree.leaves(params)])
+  mu = np.array([0.0, 1e-5, 0.3])
+  pi = np.asarray(mixture.mixing_proportions, np.float64)
+  log = np.log(pi) - (w[:, None] - mu) ** 2 / (2 * 0.1 ** 2)
+  kept = np.argmax(log, axis=1) == 2
+  assert 0 < kept.mean() < 1 and np.mean(np.argmax(log, 1) == 1) > 0
+  assert out['nonzero_fraction'] == pytest.approx(kept.mean())

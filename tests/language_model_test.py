@@ -129,7 +129,8 @@ def test_pipeline_and_baselines_on_the_sample(tmp_path):
   t2 = report['table2']
   assert 0 < t2['finetuned'] < 8.0 and t2['original'] < 6.0
   retrain = json.load(open(os.path.join(workdir, 'retrain', 'done.json')))
-  assert retrain['tau'] > 0 and retrain['tau_ratio'] == 1.0
+  assert retrain['tau'] > 0 and retrain['tau_ratio'] == 0.05
+  assert retrain['initial_grad_ratio'] == pytest.approx(0.05)
   assert 0.5 < retrain['initial_nonzero_fraction'] <= 1.0
   records = [json.loads(l) for l in open(os.path.join(workdir,
                                                       'metrics.jsonl'))]

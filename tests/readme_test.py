@@ -82,7 +82,8 @@ def test_api_section_lists_exactly_the_public_names():
   assert set(gmp_jax.__all__) <= listed, set(gmp_jax.__all__) - listed
   assert listed <= set(gmp_jax.__all__), listed - set(gmp_jax.__all__)
   assert [row[0] for row in rows] == [
-      'prior', 'losses', 'optimiser', 'train steps', 'post-processing',
+      'prior', 'losses', 'optimiser', 'train steps',
+      'calibration and diagnostics', 'post-processing',
       'fine-tuning', 'file', 'report']
 
 

@@ -331,7 +331,7 @@ def test_filter_choosing_model_state_is_rejected():
 
   net = NNXNet(nnx.Rngs(params=0, dropout=1))
   with pytest.raises(ValueError, match=r"\['bn'\]\['mean'\].*BatchStat"):
-    gmp_jax.init_mixture(nnx.state(net), 5)
+    gmp_jax.init_mixture(nnx.state(net), 5, filter_fn='all_floating')
   with pytest.raises(ValueError, match=r"\['dropout'\]\['rngs'\]\['key'\]"
                      r".*RngKey"):
     gmp_jax.init_mixture(

@@ -55,7 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       batch_size=128,
       learning_rate=1e-3,
       decay_to=0.05,  # Cosine decay to 5% of the learning rate.
-      warmup_steps=0,  # Linear warm-up from 0 over this many steps first.
+      # None = none; else a linear warm-up from 0 over this many steps first.
+      warmup_steps=config_dict.placeholder(int),
   )
 
   config.retrain = dict(
@@ -74,17 +75,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # gradient RMS is this many times the data term's at the start
       # (gmp_jax.calibrate_tau; end-to-end retraining only).
       tau_ratio=config_dict.placeholder(float),
-      # Log grad_ratio (that same ratio) at every step; costs one more
-      # prior gradient per step, the update is unchanged.
-      log_grad_ratio=True,
+      # None (on) or True: log grad_ratio (that same ratio) at every step;
+      # costs one more prior gradient per step, the update is unchanged.
+      # False: off.
+      log_grad_ratio=config_dict.placeholder(bool),
       # None = every training example; else retraining and fine-tuning
       # step over the first num_train rows of the training split.
       num_train=config_dict.placeholder(int),
-      # The covered leaves: a name in gmp_jax.filters.FILTERS. The MNIST
-      # nets have no normalisation layers, so 'all_floating' (every
-      # floating leaf, the library's default before 0.2) and the library's
-      # 'no_norm' default cover the same leaves.
-      filter='all_floating',
+      # The covered leaves: a name in gmp_jax.filters.FILTERS; None = the
+      # library's default, 'no_norm' (every floating leaf outside
+      # normalisation layers). The MNIST nets have none, so it covers what
+      # the published recipe did: every weight and bias.
+      filter=config_dict.placeholder(str),
       # None = tau from the start; else tau rises linearly from 0 over this
       # many epochs.
       tau_warmup_epochs=config_dict.placeholder(int),
