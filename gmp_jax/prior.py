@@ -362,7 +362,9 @@ def init_mixture(params, num_components: int = 17, *,
     logits = np.log(np.concatenate([[zero], (1.0 - zero) * rest]))
     fixed = None
   else:
-    logits = np.log(rest)
+    # Equal shares as zero logits, the published recipe's exact values.
+    logits = (np.zeros(num_nonzero) if zero_proportion is not None
+              else np.log(rest))
     fixed = zero
   return GaussianMixture(
       jnp.asarray(means, dtype), jnp.asarray(log_precisions, dtype),

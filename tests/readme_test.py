@@ -185,3 +185,18 @@ def test_relative_links_resolve(path):
     if anchor:
       headings = re.findall(r'^#+ (.+)$', _read(target), flags=re.M)
       assert anchor in {_slug(h) for h in headings}, link
+
+
+def test_shakespeare_table_is_the_committed_baselines_table():
+  table = _read(os.path.join(REPO, 'results', 'shakespeare', 'baselines.md'))
+  assert table.strip() in _read(RESULTS_README)
+  data = json.load(open(os.path.join(REPO, 'results', 'shakespeare',
+                                     'baselines.json')))
+  report = json.load(open(os.path.join(REPO, 'results', 'shakespeare',
+                                       'report.json')))
+  (row,) = [r for r in data['rows'] if r['name'] == 'gmp_jax']
+  assert row['file_bytes'] == report['file_bytes']
+  assert row['bits_per_byte'] == pytest.approx(report['table2']['finetuned'])
+  readme = _read(README)
+  assert f"{row['bits_per_byte']:.3f} bits per byte" in readme
+  assert f"{row['file_bytes']:,}-byte file" in readme
