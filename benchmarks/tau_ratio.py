@@ -32,10 +32,6 @@ from experiments import retraining
 from experiments import workdir_layout
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'A run whose teacher stage is done.')
-flags.DEFINE_string('json', None, 'Write the figures here too.')
-config_flags.DEFINE_config_file('config', None, "The run's config.",
-                                lock_config=True)
 
 
 def measure(config, workdir: str) -> dict:
@@ -63,6 +59,16 @@ def measure(config, workdir: str) -> dict:
           'initial_nonzero_fraction': start.nonzero_fraction}
 
 
+
+def _define_flags() -> None:
+  """The command line's flags (defined only when run as a program, so that
+  importing this module next to another absl program defines none)."""
+  flags.DEFINE_string('workdir', None, 'A run whose teacher stage is done.')
+  flags.DEFINE_string('json', None, 'Write the figures here too.')
+  config_flags.DEFINE_config_file('config', None, "The run's config.",
+                                  lock_config=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -73,5 +79,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -48,13 +48,6 @@ from experiments import retraining
 from experiments import workdir_layout
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'A finished (or teacher-done) run.')
-flags.DEFINE_list('kmeans', ['4', '8', '16', '32'], 'K of the k-means runs.')
-flags.DEFINE_list('int_bits', ['8', '4'], 'Bits of the int-b runs.')
-flags.DEFINE_multi_string('also', [], 'label=workdir of another finished run '
-                          'on the same teacher, shown beside this one.')
-config_flags.DEFINE_config_file('config', None, 'The run\'s config.',
-                                lock_config=True)
 
 
 def kmeans_1d(values: np.ndarray, k: int, *, iterations: int = 50
@@ -280,6 +273,19 @@ def plot(table, path: str) -> str:
   return path
 
 
+
+def _define_flags() -> None:
+  """The command line's flags (defined only when run as a program, so that
+  importing this module next to another absl program defines none)."""
+  flags.DEFINE_string('workdir', None, 'A finished (or teacher-done) run.')
+  flags.DEFINE_list('kmeans', ['4', '8', '16', '32'], 'K of the k-means runs.')
+  flags.DEFINE_list('int_bits', ['8', '4'], 'Bits of the int-b runs.')
+  flags.DEFINE_multi_string('also', [], 'label=workdir of another finished run '
+                            'on the same teacher, shown beside this one.')
+  config_flags.DEFINE_config_file('config', None, 'The run\'s config.',
+                                  lock_config=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -296,5 +302,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)
