@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import gmp_jax
+import helpers
 
 
 def _linear_problem(seed=0, n=64, d=6, k=3, scale=0.1):
@@ -33,18 +34,6 @@ def _mse_grad_numpy(p, x, t):
   return {'w': 2 * x.T.astype(np.float64) @ r / n, 'b': 2 * r.sum(0) / n}
 
 
-def _prior_grad_numpy(w, mixture):
-  """d/dw -log sum_k pi_k N(w | mu_k, s_k^2), float64, elementwise."""
-  mu = np.asarray(mixture.means, np.float64)
-  var = np.asarray(mixture.variances, np.float64)
-  pi = np.asarray(mixture.mixing_proportions, np.float64)
-  w = np.asarray(w, np.float64).reshape(-1, 1)
-  log = np.log(pi) - 0.5 * np.log(2 * np.pi * var) - (w - mu) ** 2 / (2 * var)
-  r = np.exp(log - log.max(axis=1, keepdims=True))
-  r /= r.sum(axis=1, keepdims=True)
-  return np.sum(r * (w - mu) / var, axis=1)
-
-
 def test_gradient_scales_and_calibrate_tau_against_numpy():
   x, t, params = _linear_problem()
   mixture = gmp_jax.init_mixture(params, 5)
@@ -54,7 +43,7 @@ def test_gradient_scales_and_calibrate_tau_against_numpy():
   data_sq = [sum(np.sum(g ** 2) for g in
                  _mse_grad_numpy(params, b['x'], b['t']).values())
              for b in batches]
-  prior_sq = sum(np.sum(_prior_grad_numpy(params[k], mixture) ** 2)
+  prior_sq = sum(np.sum(helpers.numpy_prior_grad(params[k], mixture) ** 2)
                  for k in params)
   np.testing.assert_allclose(scales.data_rms, np.sqrt(np.mean(data_sq) / n),
                              rtol=1e-5)
@@ -85,7 +74,8 @@ def test_step_grad_ratio_matches_numpy_and_leaves_the_update_unchanged():
   jax.tree.map(np.testing.assert_array_equal, s1.params, s2.params)
   assert 'grad_ratio' not in m2
   data = _mse_grad_numpy(params, x, t)
-  prior_sq = sum(np.sum((3.0 / 64 * _prior_grad_numpy(params[k], mixture))
+  prior_sq = sum(np.sum((3.0 / 64 * helpers.numpy_prior_grad(params[k],
+                                                            mixture))
                         ** 2) for k in params)
   data_sq = sum(np.sum(g ** 2) for g in data.values())
   np.testing.assert_allclose(m1['grad_ratio'], np.sqrt(prior_sq / data_sq),

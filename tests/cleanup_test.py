@@ -209,7 +209,10 @@ def _committed_models():
                                             'model.gmpz'))):
     _, meta = codec.load_compressed(path, with_metadata=True)
     meta = meta or {}
-    out.append((os.path.relpath(path, REPO), meta.get('model', 'poster')))
+    model = meta.get('model', 'poster')
+    # Cleanup applies to SequentialNets only, as the pipeline's stage does.
+    if isinstance(models.get_model(model), models.SequentialNet):
+      out.append((os.path.relpath(path, REPO), model))
   return out
 
 

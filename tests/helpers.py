@@ -253,3 +253,15 @@ def assert_same_tree(a, b):
     a = np.asarray(a)
     assert b.dtype == a.dtype and b.shape == a.shape
     assert b.tobytes() == a.tobytes()
+
+
+def numpy_prior_grad(w, mixture):
+  """d/dw -log sum_k pi_k N(w | mu_k, s_k^2), float64, elementwise."""
+  mu = np.asarray(mixture.means, np.float64)
+  var = np.asarray(mixture.variances, np.float64)
+  pi = np.asarray(mixture.mixing_proportions, np.float64)
+  w = np.asarray(w, np.float64).reshape(-1, 1)
+  log = np.log(pi) - 0.5 * np.log(2 * np.pi * var) - (w - mu) ** 2 / (2 * var)
+  r = np.exp(log - log.max(axis=1, keepdims=True))
+  r /= r.sum(axis=1, keepdims=True)
+  return np.sum(r * (w - mu) / var, axis=1)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import gmp_jax
+import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,24 +60,12 @@ def test_covers_everything_but_the_layer_norms(recipe):
   assert covered == expected
 
 
-def _prior_grad_numpy(w, mixture):
-  """d/dw -log sum_k pi_k N(w | mu_k, s_k^2), float64."""
-  mu = np.asarray(mixture.means, np.float64)
-  var = np.asarray(mixture.variances, np.float64)
-  pi = np.asarray(mixture.mixing_proportions, np.float64)
-  w = np.asarray(w, np.float64).reshape(-1, 1)
-  log = np.log(pi) - 0.5 * np.log(2 * np.pi * var) - (w - mu) ** 2 / (2 * var)
-  r = np.exp(log - log.max(axis=1, keepdims=True))
-  r /= r.sum(axis=1, keepdims=True)
-  return np.sum(r * (w - mu) / var, axis=1)
-
-
 def test_tau_follows_the_rule(recipe):
   mixture, teacher = recipe['mixture'], recipe['teacher']
   covered = {p for p, _, _ in mixture.signature}
   leaves = {jax.tree_util.keystr(p): x for p, x in
             jax.tree_util.tree_flatten_with_path(teacher)[0]}
-  prior_sq = sum(np.sum(_prior_grad_numpy(leaves[p], mixture) ** 2)
+  prior_sq = sum(np.sum(helpers.numpy_prior_grad(leaves[p], mixture) ** 2)
                  for p in covered)
   apply_fn, data_loss = recipe['apply_fn'], recipe['data_loss']
   data_sq = []

@@ -24,7 +24,10 @@ TEMPERATURE = 4.0
 def setup():
   model = models.get_model('poster')
   params = models.init_params(model, jax.random.key(0))
-  mixture = gmp_jax.init_mixture(params, 17)
+  # The published recipe (fixed pi_0: K - 1 mixing logits), as the torch
+  # reference implements it.
+  mixture = gmp_jax.init_mixture(params, 17, init_std=0.25,
+                                 zero_proportion=0.99)
   # Move away from the symmetric initialisation.
   rng = np.random.default_rng(1)
   mixture = mixture.replace(
