@@ -10,7 +10,7 @@
 # one cannot starve the next:
 #   1. time to model: the default pipeline with its per-stage breakdown
 #      (python -m benchmarks.pipeline) -> OUT/pipeline_gpu.json;
-#   2. a LeNet-5-Caffe tau sweep (python -m experiments.sweep);
+#   2. a LeNet-5-Caffe tau sweep (python -m experiments.tools.sweep);
 #   3. the train step alone (python -m benchmarks.train_step)
 #      -> OUT/train_step_gpu.json;
 #   4. two more seeds of the default config;
@@ -60,7 +60,7 @@ job 240 pipeline python -m benchmarks.pipeline --noblock \
 pack poster
 
 # 2. LeNet-5-Caffe, the net that trains too slowly on two CPU cores.
-job 220 lenet5 python -m experiments.sweep --config="$(cfg lenet5)" \
+job 220 lenet5 python -m experiments.tools.sweep --config="$(cfg lenet5)" \
   --workdir="$W/lenet5/sweep" --taus=8e-2,1.5e-1,3e-1 \
   --set=retrain.epochs=$EPOCHS5
 pack lenet5
@@ -80,11 +80,11 @@ for seed in 1 2; do
 done
 
 # 5. LeNet-300-100 and the poster net's Pareto front (job 1's teacher).
-job 100 lenet300 python -m experiments.sweep --config="$(cfg lenet300)" \
+job 100 lenet300 python -m experiments.tools.sweep --config="$(cfg lenet300)" \
   --workdir="$W/lenet300/sweep" --taus=3e-2,5e-2,8e-2 \
   --set=retrain.epochs=$EPOCHS300 --config.teacher.epochs=$TEACHER300
 pack lenet300
-job 150 poster_sweep python -m experiments.sweep --config="$(cfg mnist)" \
+job 150 poster_sweep python -m experiments.tools.sweep --config="$(cfg mnist)" \
   --workdir="$W/poster/sweep" --teacher_workdir="$W/poster/seed0" \
   --taus=5e-3,1e-2,2e-2,4e-2,8e-2
 pack poster

@@ -6,7 +6,7 @@
   python -m benchmarks.pipeline --config=experiments/configs/mnist.py  # full
   python -m benchmarks.pipeline --loops --config=experiments/configs/mnist.py
 
-The first three run `experiments.pipeline.train_and_evaluate` in a fresh
+The first three run `experiments.stages.runner.train_and_evaluate` in a fresh
 workdir with a blocking `monitor.StageTimer`, so that device work is charged
 to the section that launched it, and print per stage: wall time, then
 compile, step compute, host syncs, evaluation, checkpointing, data and other
@@ -25,7 +25,7 @@ the machine as it was during the run. Every stage's per-epoch wall times are
 in the JSON (`epoch_s`).
 
 `--loops` instead times the retraining step's chunk programs
-(`experiments.loop.chunk_program`: 'unroll' with 1, 2 and 5 steps per call,
+(`experiments.infra.loop.chunk_program`: 'unroll' with 1, 2 and 5 steps per call,
 'scan' with 5) and the test-set evaluation (`evaluation.TestSet`: a host loop of
 per-batch calls against one program), the measurements behind the loop's
 per-backend choices; it prints and stores compile seconds and ms per step.
@@ -52,12 +52,13 @@ from benchmarks import timing
 from benchmarks import train_step as train_step_bench
 import gmp_jax
 from gmp_jax import fileio
-from experiments import evaluation
-from experiments import loop
-from experiments import models
-from experiments import monitor
-from experiments import pipeline
-from experiments import retraining
+from experiments.image import models
+from experiments.infra import evaluation
+from experiments.infra import loop
+from experiments.infra import monitor
+from experiments.stages import retrain
+from experiments.stages import runner
+from experiments.stages import student
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -88,7 +89,7 @@ def breakdown(report: dict[str, Any], timer: monitor.StageTimer
               ) -> dict[str, dict[str, Any]]:
   """Per stage: wall and CPU seconds, per section and in all; steps."""
   rows = {}
-  for name in pipeline.STAGES:
+  for name in runner.STAGES:
     wall = report['wall_time_s'][name]
     sections = {s: timer.seconds[name].get(s, 0.0) for s in monitor.SECTIONS}
     steps = timer.steps.get(name, 0)
@@ -122,7 +123,7 @@ def table(rows: dict[str, dict[str, Any]], total: float,
 def run_pipeline(config, workdir: str, *, block: bool) -> dict[str, Any]:
   timer = monitor.StageTimer(block=block)
   start = time.perf_counter()
-  report = pipeline.train_and_evaluate(config, workdir, timer=timer)
+  report = runner.train_and_evaluate(config, workdir, timer=timer)
   total = time.perf_counter() - start
   rows = breakdown(report, timer)
   print(table(rows, total, report['wall_time_s']['data']))
@@ -200,17 +201,17 @@ def hlo_census(text: str) -> dict[str, int]:
 
 def compare_loops(config, calls: int) -> dict[str, Any]:
   """Compile time and step time of the chunk programs; eval variants."""
-  dataset = pipeline.load_data(config)
+  dataset = runner.load_data(config)
   teacher = models.init_params(config.model, jax.random.key(config.seed),
                                dataset=config.data.name)
-  setup = retraining.MODES[config.retrain.mode](config, teacher, dataset)
+  setup = retrain.MODES[config.retrain.mode](config, teacher, dataset)
   data = jax.device_put(setup.data)
   n = len(dataset['train'][0])
   batch = config.retrain.batch_size
   steps_per_epoch = n // batch
-  params = retraining.initial_params(config, teacher)
+  params = student.initial_params(config, teacher)
   state0 = gmp_jax.create_train_state(
-      params, retraining.initial_mixture(params, config.retrain),
+      params, retrain.initial_mixture(params, config.retrain),
       setup.optimizer)
   acc = loop.zero_accumulator(setup.train_step, state0, data)
   order = jax.device_put(np.arange(steps_per_epoch * batch, dtype=np.int32)
@@ -252,7 +253,7 @@ def compare_loops(config, calls: int) -> dict[str, Any]:
   print(f'one-call epoch ({steps_per_epoch} steps, scan), lowered: '
         f"{out['epoch_scan_hlo']}", flush=True)
   x, y = dataset['test']
-  apply_fn = retraining.apply_fn(config.model, config.data.name)
+  apply_fn = student.apply_fn(config.model, config.data.name)
   host_step = gmp_jax.compile_step(gmp_jax.make_eval_step(apply_fn))
   b = config.eval_batch_size
 

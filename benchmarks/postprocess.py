@@ -12,7 +12,7 @@ import time
 import jax
 
 import gmp_jax
-from experiments import models
+from experiments.image import models
 
 
 def main() -> None:

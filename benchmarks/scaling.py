@@ -59,7 +59,7 @@ import gmp_jax
 from gmp_jax import fileio
 from gmp_jax import sharding
 from gmp_jax import train as train_lib
-from experiments import models
+from experiments.image import models
 
 NUM_COMPONENTS = 17
 TAU = 5e-3

@@ -6,7 +6,7 @@
 reads the teacher of a run (``teacher/params.gmpz``, e.g. after
 ``python -m experiments.mnist ... --stop_after=teacher``), builds the
 retraining's initial mixture from the config, measures the data and prior
-gradient scales on the first `retraining.CALIBRATION_BATCHES` batches
+gradient scales on the first `retrain.CALIBRATION_BATCHES` batches
 (`gmp_jax.gradient_scales`) and prints
 
   rho = (tau / N) RMS(grad[-log p]) / RMS(grad data)
@@ -26,27 +26,29 @@ from ml_collections import config_flags
 
 import gmp_jax
 from gmp_jax import fileio
-from experiments import pipeline
-from experiments import monitor
-from experiments import retraining
-from experiments import workdir_layout
+from experiments.infra import monitor
+from experiments.infra import workdir_layout
+from experiments.stages import retrain
+from experiments.stages import runner
+from experiments.stages import student
 
 FLAGS = flags.FLAGS
 
 
 def measure(config, workdir: str) -> dict:
   """The figures of the module docstring, as a dict."""
-  ctx = pipeline.Context(config, workdir, monitor.StageTimer())
-  teacher, _ = pipeline._load(ctx.path(workdir_layout.TEACHER_PARAMS))  # pylint: disable=protected-access
-  params = retraining.initial_params(config, teacher)
-  mixture = retraining.initial_mixture(params, config.retrain)
+  ctx = runner.Context(config, workdir, monitor.StageTimer())
+  teacher, _ = workdir_layout.load_params(
+      ctx.path(workdir_layout.TEACHER_PARAMS))
+  params = student.initial_params(config, teacher)
+  mixture = retrain.initial_mixture(params, config.retrain)
   rc = config.retrain.to_dict()
   probe = config.copy_and_resolve_references()
   with probe.unlocked():
     probe.retrain.tau_ratio = 1.0
-  tau_at_one, scales = retraining.calibrated_tau(probe, params, mixture,
-                                                 teacher, ctx.dataset)
-  n = retraining.dataset_size(config, retraining.train_split(
+  tau_at_one, scales = retrain.calibrated_tau(probe, params, mixture,
+                                              teacher, ctx.dataset)
+  n = student.dataset_size(config, student.train_split(
       config, ctx.dataset)[0])
   tau = rc['tau'] if rc.get('tau_ratio') is None else (
       rc['tau_ratio'] * tau_at_one)

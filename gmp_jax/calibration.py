@@ -182,10 +182,20 @@ def diagnose(params, mixture: prior_lib.GaussianMixture, *,
     ratio = scales.ratio(tau, dataset_size)
   messages = []
   if total and 1.0 - fraction > PRUNE_WARNING:
-    messages.append(
-        f'quantize would prune {100 * (1 - fraction):.2f}% of the covered '
-        'weights; the mixture is too wide or pi_0 too large for these '
-        'weights (init_mixture\'s defaults start from their statistics).')
+    pruned = (f'quantize would prune {100 * (1 - fraction):.2f}% of the '
+              'covered weights')
+    if mixture.zero_proportion is not None:
+      # The published recipe starts every weight in the zero component.
+      messages.append(
+          f'{pruned}, as expected at the start under a fixed pi_0 = '
+          f'{mixture.zero_proportion:g} (the published recipe: retraining '
+          'draws out the weights the data needs). If the quantised model '
+          'stays poor after retraining, the mixture is too wide for these '
+          'weights: init_mixture\'s defaults start from their statistics.')
+    else:
+      messages.append(
+          f'{pruned}; the mixture is too wide or pi_0 too large for these '
+          'weights (init_mixture\'s defaults start from their statistics).')
   if ratio is not None and not RATIO_WARNING[0] <= ratio <= RATIO_WARNING[1]:
     messages.append(
         f'The prior gradient is {ratio:.3g} times the data gradient; '

@@ -18,6 +18,17 @@ for bit. Codebooks of floating leaves wider than `codebook_dtype` (float32 by
 default; None keeps each leaf's dtype) are cast to it: the round-trip is then
 exact against `x.astype(codebook_dtype).astype(x.dtype)`.
 
+`load_compressed(..., packed=True)` decodes each coded floating leaf of at
+most 255 distinct nonzero values straight into a `gmp_jax.PackedArray`
+(uint8 indices and the codebook; no dense float leaf is formed: the data
+checksum is computed over blocks of the leaf), as `gmp_jax.pack` would
+pack the dense leaf (`layout='auto'`: very sparse leaves as
+`gmp_jax.SparsePackedArray`s, by `gmp_jax.pack`'s rule). Raw leaves,
+metadata, other coded leaves and leaves that packing would not make
+smaller come back dense, as NumPy arrays
+(`gmp_jax.packed.summary` lists which). `save_compressed` accepts trees with
+`PackedArray` leaves and writes the bytes of the dense tree.
+
 Loading is bounded: a file declaring more than `max_elements` entries or
 `max_bytes` decoded bytes in all (defaults 2**31 each, e.g. 2**29 float32
 weights) is rejected before anything is allocated; raise the bounds to load
@@ -29,12 +40,17 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import struct
 from typing import Any, BinaryIO, Union
 
+import numpy as np
+
+from gmp_jax import _ans
 from gmp_jax import _format_v1
 from gmp_jax import _format_v2
 from gmp_jax import _wire
 from gmp_jax import fileio
+from gmp_jax import packed as packed_lib
 from gmp_jax._trees import named_leaves
 from gmp_jax._wire import CorruptFileError
 from gmp_jax._wire import MAGIC
@@ -146,7 +162,8 @@ def _version_of(head: bytes) -> int:
 
 def from_bytes(data: bytes, *, max_elements: int | None = MAX_ELEMENTS,
                max_bytes: int | None = MAX_BYTES,
-               decode: bool = True) -> CompressedFile:
+               decode: bool = True, packed: bool = False,
+               layout: str = 'auto') -> CompressedFile:
   """Decodes the bytes of a compressed file (format version 1 or 2).
 
   Args:
@@ -156,6 +173,10 @@ def from_bytes(data: bytes, *, max_elements: int | None = MAX_ELEMENTS,
     decode: if False, only the declared leaves are read: the streams are
       not decoded, `params` and `metadata` are None (version-1 files,
       small legacy ones, are decoded whole, without the bounds).
+    packed: decode coded floating params leaves into `PackedArray`s (see
+      the module docstring; version-1 files are decoded, then packed).
+    layout: with `packed`: 'auto', 'packed' or 'sparse', as in
+      `gmp_jax.pack`.
 
   Raises:
     CorruptFileError: the data is truncated, corrupted or foreign, or its
@@ -163,8 +184,17 @@ def from_bytes(data: bytes, *, max_elements: int | None = MAX_ELEMENTS,
   """
   data = memoryview(data)
   limits = _Limits(max_elements, max_bytes)
+  if packed and not decode:
+    raise ValueError('packed=True needs decode=True')
+  if layout not in packed_lib.LAYOUTS:
+    raise ValueError(f'layout must be one of {packed_lib.LAYOUTS}, got '
+                     f'{layout!r}')
   if _version_of(bytes(data[:len(MAGIC)])) == 1:
     f = _format_v1.read(data, limits if decode else (lambda *_: None))
+    if packed:
+      f['params'] = packed_lib.pack(f['params'], layout=layout)
+  elif packed:
+    f = _read_packed(data, limits, layout)
   else:
     f = _format_v2.read(data, limits if decode else (lambda *_: None),
                         decode=decode)
@@ -214,7 +244,9 @@ def save_compressed(file: PathOrFile, params, *, metadata=None,
 
   Args:
     file: a path or a binary file object open for writing.
-    params: nested dicts / lists / tuples of arrays.
+    params: nested dicts / lists / tuples of arrays; `PackedArray` leaves
+      are written as their dense values (unpacked one leaf at a time), so
+      the bytes are those of the dense tree.
     metadata: optional tree of arrays and JSON scalars, stored exactly.
     codebook_dtype: 'float32' (default), 'float16', 'bfloat16' or None.
 
@@ -232,7 +264,8 @@ def save_compressed(file: PathOrFile, params, *, metadata=None,
 def load_compressed(file: PathOrFile, *, with_metadata: bool = False,
                     details: bool = False, decode: bool = True,
                     max_elements: int | None = MAX_ELEMENTS,
-                    max_bytes: int | None = MAX_BYTES):
+                    max_bytes: int | None = MAX_BYTES, packed: bool = False,
+                    layout: str = 'auto'):
   """Loads the tree written by `save_compressed`.
 
   Args:
@@ -242,10 +275,19 @@ def load_compressed(file: PathOrFile, *, with_metadata: bool = False,
     decode: with `details`, False reads only the declared leaves.
     max_elements, max_bytes: bounds on the declared leaves (see the module
       docstring); None lifts one.
+    packed: coded floating leaves with at most 256 codebook entries (+0.0
+      included) come back as `PackedArray`s with NumPy children, decoded
+      without a dense float leaf, where that is smaller; the others dense
+      (see the module).
+    layout: with `packed`: 'auto' (default) holds a leaf with at most
+      `gmp_jax.packed.SPARSE_MAX_DENSITY` nonzeros as a
+      `SparsePackedArray` where that is smaller, as `gmp_jax.pack` does;
+      'packed': never sparse; 'sparse': every packed leaf with a dimension.
 
   Returns:
     The tree (dicts, lists, tuples, None) of NumPy arrays with the saved
-    shapes, dtypes and bits; or as `with_metadata` / `details` ask.
+    shapes, dtypes and bits (`unpack` of the packed leaves: the same); or
+    as `with_metadata` / `details` ask.
 
   Raises:
     CorruptFileError: the file is truncated, corrupted, foreign, of an
@@ -254,10 +296,129 @@ def load_compressed(file: PathOrFile, *, with_metadata: bool = False,
   if not decode and not details:
     raise ValueError('decode=False needs details=True')
   f = from_bytes(_read_source(file), max_elements=max_elements,
-                 max_bytes=max_bytes, decode=decode)
+                 max_bytes=max_bytes, decode=decode, packed=packed,
+                 layout=layout)
   if details:
     return f
   return (f.params, f.metadata) if with_metadata else f.params
+
+
+# --------------------------------------------------------------- packed ---
+
+
+def _packed_nbytes(shape: tuple[int, ...], k: int, dtype: np.dtype) -> int:
+  bits = packed_lib.bits_for(k)
+  return (int(np.prod(packed_lib.packed_shape(shape, bits), dtype=np.int64))
+          + k * dtype.itemsize)
+
+
+def _packed_value(plan, dec, data_crc: int, layout: str = 'auto'):
+  """A coded floating leaf of K <= 256 (0 included) as a `PackedArray`.
+
+  The stream is decoded by `_format_v2._decode_leaf` with the codebook
+  replaced by 1..K-1, so it writes each entry's index (0 for zeros) into a
+  uint8 array; the data CRC runs over blocks of the leaf's bit patterns.
+  Other leaves (raw, non-floating, K > 256, not smaller packed):
+  `_format_v2._value` (dense).
+  """
+  # pylint: disable=protected-access
+  k = plan.k + 1
+  if plan.raw or not _wire.is_floating(plan.dtype) or k > packed_lib.MAX_K:
+    return _format_v2._value(plan, dec, data_crc)
+  form = packed_lib.choose_layout(plan.shape, plan.nnz, k,
+                                  plan.dtype.itemsize, layout)
+  nbytes = (packed_lib.sparse_nbytes(plan.shape, plan.nnz, k,
+                                     plan.dtype.itemsize)
+            if form == 'sparse' else _packed_nbytes(plan.shape, k,
+                                                     plan.dtype))
+  if nbytes >= plan.size * plan.dtype.itemsize:
+    return _format_v2._value(plan, dec, data_crc)
+  uint = np.dtype(_wire.UINT[plan.store.itemsize])
+  table = np.zeros(plan.k + 1, uint)
+  idx = np.zeros(plan.size, np.uint8)
+  if plan.nnz:
+    table[1:] = plan.codebook
+    plan.codebook = np.arange(1, plan.k + 1, dtype=np.uint8)
+    try:
+      _format_v2._decode_leaf(dec, plan, idx)
+    finally:
+      plan.codebook = table[1:]
+  for part in _format_v2._chunks(plan.size):
+    data_crc = _wire.crc(table[idx[part]], data_crc)
+  idx = idx.reshape(plan.shape)
+  bits = packed_lib.bits_for(table.size)
+  codebook = table.view(plan.store).astype(plan.dtype)
+  if form == 'sparse':
+    return packed_lib.sparse_from_indices(idx, codebook, plan.shape,
+                                          bits), data_crc
+  indices = packed_lib.pack_nibbles(idx) if bits == 4 else idx
+  return packed_lib.PackedArray(indices, codebook, plan.shape, plan.dtype,
+                                bits), data_crc
+
+
+def _read_packed(data, limits, layout: str = 'auto') -> dict:
+  """`_format_v2.read` (decode=True) with params leaves from `_packed_value`."""
+  v2 = _format_v2
+  r = v2.check_length(data)
+  (d_crc,) = struct.unpack('<I', data[-8:-4])
+  plans, names = [], []
+  try:
+    g = r.varint()
+    table, table_store = None, None
+    if g:
+      table_store = r.dtype()
+      if table_store.itemsize not in _wire.UINT:
+        raise CorruptFileError('shared codebook of a non-codable dtype')
+      if g > v2.MAX_CODEBOOK * 256:
+        raise CorruptFileError(f'shared codebook of {g} entries')
+      uint = np.dtype(_wire.UINT[table_store.itemsize])
+      table = _wire.from_le(r.take(g * uint.itemsize), uint, g)
+    # pylint: disable=protected-access
+    tree = v2._parse_tree(r, plans, names, limits, table, table_store,
+                          scalars=False)
+    n_params = len(plans)
+    meta = v2._parse_tree(r, plans, names, limits, table, table_store,
+                          scalars=True)
+    values, data_crc = [], 0
+    for first, part in ((0, plans[:n_params]), (n_params, plans[n_params:])):
+      n_words = r.varint()
+      words = r.take(4 * n_words)
+      coded = [p for p in part if not p.raw and p.nnz]
+      dec = _ans.StreamDecoder(
+          _wire.from_le(words, np.dtype(np.uint32), n_words))
+      for plan in part:
+        if first == 0:
+          value, data_crc = _packed_value(plan, dec, data_crc, layout)
+        else:
+          value, data_crc = v2._value(plan, dec, data_crc)
+        values.append(value)
+      dec.finish()
+      flush = 32 * n_words - dec.bits_read
+      if flush and not coded:
+        raise CorruptFileError('stream without coded leaves')
+      if coded:
+        coded[-1].info['overhead_bits'] = (
+            coded[-1].info.get('overhead_bits', 0) + flush)
+    if r.pos != len(r.buf):
+      raise CorruptFileError('file has trailing bytes before the checksums')
+  except _ans.DecodeError as e:
+    raise CorruptFileError(str(e)) from e
+  except (IndexError, ValueError, TypeError, OverflowError,
+          MemoryError) as e:
+    if isinstance(e, CorruptFileError):
+      raise
+    raise CorruptFileError(f'malformed file: {e}') from e
+  if data_crc != d_crc:
+    raise CorruptFileError('decoded data checksum mismatch')
+  infos = [dict(name=name, shape=p.shape, dtype=p.dtype.name,
+                is_metadata=i >= n_params, **p.info)
+           for i, (name, p) in enumerate(zip(names, plans))]
+  leaf_bits = sum(v2._total_bits(i) for i in infos)
+  return dict(params=v2._resolve(tree, values),
+              metadata=v2._resolve(meta, values), infos=infos,
+              file_bytes=len(data),
+              header_bytes=(8 * len(data) - leaf_bits) // 8,
+              version=v2.VERSION)
 
 
 __all__ = (

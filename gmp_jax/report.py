@@ -11,6 +11,10 @@ returns per-leaf rows and three totals that papers quote in different ways:
 2. ``CR_Han``: Deep Compression's analytic storage count (formula below);
 3. ``|W| / |W≠0|``: the pruning-only rate of Sparse VD.
 
+and, per leaf and in all, the memory the parameters take when loaded with
+`load_compressed(path, packed=True)` (`resident_*`: packed, sparse or
+dense, and why a leaf stays dense), ``CR_resident = 32·N / (8·bytes)``.
+
 Here N counts the entries of every parameter leaf, 32 bits each.
 """
 
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmp_jax import codec
+from gmp_jax import packed as packed_lib
 from gmp_jax import prior as prior_lib
 
 
@@ -139,6 +144,12 @@ class LeafRow:
     han_index_width: relative-index width, 8 (conv) or 5 (other) bits.
     han_entries: nonzeros plus filler zeros.
     han_bits: Deep Compression's storage count of the leaf.
+    resident_kind: how `load_compressed(path, packed=True)` holds the leaf:
+      'packed' (`PackedArray`), 'sparse' (`SparsePackedArray`) or 'dense'.
+    resident_bytes: its bytes so held (indices, positions and codebook).
+    resident_reason: why a dense leaf stays dense: 'raw' (uncoded in the
+      file), 'not floating', 'too many values' (over 256), 'not smaller';
+      '' for packed and sparse leaves.
   """
   name: str
   shape: tuple[int, ...]
@@ -157,6 +168,14 @@ class LeafRow:
   han_index_width: int
   han_entries: int
   han_bits: int
+  resident_kind: str = 'dense'
+  resident_bytes: int = 0
+  resident_reason: str = ''
+
+  @property
+  def resident_bits_per_weight(self) -> float | None:
+    """8 · resident bytes / parameters (None for an empty leaf)."""
+    return _ratio(8 * self.resident_bytes, self.parameters)
 
   @property
   def file_bits(self) -> int:
@@ -242,7 +261,21 @@ class CompressionReport:
         'cr_file': self.cr_file,
         'cr_han': self.cr_han,
         'cr_sparsity': self.cr_sparsity,
+        'resident_bytes': self.resident_bytes,
+        'resident_bits_per_weight': _ratio(8 * self.resident_bytes,
+                                           self.parameters),
+        'cr_resident': self.cr_resident,
     }
+
+  @property
+  def resident_bytes(self) -> int:
+    """Bytes of the parameters loaded with `packed=True`."""
+    return sum(r.resident_bytes for r in self.rows)
+
+  @property
+  def cr_resident(self) -> float | None:
+    """32·N / (8·resident bytes): float32 against the packed tree."""
+    return _ratio(32 * self.parameters, 8 * self.resident_bytes)
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-serialisable dict: {'rows': [...], 'totals': {...}}."""
@@ -251,6 +284,7 @@ class CompressionReport:
       d = dataclasses.asdict(r)
       d['shape'] = list(r.shape)
       d['file_bits'] = r.file_bits
+      d['resident_bits_per_weight'] = r.resident_bits_per_weight
       rows.append(d)
     return {'rows': rows, 'totals': self.totals()}
 
@@ -282,7 +316,22 @@ class CompressionReport:
         f'| CR_file = 32·N / (8·file bytes) | {cr(self.cr_file)} |',
         f'| CR_Han (Deep Compression storage count) | {cr(self.cr_han)} |',
         f'| \\|W\\| / \\|W≠0\\| | {cr(self.cr_sparsity)} |',
+        '',
+        'Resident when loaded with `load_compressed(path, packed=True)`:',
+        '',
+        '| leaf | held as | resident bytes | bits per weight | why dense |',
+        '|---|---|---:|---:|---|',
     ]
+    for r in self.rows:
+      bpw = r.resident_bits_per_weight
+      lines.append(f'| {r.name} | {r.resident_kind} | {r.resident_bytes:,} '
+                   f'| {"n/a" if bpw is None else f"{bpw:.3f}"} '
+                   f'| {r.resident_reason} |')
+    bpw = t['resident_bits_per_weight']
+    lines.append(f'| **total** | | {t["resident_bytes"]:,} '
+                 f'| {"n/a" if bpw is None else f"{bpw:.3f}"} | |')
+    lines.append(f'\nCR_resident = 32·N / (8·resident bytes): '
+                 f'{cr(self.cr_resident)}')
     return '\n'.join(lines)
 
 
@@ -378,6 +427,7 @@ def compression_report(params=None, path=None, *, codebook_dtype='float32',
     width = 8 if is_conv(info.name, tuple(x.shape)) else 5
     nnz, distinct, entries, han_bits, counts = _han(x, width)
     coded = info.kind == 'coded'
+    kind, nbytes, reason = packed_lib.residency(x, raw=not coded)
     rows.append(LeafRow(
         name=info.name, shape=tuple(x.shape), dtype=info.dtype,
         storage=info.kind, parameters=int(x.size), nonzeros=nnz,
@@ -388,7 +438,8 @@ def compression_report(params=None, path=None, *, codebook_dtype='float32',
         position_entropy_bits=(entropy_bits([x.size - nnz, nnz])
                                if coded else None),
         index_entropy_bits=entropy_bits(counts) if coded else None,
-        han_index_width=width, han_entries=entries, han_bits=han_bits))
+        han_index_width=width, han_entries=entries, han_bits=han_bits,
+        resident_kind=kind, resident_bytes=nbytes, resident_reason=reason))
   return CompressionReport(
       rows=tuple(rows), file_bytes=decoded.file_bytes,
       header_bytes=decoded.header_bytes,

@@ -1,4 +1,4 @@
-"""Tests for experiments.augment against a NumPy translation."""
+"""Tests for experiments.image.augment against a NumPy translation."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import augment
+from experiments.image import augment
 
 
 def _np_shift(image, dy, dx):

@@ -34,3 +34,17 @@ def test_smoke_run_writes_a_complete_report(tmp_path, capsys):
   assert report['machine']['device_kind'] == devices[0].device_kind
   assert report['machine']['count'] == len(devices)
   assert '| jax_gmp | per-step | 16 |' in capsys.readouterr().out
+
+
+def test_smoke_run_with_the_pytorch_peer(tmp_path):
+  """The PyTorch peer builds the same (published, fixed pi_0) prior."""
+  import pytest
+  pytest.importorskip('torch', reason='the [bench] extra is not installed')
+  out = tmp_path / 'report.json'
+  train_step.main(['--smoke', '--configs', 'jax_gmp,torch_gmp', '--json',
+                   str(out)])
+  report = json.loads(out.read_text())
+  rows = {r['config']: r for r in report['results']}
+  assert set(rows) == {'jax_gmp', 'torch_gmp'}
+  assert rows['torch_gmp']['images_per_s'] > 0
+  assert 'jax_gmp/torch_gmp@16' in report['ratios']

@@ -115,6 +115,10 @@ def test_diagnose_warns_when_almost_everything_is_pruned():
                                    zero_proportion=0.99)
   with pytest.warns(UserWarning, match=r'prune 100\.00% of the covered'):
     found = gmp_jax.diagnose(params, published)
+  # The message says why a fixed pi_0 starts there, and when it is a problem.
+  assert 'as expected at the start under a fixed pi_0 = 0.99' in (
+      found.warnings[0])
+  assert 'too wide for these weights' in found.warnings[0]
   assert found.nonzero_fraction == _numpy_kept_fraction(params, published)
   assert found.nonzero_fraction == 0.0
   # The default mixture keeps what NumPy's assignment keeps, and warns not.

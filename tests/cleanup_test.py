@@ -1,4 +1,4 @@
-"""Tests of the lossless structural cleanup (experiments/cleanup.py)."""
+"""Tests of the lossless structural cleanup (experiments/stages/cleanup.py)."""
 
 import copy
 import glob
@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import cleanup
-from experiments import data as data_lib
-from experiments import models
+from experiments.stages import cleanup
+from experiments.image import data as data_lib
+from experiments.image import models
 from gmp_jax import codec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,11 +1,11 @@
-"""Tests of experiments/compare.py on synthetic report.json files."""
+"""Tests of experiments/tools/compare.py on synthetic report.json files."""
 
 import json
 import os
 
 import pytest
 
-from experiments import compare
+from experiments.tools import compare
 
 
 def _report(tmp_path, name, *, parameters, nonzero, file_bytes, original,

@@ -1,4 +1,4 @@
-"""experiments.config_check: one pass rejects a bad config before any stage."""
+"""experiments.infra.config_check: one pass rejects a bad config before any stage."""
 
 import os
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import helpers
-from experiments import config_check
-from experiments import pipeline
-from experiments import registry
+from experiments.infra import config_check
+from experiments.stages import runner as pipeline
+from experiments.infra import registry
 from experiments.configs import mnist as mnist_config
 
 

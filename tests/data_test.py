@@ -1,4 +1,4 @@
-"""Tests for experiments.data. No test opens a network connection."""
+"""Tests for experiments.image.data. No test opens a network connection."""
 
 import gzip
 import os
@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import data
-from experiments import mnist_offline
+from experiments.image import data
+from experiments.image import mnist_offline
+from experiments.infra import pypi_cache
 
 _SMALL_SHAPES = {'x_train': (6, 28, 28), 'y_train': (6,),
                  'x_test': (4, 28, 28), 'y_test': (4,)}
@@ -163,9 +164,9 @@ def test_cache_path_follows_env_and_argument(cache_dir, tmp_path_factory):
 def test_cache_roundtrip_is_atomic(tmp_path):
   arrays = _small_arrays()
   path = str(tmp_path / 'sub' / 'c.npz')
-  mnist_offline.write_cache(path, arrays)
+  pypi_cache.write_cache(path, arrays)
   assert os.listdir(tmp_path / 'sub') == ['c.npz']  # No temp file left.
-  got = mnist_offline.read_cache(path, expected_sha256=mnist_offline.content_sha256(arrays),
+  got = pypi_cache.read_cache(path, expected_sha256=pypi_cache.content_sha256(arrays),
                          expected_shapes=_SMALL_SHAPES)
   for k, v in arrays.items():
     np.testing.assert_array_equal(got[k], v)
@@ -186,15 +187,15 @@ def test_corrupt_cache_raises(cache_dir, monkeypatch, corruption):
     with open(path, 'wb') as f:
       f.write(b'not an npz file')
   elif corruption == 'truncated':
-    mnist_offline.write_cache(path, arrays)
+    pypi_cache.write_cache(path, arrays)
     size = os.path.getsize(path)
     with open(path, 'r+b') as f:
       f.truncate(size // 2)
   elif corruption == 'shapes':
     arrays['x_test'] = arrays['x_test'][:2]
-    mnist_offline.write_cache(path, arrays)
+    pypi_cache.write_cache(path, arrays)
   else:  # Right shapes, wrong bytes: only the checksum catches it.
-    mnist_offline.write_cache(path, arrays)
+    pypi_cache.write_cache(path, arrays)
   with pytest.raises(data.CorruptCacheError,
                      match='unreadable|expected|checksum'):
     data.load_dataset('mnist', download=False)
@@ -211,7 +212,7 @@ def test_corrupt_cache_is_refetched(cache_dir, monkeypatch):
 
   monkeypatch.setattr(mnist_offline, 'fetch_arrays', fake_fetch)
   monkeypatch.setattr(mnist_offline, 'MNIST_CACHE_SHA256',
-                      mnist_offline.content_sha256(fresh))
+                      pypi_cache.content_sha256(fresh))
   path = data.mnist_cache_path()
   with open(path, 'wb') as f:
     f.write(b'corrupt')
@@ -250,7 +251,7 @@ def test_epoch_batches_accepts_generator_and_rejects_bad_sizes():
 
 @pytest.mark.skipif(not data.is_cached('mnist'),
                     reason='MNIST is not cached; run '
-                    'experiments.data.load_dataset("mnist") once to fetch it.')
+                    'experiments.image.data.load_dataset("mnist") once to fetch it.')
 def test_real_mnist_from_cache():
   ds = data.load_dataset('mnist', download=False)
   (xt, yt), (xs, ys) = ds['train'], ds['test']

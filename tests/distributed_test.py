@@ -1,4 +1,4 @@
-"""experiments.distributed and the train loop on a 4-device mesh.
+"""experiments.infra.distributed and the train loop on a 4-device mesh.
 
 The loop on a mesh (each epoch's batches uploaded as global arrays, the state
 replicated or split FSDP-style) is checked against plain float64 NumPy SGD
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from experiments import data as data_lib
-from experiments import distributed
-from experiments import loop
-from experiments import monitor
+from experiments.image import data as data_lib
+from experiments.infra import distributed
+from experiments.infra import loop
+from experiments.infra import monitor
 from gmp_jax import sharding
 
 N, D, BATCH, LR = 64, 4, 8, 0.05  # 8 steps per epoch, 2 examples a device.

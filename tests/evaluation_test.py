@@ -1,4 +1,4 @@
-"""Tests for experiments.evaluation against NumPy."""
+"""Tests for experiments.infra.evaluation against NumPy."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 from scipy import special
 
 import gmp_jax
-from experiments import evaluation
+from experiments.infra import evaluation
 
 N, D, C = 23, 5, 4  # 23 = 3 batches of 7 and a remainder of 2.
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import gmp_jax
-from experiments import data as data_lib
-from experiments import models
-from experiments import pipeline
+from experiments.image import data as data_lib
+from experiments.image import models
+from experiments.stages import runner as pipeline
 from experiments.configs import fashion_mnist
 from experiments.configs import mnist
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import gmp_jax
-from experiments import baselines
-from experiments import language_model
-from experiments import registry
-from experiments import transformer
+from experiments.tools import baselines
+from experiments.language import task as language_model
+from experiments.infra import registry
+from experiments.language import transformer
 
 
 def test_sample_windows_are_the_corpus_bytes_shifted_by_one():
@@ -120,7 +120,7 @@ def test_int_quantize_per_channel():
 
 @pytest.mark.slow
 def test_pipeline_and_baselines_on_the_sample(tmp_path):
-  from experiments import pipeline  # pylint: disable=import-outside-toplevel
+  from experiments.stages import runner as pipeline  # pylint: disable=import-outside-toplevel
   from experiments.configs import shakespeare  # pylint: disable=import-outside-toplevel
   config = shakespeare.get_config('smoke')
   workdir = str(tmp_path / 'lm')

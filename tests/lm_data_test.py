@@ -1,4 +1,4 @@
-"""Tests for experiments.lm_data. No test opens a network connection.
+"""Tests for experiments.language.data. No test opens a network connection.
 
 The tests use tests/data/shakespeare_sample.txt, the corpus bytes
 [0, 65536), and archives they build from it.
@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import lm_data
+from experiments.language import data as lm_data
 
 SAMPLE_PATH = os.path.join(os.path.dirname(__file__), 'data',
                            'shakespeare_sample.txt')
@@ -76,7 +76,7 @@ def test_sample_is_the_pinned_ascii_text(sample):
 
 @pytest.mark.skipif(not lm_data.is_cached(),
                     reason='the Shakespeare corpus is not cached; run '
-                    '`python -m experiments.lm_data` once')
+                    '`python -m experiments.data shakespeare` once')
 def test_real_corpus_matches_sample_and_pins(sample):
   corpus = lm_data.load_corpus(download=False)
   assert corpus.dtype == np.uint8 and corpus.shape == (lm_data.CORPUS_SIZE,)

@@ -1,4 +1,4 @@
-"""Tests for experiments.loop against a plain NumPy training loop."""
+"""Tests for experiments.infra.loop against a plain NumPy training loop."""
 
 import json
 import os
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import gmp_jax
-from experiments import data as data_lib
-from experiments import loop
-from experiments import monitor
+from experiments.image import data as data_lib
+from experiments.infra import loop
+from experiments.infra import monitor
 
 N, D, BATCH, LR = 40, 3, 4, 0.05  # 10 steps per epoch.
 SEED = (7, 1)

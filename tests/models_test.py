@@ -1,4 +1,4 @@
-"""Tests for experiments.models: shapes, parameter counts, blocks, pooling."""
+"""Tests for experiments.image.models: shapes, parameter counts, blocks, pooling."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import models
+from experiments.image import models
 
 # Per-layer parameter counts; the poster's are its Table 1.
 EXPECTED_COUNTS = {

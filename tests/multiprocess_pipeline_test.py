@@ -27,8 +27,8 @@ import time
 import jax
 import pytest
 
-from experiments import distributed
-from experiments import pipeline
+from experiments.infra import distributed
+from experiments.stages import runner as pipeline
 from experiments.configs import mnist as mnist_config
 import multiprocess
 

@@ -3,7 +3,7 @@
 import pytest
 
 from benchmarks import pipeline as bench
-from experiments import pipeline
+from experiments.stages import runner as pipeline
 from experiments.configs import mnist as mnist_config
 
 

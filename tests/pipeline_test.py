@@ -15,12 +15,12 @@ import pytest
 
 import gmp_jax
 import helpers
-from experiments import data as data_lib
-from experiments import monitor
-from experiments import models
-from experiments import pipeline
-from experiments import registry
-from experiments import sweep
+from experiments.image import data as data_lib
+from experiments.infra import monitor
+from experiments.image import models
+from experiments.stages import runner as pipeline
+from experiments.infra import registry
+from experiments.tools import sweep
 from experiments.configs import lenet300 as lenet300_config
 from experiments.configs import lenet5 as lenet5_config
 from experiments.configs import mnist as mnist_config

@@ -1,4 +1,4 @@
-"""Tests for experiments.plots: every figure is written as a valid PNG."""
+"""Tests for experiments.tools.plots: every figure is written as a valid PNG."""
 
 import os
 
@@ -6,7 +6,7 @@ from matplotlib import image as mpimg
 import numpy as np
 import pytest
 
-from experiments import plots
+from experiments.tools import plots
 
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 

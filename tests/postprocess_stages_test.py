@@ -10,8 +10,8 @@ import pytest
 
 import gmp_jax
 import helpers
-from experiments import models
-from experiments import pipeline
+from experiments.image import models
+from experiments.stages import runner as pipeline
 from experiments.configs import lenet300 as lenet300_config
 
 

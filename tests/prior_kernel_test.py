@@ -153,3 +153,56 @@ def test_empty_leaf_is_skipped():
   np.testing.assert_allclose(
       gmp_jax.mixture_log_prob(params, mixture),
       _numpy_grads(params, mixture)['value'], rtol=1e-5)
+
+
+@pytest.mark.parametrize('sigma', [0.25, 0.033, 1e-2, 1e-4])
+@pytest.mark.parametrize('k', [2, 17])
+def test_far_weights_stay_finite_and_exact(sigma, k):
+  """|w| up to 1e6, sigma down to 1e-4: finite, and equal to float64 NumPy.
+
+  Far from every mean the log densities reach -1e19; the maximum and the
+  exponentials are computed in two passes, which must not round apart into
+  an exp of a positive number (once inf, and a NaN gradient).
+  """
+  rng = np.random.default_rng(k)
+  w = np.concatenate([
+      rng.normal(size=200) * 0.1,
+      np.sign(rng.normal(size=60)) * 10.0 ** rng.uniform(0, 6, size=60),
+      [1e3, -1e3, 1e4, -1e4, 1e6, -1e6]]).astype(np.float32)
+  params = {'w': jnp.asarray(w)}
+  mixture = gmp_jax.init_mixture(params, k, init_std=sigma)
+  mixture = mixture.replace(nonzero_means=jnp.linspace(
+      -0.3, 0.3, k - 1, dtype=jnp.float32))
+
+  def f(leaves, m, p, lp):
+    return _prior_kernel.leaves_log_prob(leaves, m, p, lp)
+
+  value, grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))(
+      (params['w'],), mixture.means, mixture.precisions,
+      mixture.log_mixing_proportions)
+  want = _numpy_grads(params, mixture)
+  assert np.isfinite(value)
+  for g in jax.tree.leaves(grads):
+    assert np.all(np.isfinite(g))
+  np.testing.assert_allclose(value, want['value'], rtol=1e-5)
+  np.testing.assert_allclose(grads[0][0], want['w'], rtol=1e-4,
+                             atol=1e-4 * np.abs(want['w'][:200]).max())
+  # The public entry point and the value alone (another fusion) agree.
+  np.testing.assert_allclose(
+      jax.jit(gmp_jax.mixture_log_prob)(params, mixture), want['value'],
+      rtol=1e-5)
+  # The mixture's gradients: in float32, log densities of -1e19 do not
+  # resolve which component a far weight belongs to (one ulp is 4e12), so
+  # they are checked through the same kernel in float64 at every weight.
+  with enable_x64(True):
+    args = [jnp.asarray(np.asarray(a), jnp.float64) for a in (
+        mixture.means, mixture.precisions, mixture.log_mixing_proportions)]
+    _, grads64 = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))(
+        (jnp.asarray(w, jnp.float64),), *args)
+    grads64 = jax.tree.map(np.asarray, grads64)
+  np.testing.assert_allclose(grads64[0][0], want['w'], rtol=1e-9,
+                             atol=1e-12 * np.abs(want['w']).max())
+  for got, name in zip(grads64[1:], ('means', 'precisions', 'log_pi')):
+    np.testing.assert_allclose(got, want[name], rtol=1e-7,
+                               atol=1e-10 * np.abs(want[name]).max(),
+                               err_msg=name)

@@ -1,6 +1,6 @@
 """The README's Flax example: weights cluster and quantise to <= K values."""
 
-from experiments import quickstart
+from experiments.tools import quickstart
 
 
 def test_quickstart_clusters_and_quantizes():

@@ -84,11 +84,11 @@ def test_api_section_lists_exactly_the_public_names():
   assert [row[0] for row in rows] == [
       'prior', 'losses', 'optimiser', 'train steps',
       'calibration and diagnostics', 'post-processing',
-      'fine-tuning', 'file', 'report']
+      'fine-tuning', 'file', 'packed', 'report']
 
 
 def test_literature_table_is_what_compare_prints(monkeypatch):
-  from experiments import compare  # pylint: disable=g-import-not-at-top
+  from experiments.tools import compare  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(REPO)  # compare names the runs by relative paths.
   assert compare.literature_table().strip() in _read(README)
   run_dirs = ['results/mnist', 'results/mnist_v1', 'results/mnist_tau5e-3',

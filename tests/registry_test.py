@@ -1,4 +1,4 @@
-"""experiments.registry: models, datasets and tasks plugged in by name."""
+"""experiments.infra.registry: models, datasets and tasks plugged in by name."""
 
 import os
 import flax.linen as nn
@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import compare
-from experiments import data as data_lib
-from experiments import models
-from experiments import registry
-from experiments import sweep
-from experiments import tasks
+from experiments.tools import compare
+from experiments.image import data as data_lib
+from experiments.image import models
+from experiments.infra import registry
+from experiments.tools import sweep
+from experiments.infra import tasks
 from experiments.configs import mnist as mnist_config
 
 

@@ -1,10 +1,10 @@
-"""Tests for experiments.retraining's schedules: weights learning rate, tau."""
+"""Tests for experiments.stages.retrain's schedules: weights learning rate, tau."""
 
 import math
 
 import pytest
 
-from experiments import retraining
+from experiments.stages import retrain as retraining
 from experiments.configs import mnist as mnist_config
 
 

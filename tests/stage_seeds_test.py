@@ -1,11 +1,11 @@
-"""experiments.stage_seeds: seeds from stage names, the old values kept."""
+"""experiments.infra.stage_seeds: seeds from stage names, the old values kept."""
 
 import zlib
 
 import pytest
 
-from experiments import pipeline
-from experiments import stage_seeds
+from experiments.stages import runner as pipeline
+from experiments.infra import stage_seeds
 
 # The run order from which the seeds used to be computed.
 OLD_ORDER = ['teacher', 'retrain', 'postprocess', 'finetune', 'cleanup',

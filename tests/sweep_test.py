@@ -1,4 +1,4 @@
-"""Tests of experiments/sweep.py: the grid, resuming, teacher sharing."""
+"""Tests of experiments/tools/sweep.py: the grid, resuming, teacher sharing."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 from ml_collections import config_dict
 import pytest
 
-from experiments import sweep
+from experiments.tools import sweep
 from experiments.configs import lenet300 as lenet300_config
 from gmp_jax import codec
 

@@ -1,4 +1,4 @@
-"""experiments.tasks: a language-model task runs through the unchanged pipeline.
+"""experiments.infra.tasks: a language-model task runs through the unchanged pipeline.
 
 A toy byte-level language model (inputs (B, T) int tokens, logits
 (B, T, V), bits per byte as the metric) is registered as a model, a
@@ -17,12 +17,12 @@ import pytest
 
 import gmp_jax
 import helpers
-from experiments import models
-from experiments import monitor
-from experiments import pipeline
-from experiments import registry
-from experiments import tasks
-from experiments import workdir_layout
+from experiments.image import models
+from experiments.infra import monitor
+from experiments.stages import runner as pipeline
+from experiments.infra import registry
+from experiments.infra import tasks
+from experiments.infra import workdir_layout
 from experiments.configs import mnist as mnist_config
 
 VOCAB, LENGTH = 16, 6

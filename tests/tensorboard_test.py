@@ -1,4 +1,4 @@
-"""experiments.tensorboard: the event files read back by an independent reader.
+"""experiments.tools.tensorboard: the event files read back by an independent reader.
 
 The reader below parses the TFRecord framing itself and checks every record's
 CRC-32C (computed here bit by bit, not with the writer's code); only the
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from experiments import tensorboard
+from experiments.tools import tensorboard
 
 
 def _crc32c(data: bytes) -> int:

@@ -13,7 +13,7 @@ torch = pytest.importorskip('torch')
 
 import gmp_jax  # pylint: disable=g-import-not-at-top
 from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
-from experiments import models  # pylint: disable=g-import-not-at-top
+from experiments.image import models  # pylint: disable=g-import-not-at-top
 
 TAU = 5e-3
 DATASET_SIZE = 60_000

@@ -12,7 +12,7 @@ already: its custom call has no compatibility guarantee.)
 
 Covered: the end-to-end train step (labels, teacher logits and the prior),
 several steps per call (unrolled by `make_multi_step`, and in a `lax.scan`),
-a layer-wise step built like `experiments.pipeline`'s (`make_train_step`
+a layer-wise step built like `experiments.stages.runner`'s (`make_train_step`
 with a `data_loss_fn`), `quantize`, `assign` and the eval step, each from
 `jax.jit` of the pure function; and the `compile_step` object, which carries
 this host's CPU compiler options.
@@ -33,9 +33,9 @@ import pytest
 
 import gmp_jax
 from gmp_jax import _compile as compile_lib
-from experiments import augment
-from experiments import models
-from experiments import retraining
+from experiments.image import augment
+from experiments.image import models
+from experiments.stages import retrain as retraining
 from experiments.configs import mnist as mnist_config
 
 PLATFORMS = ('tpu', 'cuda')
@@ -118,7 +118,7 @@ def _batch(*keys):
 
 
 def _layerwise_step(teacher_params):
-  """The pipeline's own layer-wise step (`experiments.retraining.layerwise`)."""
+  """The pipeline's own layer-wise step (`experiments.stages.retrain.layerwise`)."""
   config = mnist_config.get_config()
   train = (np.zeros((8, 28, 28, 1), np.float32), np.zeros((8,), np.int32))
   return retraining.layerwise(config, teacher_params, {'train': train}).train_step

@@ -1,4 +1,4 @@
-"""Tests for experiments.transformer, on the shipped text sample."""
+"""Tests for experiments.language.transformer, on the shipped text sample."""
 
 import os
 
@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import lm_data
-from experiments import transformer as tr
+from experiments.language import data as lm_data
+from experiments.language import transformer as tr
 
 SAMPLE_PATH = os.path.join(os.path.dirname(__file__), 'data',
                            'shakespeare_sample.txt')

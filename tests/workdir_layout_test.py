@@ -1,13 +1,13 @@
-"""experiments.workdir_layout: paths, done records, the metrics reader."""
+"""experiments.infra.workdir_layout: paths, done records, the metrics reader."""
 
 import json
 import os
 
 import numpy as np
 
-from experiments import monitor
-from experiments import tensorboard
-from experiments import workdir_layout
+from experiments.infra import monitor
+from experiments.tools import tensorboard
+from experiments.infra import workdir_layout
 
 
 def test_paths_and_done_records(tmp_path):

@@ -12,7 +12,7 @@ epochs of straight-through fine-tuning 99.22%, with 1.79% of the weights
 non-zero in a 9,008-byte file (CR_file 285x); ~6.5 minutes (teacher 1.4,
 retraining 4.1). Seeds 1 and 2: 99.25% and 99.22% (results/mnist_seeds/). The poster: 98.14% at 7.7% non-zero. `--config.retrain.tau=5e-3`
 (the published tau) gave 99.16% at 4.39% non-zero with the code before
-fine-tuning (results/mnist_tau5e-3/); `python -m experiments.sweep` traces
+fine-tuning (results/mnist_tau5e-3/); `python -m experiments.tools.sweep` traces
 accuracy against bytes over tau.
 
 Layer-wise distillation (poster Figure 1) instead of end-to-end retraining;
@@ -34,10 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; `arg='smoke'` gives the seconds-long variant."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # Names in experiments/registry.py: the model, and (below) the dataset.
+  # Names in experiments/infra/registry.py: the model, and (below) the dataset.
   config.model = 'poster'
   # None = the dataset's task ('classification' for the image datasets);
-  # else a name given to experiments.registry.register_task.
+  # else a name given to experiments.infra.registry.register_task.
   config.task = config_dict.placeholder(str)
   # None (the default of each placeholder) = the cache dir / whole split.
   config.data = dict(name='mnist', source='offline',
@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      # None = off; s = every training step shifts each image
                      # by a random offset in [-s, s]^2 pixels (zero-filled),
                      # distillation targets recomputed on the shifted images
-                     # (experiments/augment.py). Evaluation never shifts.
+                     # (experiments/image/augment.py). Evaluation never shifts.
                      augment_shift=config_dict.placeholder(int))
 
   config.teacher = dict(
@@ -123,7 +123,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.postprocess = dict(
       merge_threshold=0.1,  # Symmetric-KL threshold for merging components.
       codebook_dtype='float32',
-      # Fine-tuning after quantisation (experiments/finetuning.py), the mask
+      # Fine-tuning after quantisation (experiments/stages/finetune.py), the mask
       # fixed: epochs of training; 0 = off.
       finetune_epochs=2,
       # 'straight_through': the shared values and a latent float per kept
@@ -139,12 +139,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # (gmp_jax.tiled_per_leaf_codebook); the file stores up to L x K values.
       # None (False): one codebook shared by all leaves.
       finetune_per_leaf=config_dict.placeholder(bool),
-      # Zero the weights of dead and unread units (experiments/cleanup.py);
+      # Zero the weights of dead and unread units (experiments/stages/cleanup.py);
       # predictions are bit-identical.
       cleanup=True,
   )
 
-  # How the train loop runs (experiments/loop.py, LoopOptions).
+  # How the train loop runs (experiments/infra/loop.py, LoopOptions).
   config.loop = dict(
       # 'unroll' (steps as straight-line code) or 'scan'; None = 'unroll' on
       # CPU, 'scan' on GPU and TPU.
@@ -165,7 +165,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # TensorBoard events in <workdir>/tensorboard beside metrics.jsonl.
   config.tensorboard = True
 
-  # The device mesh (experiments/distributed.py): one data-parallel axis.
+  # The device mesh (experiments/infra/distributed.py): one data-parallel axis.
   # The batch sizes above are global: each step's batch is split over the
   # devices, so every device count trains on the same batches.
   config.mesh = dict(

