@@ -490,6 +490,30 @@ def _table(results) -> str:
   return '\n'.join(lines)
 
 
+def models_table(results) -> str:
+  """README's table: the committed models' resident bytes and latency."""
+  lines = ['| model | float32 | packed | packed + sparse | ms, batch 1: dense / packed / sparse '
+           '| ms, batch 64 |', '|---|---:|---:|---:|---:|---:|']
+  e2e = {m['model']: m for m in results['end_to_end']}
+  for m in results['models']:
+    f32 = m['float32_bytes']
+    row = (f'| {m["model"]} | {f32:,} B | '
+           f'{m["resident_bytes_without_sparse"]:,} B '
+           f'({m["times_smaller_without_sparse"]:.1f}×) | '
+           f'{m["resident_bytes"]:,} B ({m["times_smaller_than_float32"]:.1f}×)')
+    if m['model'] in e2e:
+      lat = e2e[m['model']]['latency_ms']
+      row += ''.join(
+          ' | ' + ' / '.join(f'{lat[b][k]:.2f}'
+                             for k in ('dense_f32', 'packed', 'sparse'))
+          for b in sorted(lat, key=int))
+      row += ' |'
+    else:
+      row += ' | | |'
+    lines.append(row)
+  return '\n'.join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark; writes the JSON (and figure) and returns it."""
   parser = argparse.ArgumentParser(prog='python -m benchmarks.packed')
@@ -547,6 +571,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   fileio.write_json_atomic(args.out, results)
   plot(results, args.plot or os.path.splitext(args.out)[0] + '.png')
   print(_table(results))
+  print(models_table(results))
   return results
 
 

@@ -161,8 +161,9 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
     seed: seed of the per-step key (stateful steps only).
     grad_ratio: also report `grad_ratio`, the RMS over the covered weights
       of the prior's gradient (tau / N) grad[-log p(w)] over that of the
-      rest (the data term's), the rho of `gmp_jax.calibrate_tau`. Costs one
-      more gradient of the prior per step; the update is unchanged.
+      rest (the data term's), the rho of `gmp_jax.calibrate_tau`. The step
+      then differentiates the data term and the prior apart and adds the
+      two gradients, at the cost of one combined gradient.
     **loss_fields: `LossOptions` fields given as keywords (e.g.
       `temperature=4.0`); they replace those of `loss`.
 
@@ -186,13 +187,18 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
   tau_at = tau if callable(tau) else lambda step: tau
   data_loss_fn = options.data_loss()
 
-  def loss_fn(params, mixture, batch, model_state, rng, tau_now):
+  def data_fn(params, batch, model_state, rng):
     if stateful:
       outputs, model_state = _nonparams.apply_stateful(
           apply_fn, params, model_state, batch['x'], train=True, rng=rng)
     else:
       outputs = apply_fn(params, batch['x'])
     data_loss, metrics = data_loss_fn(outputs, batch)
+    return data_loss, (metrics, model_state)
+
+  def loss_fn(params, mixture, batch, model_state, rng, tau_now):
+    data_loss, (metrics, model_state) = data_fn(params, batch, model_state,
+                                                rng)
     if use_prior:
       loss, aux = losses.gmp_objective(
           data_loss, params, mixture, tau=tau_now, dataset_size=dataset_size,
@@ -204,18 +210,38 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
     metrics['loss'] = loss
     return loss, (metrics, model_state)
 
+  def prior_fn(params, mixture, tau_now):
+    # Eq. 1's penalty alone: gmp_objective with a zero data term.
+    return losses.gmp_objective(
+        jnp.zeros((), jnp.float32), params, mixture, tau=tau_now,
+        dataset_size=dataset_size, hyperpriors=hyperpriors)
+
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+  data_grad_fn = jax.value_and_grad(data_fn, has_aux=True)
+  prior_grad_fn = jax.value_and_grad(prior_fn, argnums=(0, 1), has_aux=True)
+
+  def split_grads(state, batch, rng, tau_now):
+    """The gradient as data part + prior part, each computed once."""
+    (data_loss, (metrics, model_state)), data_grads = data_grad_fn(
+        state.params, batch, state.model_state, rng)
+    (penalty, aux), (prior_grads, mixture_grads) = prior_grad_fn(
+        state.params, state.mixture, tau_now)
+    metrics.update(aux, data_loss=data_loss, loss=data_loss + penalty)
+    metrics['grad_ratio'] = _grad_ratio(data_grads, prior_grads,
+                                        state.mixture)
+    grads = (jax.tree.map(jnp.add, data_grads, prior_grads), mixture_grads)
+    return metrics, model_state, grads
 
   def train_step(state: TrainState, batch: Batch):
     rng = (jax.random.fold_in(jax.random.key(seed), state.step)
            if stateful else None)
-    (_, (metrics, model_state)), grads = grad_fn(
-        state.params, state.mixture, batch, state.model_state, rng,
-        tau_at(state.step))
     if grad_ratio and use_prior:
-      metrics['grad_ratio'] = _grad_ratio(
-          grads[0], state.params, state.mixture,
-          tau_at(state.step) / dataset_size)
+      metrics, model_state, grads = split_grads(state, batch, rng,
+                                                tau_at(state.step))
+    else:
+      (_, (metrics, model_state)), grads = grad_fn(
+          state.params, state.mixture, batch, state.model_state, rng,
+          tau_at(state.step))
     (params, mixture), opt_state = optim.apply_optimizer(
         optimizer, grads, state.opt_state, (state.params, state.mixture))
     metrics.update(mixture_summary(mixture))
@@ -225,14 +251,12 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
   return train_step
 
 
-def _grad_ratio(total_grads, params, mixture, scale) -> jax.Array:
-  """RMS of scale * grad[-log p] over RMS of the rest, covered leaves."""
-  prior_grads = jax.grad(
-      lambda p: -scale * prior_lib.mixture_log_prob(p, mixture))(params)
+def _grad_ratio(data_grads, prior_grads, mixture) -> jax.Array:
+  """RMS of the prior's gradient over RMS of the data term's, covered leaves."""
   prior_sq = data_sq = 0.0
-  for g, gp in zip(prior_lib.mixture_leaves(total_grads, mixture),
+  for g, gp in zip(prior_lib.mixture_leaves(data_grads, mixture),
                    prior_lib.mixture_leaves(prior_grads, mixture)):
     g, gp = g.astype(jnp.float32), gp.astype(jnp.float32)
     prior_sq = prior_sq + jnp.sum(jnp.square(gp))
-    data_sq = data_sq + jnp.sum(jnp.square(g - gp))
+    data_sq = data_sq + jnp.sum(jnp.square(g))
   return jnp.sqrt(prior_sq / jnp.maximum(data_sq, jnp.finfo(jnp.float32).tiny))

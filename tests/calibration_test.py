@@ -72,6 +72,9 @@ def test_step_grad_ratio_matches_numpy_and_leaves_the_update_unchanged():
   s1, m1 = with_ratio(state, batch)
   s2, m2 = without(state, batch)
   jax.tree.map(np.testing.assert_array_equal, s1.params, s2.params)
+  jax.tree.map(np.testing.assert_array_equal, s1.mixture, s2.mixture)
+  for key in ('loss', 'data_loss', 'complexity_loss'):
+    np.testing.assert_allclose(m1[key], m2[key], rtol=1e-6)
   assert 'grad_ratio' not in m2
   data = _mse_grad_numpy(params, x, t)
   prior_sq = sum(np.sum((3.0 / 64 * helpers.numpy_prior_grad(params[k],

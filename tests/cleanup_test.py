@@ -1,6 +1,7 @@
 """Tests of the lossless structural cleanup (experiments/stages/cleanup.py)."""
 
 import copy
+import functools
 import glob
 import os
 
@@ -21,9 +22,11 @@ CODEBOOK = np.array([-0.3, -0.12, -0.05, 0.07, 0.16, 0.4], np.float32)
 
 
 def _quantized_like(model, seed, density):
-  """Flax-initialised params, pruned at random and snapped to a codebook."""
+  """Params shaped like Flax's, pruned at random and snapped to a codebook."""
   rng = np.random.default_rng(seed)
-  params = jax.device_get(models.init_params(model, jax.random.key(seed)))
+  # Only the shapes are used: traced, not compiled (seconds per model).
+  params = jax.eval_shape(lambda k: models.init_params(model, k),
+                          jax.random.key(seed))
   out = {}
   for name, layer in params.items():
     out[name] = {}

@@ -1,4 +1,5 @@
-"""README "Use it in your own model": every recipe runs, with every filter.
+"""docs/frameworks.md (README "Use it in your own model"): every recipe runs,
+with every filter.
 
 Each ```python block of that section is executed as written, once per entry
 of its `filters` dict (the `filter_fn = filters[...]` line is switched). The
@@ -22,8 +23,7 @@ CHOICES = ('kernels only', 'kernels and biases', 'skip the first layer')
 
 
 def _recipes() -> dict[str, str]:
-  text = open(os.path.join(REPO, 'README.md')).read()
-  section = text.split('## Use it in your own model\n', 1)[1].split('\n## ', 1)[0]
+  section = open(os.path.join(REPO, 'docs', 'frameworks.md')).read()
   blocks = re.findall(r'```python\n(.+?)\n```', section, flags=re.S)
   by_kind = {}
   for block in blocks:

@@ -69,7 +69,7 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_sections_come_in_order():
   headings = re.findall(r'^## (.+)$', _read(README), flags=re.M)
   assert headings == ['Quickstart', 'Compress your own model',
-                      'Use it in your own model', 'API',
+                      'Use it in your own model', 'Run it compressed', 'API',
                       'Results', 'Experiments CLI', 'Scaling out', 'Colab',
                       'Development']
 
@@ -171,7 +171,9 @@ def _slug(heading):
   return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
 
 
-@pytest.mark.parametrize('path', [README, RESULTS_README])
+@pytest.mark.parametrize('path', [
+    README, RESULTS_README, os.path.join(REPO, 'docs', 'recipe.md'),
+    os.path.join(REPO, 'docs', 'frameworks.md')])
 def test_relative_links_resolve(path):
   text = _read(path)
   links = re.findall(r'\]\(([^)\s]+)\)', text)
