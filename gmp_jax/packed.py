@@ -1006,8 +1006,7 @@ def _eval_jaxpr(jaxpr, consts, args):
       if not eqn.primitive.multiple_results:
         out = [out]
     for v, x in zip(eqn.outvars, out):
-      if not isinstance(v, core.DropVar):
-        env[v] = x
+      env[v] = x  # A dropped output is written and never read.
   return [x.dense() if isinstance(x, _Leaf) else x
           for x in map(read, jaxpr.outvars)]
 

@@ -328,12 +328,14 @@ def test_load_packed_detects_corruption_and_needs_decoding():
 
 def _value_shapes(jaxpr):
   """Shapes of every value a jaxpr computes, nested jaxprs included."""
-  from jax.extend import core  # pylint: disable=g-import-not-at-top
   shapes = set()
   for eqn in jaxpr.eqns:
     shapes |= {tuple(v.aval.shape) for v in eqn.outvars}
-    for sub in core.jaxprs_in_params(eqn.params):
-      shapes |= _value_shapes(sub)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(sub, 'jaxpr', sub)  # A ClosedJaxpr's Jaxpr.
+        if hasattr(sub, 'eqns'):
+          shapes |= _value_shapes(sub)
   return shapes
 
 
@@ -421,7 +423,10 @@ def test_packed_apply_flax_nnx():
   rng = np.random.default_rng(1)
   quantized = jax.tree.map(lambda a: _quantized(rng, a.shape, 10), state)
   packed = gmp_jax.pack(quantized)
-  assert isinstance(packed['l1']['kernel'].get_value(), PackedArray)
+  kernel = packed['l1']['kernel']  # A Param: get_value() from flax 0.12.
+  kernel = (kernel.get_value() if hasattr(kernel, 'get_value')
+            else kernel.value)
+  assert isinstance(kernel, PackedArray)
   apply_fn = lambda s, xb: nnx.merge(graphdef, s)(xb)
   x = rng.normal(size=(3, 16)).astype(np.float32)
   got = jax.jit(gmp_jax.packed_apply(apply_fn))(packed, x)
