@@ -15,6 +15,7 @@ Reference: Ullrich, Meeds & Welling, ICLR 2017, section 6 (post-processing).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -109,7 +110,8 @@ def gaussian_kl(mu0, var0, mu1, var1):
 
 def merge_components(mixture: GaussianMixture, *, threshold: float = 0.1,
                      duplicate_rtol: float = DUPLICATE_RTOL,
-                     zero_reach: float = ZERO_REACH) -> GaussianMixture:
+                     zero_reach: float = ZERO_REACH,
+                     max_components: int | None = None) -> GaussianMixture:
   """Merges redundant components without changing which weights are pruned.
 
   Three kinds of merge, on the host in float64 (the arrays have K entries;
@@ -126,6 +128,9 @@ def merge_components(mixture: GaussianMixture, *, threshold: float = 0.1,
      whatever their KL (nearest first).
   3. Then, greedily, the closest pair by symmetrised KL,
      (KL(p||q) + KL(q||p)) / 2, while below `threshold`.
+  4. With `max_components`, the closest pairs go on merging, whatever
+     their KL, until K <= max_components (e.g. 16: 4-bit indices in
+     `gmp_jax.pack`), each merge under the same check as above.
 
   A merged pair takes the pi-weighted mean of the pair's means, the summed
   proportion and the pi-weighted variance; if that moves the pruned region,
@@ -153,6 +158,9 @@ def merge_components(mixture: GaussianMixture, *, threshold: float = 0.1,
       magnitude, are merged whatever their KL.
     zero_reach: components with |mu_k| <= zero_reach sigma_0 join the zero
       component.
+    max_components: None, or a cap K_max >= 2 on the components (values,
+      zero included) after merging. Where the check forbids every merge
+      that is left, fewer merges are made and a warning says so.
 
   Returns:
     A new `GaussianMixture` with 2 <= K' <= K components and a free pi_0,
@@ -160,7 +168,8 @@ def merge_components(mixture: GaussianMixture, *, threshold: float = 0.1,
 
   Raises:
     ValueError: a negative `threshold`, `duplicate_rtol` or `zero_reach`,
-      or a mixture whose arrays do not fit together.
+      a `max_components` below 2 (or not an int), or a mixture whose arrays
+      do not fit together.
   """
   if not threshold >= 0:
     raise ValueError(f'threshold must be >= 0, got {threshold!r}.')
@@ -170,8 +179,15 @@ def merge_components(mixture: GaussianMixture, *, threshold: float = 0.1,
   prior_lib.check_mixture_shapes(mixture)
   if not zero_reach >= 0:
     raise ValueError(f'zero_reach must be >= 0, got {zero_reach!r}.')
+  if max_components is not None and (
+      isinstance(max_components, bool) or not isinstance(max_components, int)
+      or max_components < 2):
+    raise ValueError('max_components must be None or an int >= 2 (the zero '
+                     f'component and one value), got {max_components!r}.')
   merger = _Merger(mixture, threshold, duplicate_rtol, zero_reach)
   merger.run()
+  if max_components is not None:
+    merger.cap(max_components)
   return merger.current.mixture
 
 
@@ -380,10 +396,23 @@ class _Merger:
     self.window = 10.0 * float(np.max(np.abs(c.means) + c.lams**-0.5))
     self.target = c.region([0], self.window)  # What stays pruned.
     self.rejected = set()
+    self.pair_threshold = threshold  # Raised to inf by `cap`.
 
   def run(self):
     while self.current.means.shape[0] > 2 and (self._join() or self._pair()):
       pass
+
+  def cap(self, max_components: int):
+    """Merges the closest allowed pairs, any KL, down to max_components."""
+    self.pair_threshold = math.inf
+    while (self.current.means.shape[0] > max_components
+           and (self._pair() or self._join())):
+      pass
+    if self.current.means.shape[0] > max_components:
+      warnings.warn(
+          f'merge_components: {self.current.means.shape[0]} components left '
+          f'above max_components={max_components}; every remaining merge '
+          'would change which weights are pruned.', stacklevel=3)
 
   def _sym_kl(self, i, j, c=None):
     c = self.current if c is None else c
@@ -462,7 +491,7 @@ class _Merger:
           found.append(((0, gap), i, j))
         else:
           kl = self._sym_kl(i, j)
-          if kl < self.threshold:
+          if kl < self.pair_threshold:
             found.append(((1, kl), i, j))
     return [(i, j) for _, i, j in sorted(found)]
 

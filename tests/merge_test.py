@@ -212,3 +212,30 @@ def test_bad_mixture_shapes():
         log_precisions=jnp.zeros(5, jnp.float32)))
   with pytest.raises(ValueError, match='duplicate_rtol'):
     gmp_jax.merge_components(mixture, duplicate_rtol=-1.0)
+
+
+def test_max_components_caps_the_values_and_keeps_the_pruned_set():
+  # 17 well-separated components: no pair is below the KL threshold.
+  means = np.concatenate([[0.0], np.linspace(-0.8, -0.1, 8),
+                          np.linspace(0.1, 0.8, 8)])
+  mixture = _mixture(means, np.full(17, 0.01), np.full(17, 1 / 17))
+  assert gmp_jax.merge_components(mixture).num_components == 17
+  capped = gmp_jax.merge_components(mixture, max_components=16)
+  assert capped.num_components == 16
+  weights = np.random.default_rng(0).uniform(-0.9, 0.9, 20_000)
+  # The same weights pruned, by the NumPy argmax, away from the borders.
+  before, after = _assign(weights, mixture) == 0, _assign(weights, capped) == 0
+  clear = _clear(weights, mixture) & _clear(weights, capped)
+  np.testing.assert_array_equal(before[clear], after[clear])
+  # quantize gives at most 16 values, zero included: 4-bit indices.
+  q = gmp_jax.quantize({'w': jnp.asarray(weights[:1000], jnp.float32)},
+                       capped)
+  assert len(np.unique(np.asarray(q['w']))) <= 16
+  assert gmp_jax.merge_components(mixture, max_components=4).num_components == 4
+
+
+@pytest.mark.parametrize('bad', [1, 0, -3, 2.5, True, '16'])
+def test_max_components_bad_input(bad):
+  mixture = _mixture([0.0, 0.3, 0.6], [0.01] * 3, [1 / 3] * 3)
+  with pytest.raises(ValueError, match='max_components'):
+    gmp_jax.merge_components(mixture, max_components=bad)

@@ -122,6 +122,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.postprocess = dict(
       merge_threshold=0.1,  # Symmetric-KL threshold for merging components.
+      # A cap on the values after merging (zero included), e.g. 16 for 4-bit
+      # packed indices; None: merge by the threshold alone (the committed runs).
+      max_components=config_dict.placeholder(int),
       codebook_dtype='float32',
       # Fine-tuning after quantisation (experiments/stages/finetune.py), the mask
       # fixed: epochs of training; 0 = off.

@@ -27,7 +27,8 @@ def run(ctx) -> dict[str, Any]:
   """Merges components, prunes and quantises; evaluates."""
   student, params, mixture = retrain.load_retrained(ctx)
   merged = gmp_jax.merge_components(
-      mixture, threshold=ctx.config.postprocess.merge_threshold)
+      mixture, threshold=ctx.config.postprocess.merge_threshold,
+      max_components=ctx.config.postprocess.get('max_components'))
   quantized = gmp_jax.quantize(params, merged)
   test = ctx.evaluator(student)(quantized)
   # float32 codebooks hold float32 weights exactly.
