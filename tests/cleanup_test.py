@@ -98,10 +98,15 @@ def _reference(params, model):
   return p
 
 
-def _logits(model, params, x):
+@functools.cache
+def _apply(model):
+  """The model's jitted apply, one per model: compiled once per shape."""
   net = models.get_model(model)
-  return np.asarray(jax.jit(lambda p, x: net.apply({'params': p}, x))(
-      params, x))
+  return jax.jit(lambda p, x: net.apply({'params': p}, x))
+
+
+def _logits(model, params, x):
+  return np.asarray(_apply(model)(params, x))
 
 
 def _nonzero(tree):
@@ -221,18 +226,21 @@ def _committed_models():
 
 @pytest.fixture(scope='module')
 def mnist_test():
-  return data_lib.load_dataset('mnist', source='offline')['test']
+  """Every 4th MNIST test image: 2,500 real digits, one forward pass each.
+
+  A dead or unread unit contributes exact zeros whatever the input, so a
+  quarter of the split checks the same property at a quarter of the cost.
+  """
+  x, _ = data_lib.load_dataset('mnist', source='offline')['test']
+  return x[::4]
 
 
 @pytest.mark.parametrize('path,model', _committed_models())
 def test_committed_models_keep_bit_identical_logits(path, model, mnist_test):
   params = codec.load_compressed(os.path.join(REPO, path))
   cleaned, report = cleanup.cleanup(params, model)
-  x, _ = mnist_test
-  for start in range(0, len(x), 2500):
-    xb = x[start:start + 2500]
-    assert np.array_equal(_logits(model, params, xb),
-                          _logits(model, cleaned, xb))
+  assert np.array_equal(_logits(model, params, mnist_test),
+                        _logits(model, cleaned, mnist_test))
   assert report.nonzero_after == _nonzero(cleaned)
 
 

@@ -1,5 +1,6 @@
 """The pipeline's finetune and cleanup stages on a `:smoke` LeNet-300-100."""
 
+import functools
 import json
 import os
 import shutil
@@ -25,7 +26,19 @@ def _config(**overrides):
   # The codebook mode's invariants are checked on the module's run; the
   # straight-through tests (the configs' default) override it.
   config.postprocess.finetune_mode = 'codebook'
+  # The runs are compile-bound: one train step per compiled call (a 4-step
+  # unrolled program compiles ~3x longer) and checkpoints at stage ends only.
+  config.loop.steps_per_call = 1
+  config.loop.checkpoint_interval_s = 3600.0
   return helpers.override(config, **overrides)
+
+
+# Straight-through fine-tuning after training on shifted images, with FSDP
+# over every device (conftest.py: 4): the straight-through and augmentation
+# tests read this run, and the mesh test compares a one-device run with it.
+SHIFTED = {'postprocess.finetune_mode': 'straight_through',
+           'data.augment_shift': 1, 'mesh.fsdp': True,
+           'mesh.fsdp_min_size': 1}
 
 
 @pytest.fixture(scope='module')
@@ -34,15 +47,25 @@ def run(tmp_path_factory):
   return workdir, pipeline.train_and_evaluate(_config(), workdir)
 
 
+@pytest.fixture(scope='module')
+def shifted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('shifted'))
+  return workdir, pipeline.train_and_evaluate(_config(**SHIFTED), workdir)
+
+
 def _load(workdir, stage):
   return gmp_jax.load_compressed(os.path.join(workdir, stage,
                                               'quantized.gmpz'))
 
 
-def _logits(params, x):
+@functools.cache
+def _apply():
   net = models.get_model('lenet300100')
-  return np.asarray(jax.jit(lambda p, x: net.apply({'params': p}, x))(
-      params, x))
+  return jax.jit(lambda p, x: net.apply({'params': p}, x))
+
+
+def _logits(params, x):
+  return np.asarray(_apply()(params, x))
 
 
 def _test_set():
@@ -162,15 +185,16 @@ def test_unknown_finetune_mode_is_rejected(tmp_path):
         _config(**{'postprocess.finetune_mode': 'everything'}), str(tmp_path))
 
 
-def test_straight_through_keeps_the_mask_and_reads_the_codebook(run,
-                                                                tmp_path):
-  workdir, _ = run
-  copy = str(tmp_path / 'straight_through')
-  report = _rerun_from_finetune(
-      workdir, copy, **{'postprocess.finetune_mode': 'straight_through',
-                        'postprocess.finetune_learning_rate': 3e-3})
-  pruned, tuned = _load(copy, 'postprocess'), _load(copy, 'finetune')
-  record = json.load(open(pipeline.done_path(copy, 'finetune')))
+def test_bad_augment_shift_is_rejected(tmp_path):
+  with pytest.raises(ValueError, match='augment_shift'):
+    pipeline.train_and_evaluate(_config(**{'data.augment_shift': -2}),
+                                str(tmp_path))
+
+
+def test_straight_through_keeps_the_mask_and_reads_the_codebook(shifted):
+  workdir, report = shifted
+  pruned, tuned = _load(workdir, 'postprocess'), _load(workdir, 'finetune')
+  record = json.load(open(pipeline.done_path(workdir, 'finetune')))
   assert record['mode'] == 'straight_through'
   codebook = np.asarray(record['codebook_after'])
   all_p = np.concatenate([x.ravel() for x in jax.tree.leaves(pruned)])
@@ -180,7 +204,7 @@ def test_straight_through_keeps_the_mask_and_reads_the_codebook(run,
   # the retrained weight: independent of the stage, the nearest value of
   # each retrained weight in the initial codebook is where it starts.
   assert set(all_t[all_t != 0].tolist()) <= set(codebook.tolist())
-  retrained = gmp_jax.load_compressed(os.path.join(copy, 'retrain',
+  retrained = gmp_jax.load_compressed(os.path.join(workdir, 'retrain',
                                                    'state.gmpz'))
   start = np.asarray(record['codebook_before'])
   kept = all_p != 0
@@ -201,44 +225,37 @@ def test_straight_through_keeps_the_mask_and_reads_the_codebook(run,
   assert accuracy == pytest.approx(report['table2']['finetuned'], abs=1e-9)
 
 
-def test_augmented_run_trains_on_shifted_images(run, tmp_path):
-  workdir, report = run
-  shifted = pipeline.train_and_evaluate(
-      _config(**{'data.augment_shift': 1}), str(tmp_path / 'shifted'))
-  assert shifted['config']['data']['augment_shift'] == 1
+def test_augmented_run_trains_on_shifted_images(shifted, tmp_path):
+  workdir, report = shifted
+  assert report['config']['data']['augment_shift'] == 1
+  # The same run without the shifts, up to its teacher.
+  unshifted = str(tmp_path / 'unshifted')
+  assert pipeline.train_and_evaluate(
+      _config(**{**SHIFTED, 'data.augment_shift': None}), unshifted,
+      stop_after='teacher') is None
   teacher = lambda w: json.load(open(pipeline.done_path(w, 'teacher')))
-  # Same seed and data: only the shifts make the teacher differ.
-  assert teacher(str(tmp_path / 'shifted'))['test_cross_entropy'] != teacher(
-      workdir)['test_cross_entropy']
+  # Same seed, data and mesh: only the shifts make the teacher differ.
+  assert teacher(workdir)['test_cross_entropy'] != teacher(unshifted)[
+      'test_cross_entropy']
   x, y = _test_set()
-  stored = gmp_jax.load_compressed(str(tmp_path / 'shifted' / 'model.gmpz'))
+  stored = gmp_jax.load_compressed(os.path.join(workdir, 'model.gmpz'))
   accuracy = float(np.mean(np.argmax(_logits(stored, x), -1) == y))
-  assert accuracy == pytest.approx(shifted['table2']['finetuned'], abs=1e-9)
-
-
-def test_bad_augment_shift_is_rejected(tmp_path):
-  with pytest.raises(ValueError, match='augment_shift'):
-    pipeline.train_and_evaluate(_config(**{'data.augment_shift': -2}),
-                                str(tmp_path))
+  assert accuracy == pytest.approx(report['table2']['finetuned'], abs=1e-9)
 
 
 @pytest.mark.slow
-def test_straight_through_and_shifts_on_a_mesh_match_one_device(tmp_path):
+def test_straight_through_and_shifts_on_a_mesh_match_one_device(shifted,
+                                                                tmp_path):
   if jax.device_count() < 4:
     pytest.skip('needs 4 devices (conftest.py)')
-  overrides = {'postprocess.finetune_mode': 'straight_through',
-               'data.augment_shift': 1}
+  fsdp_dir, fsdp = shifted
+  one_dir = str(tmp_path / 'one')
   one = pipeline.train_and_evaluate(
-      _config(**overrides, **{'mesh.num_devices': 1}), str(tmp_path / 'one'))
-  fsdp = pipeline.train_and_evaluate(
-      _config(**overrides, **{'mesh.num_devices': 4, 'mesh.fsdp': True,
-                              'mesh.fsdp_min_size': 1}),
-      str(tmp_path / 'fsdp'))
+      _config(**{**SHIFTED, 'mesh.num_devices': 1}), one_dir)
   assert fsdp['distributed'] == {'num_processes': 1, 'num_devices': 4}
   for key, value in one['table2'].items():
     assert fsdp['table2'][key] == pytest.approx(value, abs=0.01)
-  record = lambda w: json.load(open(pipeline.done_path(str(tmp_path / w),
-                                                       'finetune')))
-  assert record('fsdp')['mode'] == 'straight_through'
-  np.testing.assert_allclose(record('fsdp')['codebook_after'],
-                             record('one')['codebook_after'], atol=1e-5)
+  record = lambda w: json.load(open(pipeline.done_path(w, 'finetune')))
+  assert record(fsdp_dir)['mode'] == 'straight_through'
+  np.testing.assert_allclose(record(fsdp_dir)['codebook_after'],
+                             record(one_dir)['codebook_after'], atol=1e-5)

@@ -194,7 +194,13 @@ def test_anchor_bytes_follow_the_published_figures():
 
 def test_smoke_sweep_trains_one_teacher(tmp_path):
   workdir = str(tmp_path / 'sweep')
-  summary = sweep.run_sweep(_config(), workdir, taus=[1e-4, 1e-3])
+  # Compile-bound runs: one device, one train step per compiled call,
+  # checkpoints at stage ends only.
+  config = _config()
+  config.mesh.num_devices = 1
+  config.loop.steps_per_call = 1
+  config.loop.checkpoint_interval_s = 3600.0
+  summary = sweep.run_sweep(config, workdir, taus=[1e-4, 1e-3])
   first, second = (os.path.join(workdir, p['workdir'])
                    for p in summary['points'])
   assert summary['teacher'] == os.path.abspath(first)
