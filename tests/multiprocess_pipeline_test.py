@@ -11,7 +11,8 @@ failure). Checked here:
 * process 1 writes no file in the workdir outside the checkpoints (an audit
   hook records every file the Python code opens for writing);
 * both processes killed mid-retraining and restarted with the same command
-  resume from the checkpoint and finish with the uninterrupted run's tables;
+  resume from the checkpoint and finish with the uninterrupted run's tables
+  (the killed run starts from that run's teacher);
 * bad input fails fast with a clear message: a process id out of range,
   half the flags, a coordinator that never answers, a mesh that does not
   match the devices, a batch that does not split over them.
@@ -20,6 +21,7 @@ failure). Checked here:
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -113,6 +115,20 @@ def _assert_tables_close(got, want, tol=0.01):
 
 
 @pytest.fixture(scope='module')
+def cache_env(tmp_path_factory):
+  """The environment of a persistent compilation cache for this module.
+
+  The later runs load the first one's programs instead of compiling them
+  (jax reads and writes the cache in process 0 only; process 1 compiles).
+  It holds XLA's output for the same programs, so the numbers are as
+  without it.
+  """
+  return {'JAX_COMPILATION_CACHE_DIR':
+              str(tmp_path_factory.mktemp('compilation_cache')),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+
+
+@pytest.fixture(scope='module')
 def one_process(tmp_path_factory):
   """The reference: one process, one device (no mesh)."""
   config = _smoke_config()
@@ -124,12 +140,12 @@ def one_process(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def two_processes(tmp_path_factory):
+def two_processes(tmp_path_factory, cache_env):
   root = tmp_path_factory.mktemp('two_processes')
   workdir, audit = root / 'workdir', root / 'audit'
   audit.mkdir()
   outputs = multiprocess.run(_command(workdir, audit), 2, timeout=TIMEOUT_S,
-                             log_dir=root / 'logs')
+                             env=cache_env, log_dir=root / 'logs')
   report = json.loads((workdir / 'report.json').read_text())
   return workdir, audit, outputs, report
 
@@ -158,10 +174,13 @@ def test_only_process_0_writes_the_workdir(two_processes):
 
 
 @pytest.mark.slow
-def test_kill_both_mid_retraining_and_resume(tmp_path, two_processes):
+def test_kill_both_mid_retraining_and_resume(tmp_path, two_processes,
+                                            cache_env):
   workdir = tmp_path / 'workdir'
+  # The uninterrupted run's teacher: the processes start at retraining.
+  shutil.copytree(two_processes[0] / 'teacher', workdir / 'teacher')
   ckpts = workdir / 'retrain' / 'checkpoints'
-  cluster = multiprocess.LocalCluster(_command(workdir), 2,
+  cluster = multiprocess.LocalCluster(_command(workdir), 2, env=cache_env,
                                       log_dir=tmp_path / 'logs_killed')
   with cluster:
     deadline = time.monotonic() + TIMEOUT_S
@@ -178,7 +197,7 @@ def test_kill_both_mid_retraining_and_resume(tmp_path, two_processes):
   assert not (workdir / 'retrain' / 'done.json').exists()
 
   outputs = multiprocess.run(_command(workdir), 2, timeout=TIMEOUT_S,
-                             log_dir=tmp_path / 'logs_resumed')
+                             env=cache_env, log_dir=tmp_path / 'logs_resumed')
   for out in outputs:
     assert 'retrain: resuming from step' in out
     assert 'teacher: finished earlier' in out

@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
@@ -32,6 +33,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _smoke(**overrides):
   config = mnist_config.get_config('smoke')
   return helpers.override(config, **overrides)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compilation_cache_dir(tmp_path_factory):
+  """A persistent compilation cache for this module's runs and CLIs.
+
+  The runs here compile the same programs over and over (teacher, retrain,
+  evaluation); each is compiled once and read back after, by this process
+  and by the CLIs it starts (`_cli_env`). The cache holds XLA's output for
+  the same program, so every number is as without it.
+  """
+  path = str(tmp_path_factory.mktemp('compilation_cache'))
+  options = {'jax_compilation_cache_dir': path,
+             'jax_persistent_cache_min_compile_time_secs': 0.0}
+  saved = {name: getattr(jax.config, name) for name in options}
+  compilation_cache.reset_cache()
+  for name, value in options.items():
+    jax.config.update(name, value)
+  yield path
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def _cli_env(cache_dir):
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
 
 
 @pytest.fixture(scope='module')
@@ -151,7 +179,10 @@ def test_same_seed_same_numbers(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_layerwise_mode(tmp_path):
+def test_layerwise_mode(smoke_run, tmp_path):
+  # smoke_run's teacher (the same teacher config); retraining starts there.
+  shutil.copytree(os.path.join(smoke_run[0], 'teacher'),
+                  str(tmp_path / 'teacher'))
   report = pipeline.train_and_evaluate(
       _smoke(**{'retrain.mode': 'layerwise'}), str(tmp_path))
   assert report['config']['retrain']['mode'] == 'layerwise'
@@ -179,14 +210,21 @@ def test_config_placeholders_and_required_flag(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_during_retraining_resumes(tmp_path):
-  """Kill the CLI mid-retraining; the same command resumes and finishes."""
+def test_sigkill_during_retraining_resumes(compilation_cache_dir, smoke_run,
+                                           tmp_path):
+  """Kill the CLI mid-retraining; the same command resumes and finishes.
+
+  Every run here starts from the same finished teacher.
+  """
   workdir = str(tmp_path / 'run')
+  shutil.copytree(os.path.join(smoke_run[0], 'teacher'),
+                  os.path.join(workdir, 'teacher'))
   cmd = [sys.executable, '-m', 'experiments.mnist',
          '--config=experiments/configs/mnist.py:smoke',
          '--config.retrain.epochs=6', f'--workdir={workdir}']
+  env = _cli_env(compilation_cache_dir)
   ckpts = os.path.join(workdir, 'retrain', 'checkpoints')
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
   deadline = time.time() + 240
   while time.time() < deadline:
@@ -204,17 +242,21 @@ def test_sigkill_during_retraining_resumes(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not os.path.exists(os.path.join(workdir, 'retrain', 'done.json'))
-  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
   assert out.returncode == 0, out.stdout + out.stderr
   # Our INFO lines are shown; Orbax's per-save INFO lines are not.
   assert 'retrain: resuming from step' in out.stderr
   assert 'retrain epoch 6/6' in out.stderr
   assert 'checkpoint_manager.py' not in out.stderr
   resumed = json.load(open(os.path.join(workdir, 'report.json')))
-  # An uninterrupted run with the same config gives the same numbers.
-  fresh = pipeline.train_and_evaluate(
-      _smoke(**{'retrain.epochs': 6}), str(tmp_path / 'fresh'))
+  # An uninterrupted run with the same config and teacher gives the same
+  # numbers.
+  fresh_dir = str(tmp_path / 'fresh')
+  shutil.copytree(os.path.join(workdir, 'teacher'),
+                  os.path.join(fresh_dir, 'teacher'))
+  fresh = pipeline.train_and_evaluate(_smoke(**{'retrain.epochs': 6}),
+                                      fresh_dir)
   assert resumed['table2'] == fresh['table2']
   assert resumed['table1'] == fresh['table1']
 
@@ -225,39 +267,61 @@ COMMITTED = sorted(
     for path in glob.glob(os.path.join(REPO, 'results', pattern)))
 
 
+@pytest.fixture(scope='module')
+def committed_evaluator():
+  """`(dataset, student, metric) -> params -> metrics`, built once each.
+
+  The committed runs of one net share the test split, loaded once, and
+  one compiled evaluation.
+  """
+  built = {}
+
+  def get(dataset_name, student, metric):
+    key = (dataset_name, student, metric)
+    if key not in built:
+      try:
+        dataset = data_lib.load_dataset(dataset_name, download=False)
+      except data_lib.DataError as e:
+        pytest.skip(f'{dataset_name} is not on this machine: {e}')
+      model = models.get_model(student, dataset_name)
+      apply_fn = lambda p, x: model.apply({'params': p}, x)  # pylint: disable=unnecessary-lambda-assignment
+      x, y = dataset['test']
+      if metric == 'accuracy':
+        step = gmp_jax.make_eval_step(apply_fn)
+        x, y = jax.device_put((x, y))
+        built[key] = lambda params: gmp_jax.evaluate(step, params, x, y,
+                                                     batch_size=1000)
+      else:
+        task = registry.task(registry.dataset(dataset_name).task)
+        built[key] = task.evaluator(task.test_set(x, y, batch_size=64),
+                                    apply_fn)
+    return built[key]
+
+  return get
+
+
 @pytest.mark.parametrize('name', COMMITTED)
-def test_committed_result_reproduces_its_accuracy(name):
+def test_committed_result_reproduces_its_accuracy(name, committed_evaluator):
   """Each committed file, reloaded, scores its report's headline metric.
 
   The file holds the fine-tuned model when the run fine-tuned (cleanup
   keeps predictions bit-identical), the pruned one otherwise. Accuracy is
-  recomputed by `gmp_jax.evaluate`, any other task's metric by its task.
+  recomputed by `gmp_jax.evaluate`, any other task's metric by its task,
+  on the whole test split.
   """
   results = os.path.join(REPO, 'results', name)
   report = json.load(open(os.path.join(results, 'report.json')))
   dataset_name = report['config']['data']['name']
   if dataset_name == 'mnist' and not data_lib.is_cached('mnist'):
     pytest.skip('MNIST is not cached (python -m experiments.data mnist)')
-  try:
-    dataset = data_lib.load_dataset(dataset_name, download=False)
-  except data_lib.DataError as e:
-    pytest.skip(f'{dataset_name} is not on this machine: {e}')
+  metric = report.get('metric', 'accuracy')
+  evaluate = committed_evaluator(dataset_name, report['student'], metric)
   path = os.path.join(results, report['compressed_file'])
   params = gmp_jax.load_compressed(path)
   assert os.path.getsize(path) == report['file_bytes']
-  model = models.get_model(report['student'], dataset_name)
-  apply_fn = lambda p, x: model.apply({'params': p}, x)  # pylint: disable=unnecessary-lambda-assignment
-  x, y = dataset['test']
   table2 = report['table2']
   want = table2.get('finetuned', table2['pruned'])
-  metric = report.get('metric', 'accuracy')
-  if metric == 'accuracy':
-    got = gmp_jax.evaluate(gmp_jax.make_eval_step(apply_fn), params, x, y,
-                           batch_size=1000)
-  else:
-    task = registry.task(registry.dataset(dataset_name).task)
-    got = task.evaluator(task.test_set(x, y, batch_size=64), apply_fn)(params)
-  assert got[metric] == pytest.approx(want, abs=1e-4)
+  assert evaluate(params)[metric] == pytest.approx(want, abs=1e-4)
 
 
 @pytest.mark.parametrize('name, config_module', [
