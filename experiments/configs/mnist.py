@@ -194,6 +194,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.retrain.num_components = 5
     config.retrain.tau = 1e-4
     config.loop.checkpoint_interval_s = 0.0  # At every epoch end.
+    # One step per compiled call: a smoke run is compile-bound, and an
+    # unrolled multi-step program compiles several times longer.
+    config.loop.steps_per_call = 1
     config.eval_batch_size = 256
   elif arg:
     raise ValueError(f'Unknown config argument {arg!r}; expected "smoke".')
