@@ -97,6 +97,35 @@ def _uint(dtype: np.dtype) -> type:
   return _wire.UINT[np.dtype(dtype).itemsize]
 
 
+def _check_layout(shape, codebook, dtype, bits, where: str
+                  ) -> tuple[tuple[int, ...], int]:
+  """(shape, bits) of a packed array, checked against its codebook."""
+  shape = tuple(int(d) for d in shape)
+  if any(d < 0 for d in shape):
+    raise ValueError(f'negative dimension in shape {shape}')
+  codebook_dtype = np.dtype(codebook.dtype)
+  dtype = codebook_dtype if dtype is None else np.dtype(dtype)
+  _check_floating(dtype, where)
+  if codebook_dtype != dtype:
+    raise ValueError(f'codebook dtype {codebook_dtype} differs from the '
+                     f'array dtype {dtype}')
+  if len(codebook.shape) != 1:
+    raise ValueError(f'codebook must be 1-D, got shape {codebook.shape}')
+  k = int(codebook.shape[0])
+  if k > MAX_K:
+    raise ValueError(f'codebook has K={k} entries; packed arrays hold at '
+                     f'most {MAX_K} (8-bit indices)')
+  if k < 1:
+    raise ValueError('codebook is empty; entry 0 must be +0.0')
+  bits = bits_for(k) if bits is None else int(bits)
+  if bits not in (4, 8):
+    raise ValueError(f'bits must be 4 or 8, got {bits}')
+  if k > 1 << bits:
+    raise ValueError(f'codebook has K={k} entries, more than {bits}-bit '
+                     f'indices address ({1 << bits})')
+  return shape, bits
+
+
 @jax.tree_util.register_pytree_node_class
 class PackedArray:
   """A quantised array resident as indices and a codebook (see the module).
@@ -116,29 +145,7 @@ class PackedArray:
   __slots__ = ('indices', 'codebook', 'shape', 'bits')
 
   def __init__(self, indices, codebook, shape, dtype=None, bits=None):
-    shape = tuple(int(d) for d in shape)
-    if any(d < 0 for d in shape):
-      raise ValueError(f'negative dimension in shape {shape}')
-    codebook_dtype = np.dtype(codebook.dtype)
-    dtype = codebook_dtype if dtype is None else np.dtype(dtype)
-    _check_floating(dtype, 'PackedArray')
-    if codebook_dtype != dtype:
-      raise ValueError(f'codebook dtype {codebook_dtype} differs from the '
-                       f'array dtype {dtype}')
-    if len(codebook.shape) != 1:
-      raise ValueError(f'codebook must be 1-D, got shape {codebook.shape}')
-    k = int(codebook.shape[0])
-    if k > MAX_K:
-      raise ValueError(f'codebook has K={k} entries; packed arrays hold at '
-                       f'most {MAX_K} (8-bit indices)')
-    if k < 1:
-      raise ValueError('codebook is empty; entry 0 must be +0.0')
-    bits = bits_for(k) if bits is None else int(bits)
-    if bits not in (4, 8):
-      raise ValueError(f'bits must be 4 or 8, got {bits}')
-    if k > 1 << bits:
-      raise ValueError(f'codebook has K={k} entries, more than {bits}-bit '
-                       f'indices address ({1 << bits})')
+    shape, bits = _check_layout(shape, codebook, dtype, bits, 'PackedArray')
     if np.dtype(indices.dtype) != np.uint8:
       raise ValueError(f'indices must be uint8, got {indices.dtype}')
     want = packed_shape(shape, bits)
@@ -669,31 +676,10 @@ class SparsePackedArray:
 
   def __init__(self, rows, cols, codes, codebook, shape, dtype=None,
                bits=None):
-    shape = tuple(int(d) for d in shape)
-    if not shape:
+    if not tuple(shape):
       raise ValueError('a sparse packed array needs at least one dimension')
-    if any(d < 0 for d in shape):
-      raise ValueError(f'negative dimension in shape {shape}')
-    codebook_dtype = np.dtype(codebook.dtype)
-    dtype = codebook_dtype if dtype is None else np.dtype(dtype)
-    _check_floating(dtype, 'SparsePackedArray')
-    if codebook_dtype != dtype:
-      raise ValueError(f'codebook dtype {codebook_dtype} differs from the '
-                       f'array dtype {dtype}')
-    if len(codebook.shape) != 1:
-      raise ValueError(f'codebook must be 1-D, got shape {codebook.shape}')
-    k = int(codebook.shape[0])
-    if k > MAX_K:
-      raise ValueError(f'codebook has K={k} entries; packed arrays hold at '
-                       f'most {MAX_K} (8-bit indices)')
-    if k < 1:
-      raise ValueError('codebook is empty; entry 0 must be +0.0')
-    bits = bits_for(k) if bits is None else int(bits)
-    if bits not in (4, 8):
-      raise ValueError(f'bits must be 4 or 8, got {bits}')
-    if k > 1 << bits:
-      raise ValueError(f'codebook has K={k} entries, more than {bits}-bit '
-                       f'indices address ({1 << bits})')
+    shape, bits = _check_layout(shape, codebook, dtype, bits,
+                                'SparsePackedArray')
     for name, a in (('rows', rows), ('cols', cols)):
       if len(a.shape) != 1 or not np.issubdtype(np.dtype(a.dtype),
                                                 np.unsignedinteger):

@@ -265,3 +265,16 @@ def numpy_prior_grad(w, mixture):
   r = np.exp(log - log.max(axis=1, keepdims=True))
   r /= r.sum(axis=1, keepdims=True)
   return np.sum(r * (w - mu) / var, axis=1)
+
+
+def bit_patterns(x) -> np.ndarray:
+  """The array's elements as unsigned integers of the same width."""
+  x = np.asarray(x)
+  return x.reshape(-1).view(np.dtype(f'u{x.dtype.itemsize}'))
+
+
+def assert_bitwise_equal(a, b) -> None:
+  """Same dtype, shape and bit pattern (so -0.0 != +0.0, NaN payloads kept)."""
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.dtype == b.dtype and a.shape == b.shape
+  np.testing.assert_array_equal(bit_patterns(a), bit_patterns(b))

@@ -16,22 +16,13 @@ import numpy as np
 import pytest
 
 import gmp_jax
+import helpers
 from gmp_jax import codec
 from gmp_jax import packed as packed_lib
 from gmp_jax.packed import PackedArray
 
-UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-def _bits(x):
-  x = np.asarray(x)
-  return x.reshape(-1).view(UINT[x.dtype.itemsize])
-
-
-def _assert_bitwise(a, b):
-  a, b = np.asarray(a), np.asarray(b)
-  assert a.dtype == b.dtype and a.shape == b.shape
-  np.testing.assert_array_equal(_bits(a), _bits(b))
+_bits = helpers.bit_patterns
+_assert_bitwise = helpers.assert_bitwise_equal
 
 
 def _quantized(rng, shape, k, dtype=np.float32, zero=True):
