@@ -734,7 +734,8 @@ def check_length(data: memoryview) -> _wire.Reader:
   return r
 
 
-def read(data: memoryview, limits, *, decode: bool = True) -> dict:
+def read(data: memoryview, limits, *, decode: bool = True,
+         params_value=None) -> dict:
   """Decodes the bytes of a version-2 file.
 
   Args:
@@ -744,6 +745,9 @@ def read(data: memoryview, limits, *, decode: bool = True) -> dict:
     decode: decode the streams; if False, only the structure and the
       declared leaves are read (`params` and `metadata` are None, the
       stream bits of the leaves 0).
+    params_value: optional `(plan, decoder, data_crc) -> (value, data_crc)`
+      decoding each params leaf in place of `_value` (e.g. into packed
+      indices); metadata leaves are always decoded by `_value`.
 
   Returns:
     `params`, `metadata`, `infos` (the `LeafInfo` fields of each leaf),
@@ -773,7 +777,8 @@ def read(data: memoryview, limits, *, decode: bool = True) -> dict:
     meta = _parse_tree(r, plans, names, limits, table, table_store,
                        scalars=True)
     values, data_crc = [], 0
-    for part in (plans[:n_params], plans[n_params:]):
+    for first, part in ((0, plans[:n_params]), (n_params, plans[n_params:])):
+      value_of = params_value if first == 0 and params_value else _value
       n_words = r.varint()
       words = r.take(4 * n_words)
       coded = [p for p in part if not p.raw and p.nnz]
@@ -782,7 +787,7 @@ def read(data: memoryview, limits, *, decode: bool = True) -> dict:
       dec = _ans.StreamDecoder(
           _wire.from_le(words, np.dtype(np.uint32), n_words))
       for plan in part:
-        value, data_crc = _value(plan, dec, data_crc)
+        value, data_crc = value_of(plan, dec, data_crc)
         values.append(value)
       dec.finish()
       flush = 32 * n_words - dec.bits_read

@@ -40,12 +40,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import struct
 from typing import Any, BinaryIO, Union
 
 import numpy as np
 
-from gmp_jax import _ans
 from gmp_jax import _format_v1
 from gmp_jax import _format_v2
 from gmp_jax import _wire
@@ -357,68 +355,11 @@ def _packed_value(plan, dec, data_crc: int, layout: str = 'auto'):
 
 
 def _read_packed(data, limits, layout: str = 'auto') -> dict:
-  """`_format_v2.read` (decode=True) with params leaves from `_packed_value`."""
-  v2 = _format_v2
-  r = v2.check_length(data)
-  (d_crc,) = struct.unpack('<I', data[-8:-4])
-  plans, names = [], []
-  try:
-    g = r.varint()
-    table, table_store = None, None
-    if g:
-      table_store = r.dtype()
-      if table_store.itemsize not in _wire.UINT:
-        raise CorruptFileError('shared codebook of a non-codable dtype')
-      if g > v2.MAX_CODEBOOK * 256:
-        raise CorruptFileError(f'shared codebook of {g} entries')
-      uint = np.dtype(_wire.UINT[table_store.itemsize])
-      table = _wire.from_le(r.take(g * uint.itemsize), uint, g)
-    # pylint: disable=protected-access
-    tree = v2._parse_tree(r, plans, names, limits, table, table_store,
-                          scalars=False)
-    n_params = len(plans)
-    meta = v2._parse_tree(r, plans, names, limits, table, table_store,
-                          scalars=True)
-    values, data_crc = [], 0
-    for first, part in ((0, plans[:n_params]), (n_params, plans[n_params:])):
-      n_words = r.varint()
-      words = r.take(4 * n_words)
-      coded = [p for p in part if not p.raw and p.nnz]
-      dec = _ans.StreamDecoder(
-          _wire.from_le(words, np.dtype(np.uint32), n_words))
-      for plan in part:
-        if first == 0:
-          value, data_crc = _packed_value(plan, dec, data_crc, layout)
-        else:
-          value, data_crc = v2._value(plan, dec, data_crc)
-        values.append(value)
-      dec.finish()
-      flush = 32 * n_words - dec.bits_read
-      if flush and not coded:
-        raise CorruptFileError('stream without coded leaves')
-      if coded:
-        coded[-1].info['overhead_bits'] = (
-            coded[-1].info.get('overhead_bits', 0) + flush)
-    if r.pos != len(r.buf):
-      raise CorruptFileError('file has trailing bytes before the checksums')
-  except _ans.DecodeError as e:
-    raise CorruptFileError(str(e)) from e
-  except (IndexError, ValueError, TypeError, OverflowError,
-          MemoryError) as e:
-    if isinstance(e, CorruptFileError):
-      raise
-    raise CorruptFileError(f'malformed file: {e}') from e
-  if data_crc != d_crc:
-    raise CorruptFileError('decoded data checksum mismatch')
-  infos = [dict(name=name, shape=p.shape, dtype=p.dtype.name,
-                is_metadata=i >= n_params, **p.info)
-           for i, (name, p) in enumerate(zip(names, plans))]
-  leaf_bits = sum(v2._total_bits(i) for i in infos)
-  return dict(params=v2._resolve(tree, values),
-              metadata=v2._resolve(meta, values), infos=infos,
-              file_bytes=len(data),
-              header_bytes=(8 * len(data) - leaf_bits) // 8,
-              version=v2.VERSION)
+  """`_format_v2.read` with params leaves from `_packed_value`."""
+  return _format_v2.read(
+      data, limits,
+      params_value=lambda plan, dec, crc: _packed_value(plan, dec, crc,
+                                                        layout))
 
 
 __all__ = (
