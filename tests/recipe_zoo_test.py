@@ -1,0 +1,82 @@
+"""benchmarks.recipe_zoo at smoke size, checked against the files it writes."""
+
+import os
+
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+
+import gmp_jax
+from benchmarks import recipe_zoo
+
+
+@pytest.fixture(scope='module')
+def zoo(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('zoo'))
+  with jax.numpy_dtype_promotion('standard'):  # optax's Adam mixes dtypes.
+    report = recipe_zoo.run(['mlp', 'cnn'], smoke=True, workdir=workdir,
+                            log=lambda msg: None)
+  return report, workdir
+
+
+def _reloaded_model(name, path, smoke_data):
+  """The family's model with the file's weights (and BatchNorm statistics)."""
+  del smoke_data
+  model = recipe_zoo.FAMILIES[name].model(nnx.Rngs(params=7, dropout=8), True)
+  params, meta = gmp_jax.load_compressed(path, with_metadata=True)
+  weights = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(weights, params)
+  nnx.update(model, weights)
+  if meta:
+    stats = nnx.state(model, nnx.BatchStat)
+    nnx.replace_by_pure_dict(stats, meta['batch_stats'])
+    nnx.update(model, stats)
+  model.eval()
+  return model, params
+
+
+@pytest.mark.parametrize('name', ['mlp', 'cnn'])
+def test_figures_match_the_written_file(zoo, name):
+  report, workdir = zoo
+  figures = report['families'][name]
+  path = os.path.join(workdir, f'{name}.gmpz')
+  assert os.path.getsize(path) == figures['file_bytes']
+  model, params = _reloaded_model(name, path, None)
+  leaves = jax.tree.leaves(params)
+  n = sum(np.size(x) for x in leaves)
+  assert figures['parameters'] == n
+  assert figures['cr_file'] == pytest.approx(32 * n / (8 * figures['file_bytes']))
+  # Kept fraction: non-zeros of the covered (non-BatchNorm) leaves, by NumPy.
+  paths = [jax.tree_util.keystr(p) for p, _ in
+           jax.tree_util.tree_flatten_with_path(params)[0]]
+  covered = [np.asarray(x) for p, x in zip(paths, leaves) if 'bn' not in p]
+  kept = sum(np.count_nonzero(x) for x in covered) / sum(x.size
+                                                          for x in covered)
+  assert figures['kept'] == pytest.approx(kept, abs=1e-12)
+  assert 2 <= figures['values_per_leaf'] <= recipe_zoo.NUM_COMPONENTS
+  assert max(len(np.unique(x)) for x in covered) == figures['values_per_leaf']
+  # The fine-tuned test accuracy, recomputed from the reloaded file.
+  test_x, test_y = recipe_zoo.FAMILIES[name].data(True)['test']
+  with jax.numpy_dtype_promotion('standard'):  # Flax's BatchNorm mixes dtypes.
+    logits = np.asarray(model(test_x))
+  accuracy = float(np.mean(np.argmax(logits, -1) == test_y))
+  assert figures['finetuned']['test'] == pytest.approx(accuracy, abs=1.5 /
+                                                       len(test_y))
+  for stage in ('teacher', 'quantized_initial', 'retrained', 'quantized',
+                'finetuned'):
+    assert set(figures[stage]) == {'valid', 'test'}
+    assert all(0.0 <= v <= 1.0 for v in figures[stage].values())
+  assert figures['tau'] > 0
+
+
+def test_table_has_one_row_per_family(zoo):
+  report, _ = zoo
+  table = recipe_zoo.format_table(report).splitlines()
+  assert len(table) == 2 + 2
+  assert table[2].startswith('| mlp |') and table[3].startswith('| cnn |')
+
+
+def test_unknown_family_is_named():
+  with pytest.raises(ValueError, match="'vit'"):
+    recipe_zoo.run(['mlp', 'vit'], smoke=True)
