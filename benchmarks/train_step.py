@@ -47,9 +47,9 @@ import numpy as np
 
 from benchmarks import timing
 import gmp_jax
-from gmp_jax import fileio
-from gmp_jax import train as train_lib
+from gmp_jax import compiling
 from experiments.image import models
+from experiments.infra import jsonio
 
 ALL_CONFIGS = ('jax_plain', 'jax_gmp', 'jax_plain_multi', 'jax_gmp_multi',
                'torch_plain', 'torch_gmp')
@@ -264,7 +264,7 @@ def run_benchmark(*, configs: Sequence[str], batch_sizes: Sequence[int],
                                  learn_zero_proportion=False)
   setup = {'model': model, 'params': params, 'mixture': mixture,
            'data': _synthetic_data(num_examples)}
-  options = (train_lib.default_compiler_options()
+  options = (compiling.default_compiler_options()
              if compiler_options is None else dict(compiler_options))
   report: dict[str, Any] = {
       'command': ' '.join(['python -m benchmarks.train_step'] + sys.argv[1:]),
@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           file=sys.stderr)
   print(format_table(report))
   if args.json:
-    fileio.write_json_atomic(args.json, report)
+    jsonio.write_json_atomic(args.json, report)
   return report
 
 

@@ -37,7 +37,7 @@ from gmp_jax.optim import gmp_optimizer
 from gmp_jax.train import TrainState
 from gmp_jax.train import create_train_state
 from gmp_jax.train import make_train_step
-from gmp_jax._compile import compile_step
+from gmp_jax.compiling import compile_step
 from gmp_jax._multi_step import make_multi_step
 from gmp_jax._evaluation import make_eval_step
 from gmp_jax._evaluation import evaluate
@@ -74,6 +74,7 @@ from gmp_jax.straight_through import quantized_params
 # File: the compressed format.
 from gmp_jax.codec import save_compressed
 from gmp_jax.codec import load_compressed
+from gmp_jax.codec import load_compressed_with_info
 from gmp_jax.codec import CorruptFileError
 
 # Packed: quantised leaves resident as indices and a codebook, and run so.
@@ -150,6 +151,7 @@ __all__ = (
     # File.
     'save_compressed',
     'load_compressed',
+    'load_compressed_with_info',
     'CorruptFileError',
     # Packed.
     'PackedArray',

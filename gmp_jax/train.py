@@ -42,15 +42,6 @@ from gmp_jax import _nonparams
 from gmp_jax import losses
 from gmp_jax import optim
 from gmp_jax import prior as prior_lib
-# Importable from here as before the split into modules.
-from gmp_jax._compile import compile_step  # pylint: disable=unused-import
-from gmp_jax._compile import CPU_COMPILER_OPTIONS  # pylint: disable=unused-import
-from gmp_jax._compile import default_compiler_options  # pylint: disable=unused-import
-from gmp_jax._evaluation import eval_totals  # pylint: disable=unused-import
-from gmp_jax._evaluation import evaluate  # pylint: disable=unused-import
-from gmp_jax._evaluation import make_eval_step  # pylint: disable=unused-import
-from gmp_jax._multi_step import make_multi_step  # pylint: disable=unused-import
-from gmp_jax.losses import default_data_loss  # pylint: disable=unused-import
 
 Batch = losses.Batch
 DataLossFn = losses.DataLossFn

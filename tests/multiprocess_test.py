@@ -2,8 +2,8 @@
 
 `tests/multiprocess.py` starts both processes of a `jax.distributed` run.
 Each builds the same initial state, loads only its own rows of every global
-batch (`gmp_jax.sharding.process_batch_slice`), assembles the global batch
-with `jax.make_array_from_process_local_data` and trains three steps of the
+batch (`experiments.infra.sharding.process_batch_slice`), assembles the
+global batch with `jax.make_array_from_process_local_data` and trains three steps of the
 GMP train step on the 4-device mesh, data-parallel and FSDP. The parent
 test computes the same three steps in one process on one device without
 any sharding and compares.
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import gmp_jax
-from gmp_jax import sharding
+from experiments.infra import sharding
 import multiprocess
 
 NUM_PROCESSES = 2

@@ -25,7 +25,7 @@ def test_import_gmp_jax_imports_no_flax():
 
 
 def test_all_lists_each_name_once_and_every_name_exists():
-  assert len(gmp_jax.__all__) == len(set(gmp_jax.__all__)) == 53
+  assert len(gmp_jax.__all__) == len(set(gmp_jax.__all__)) == 54
   for name in gmp_jax.__all__:
     assert hasattr(gmp_jax, name), name
   assert 'per_leaf_codebook' not in gmp_jax.__all__

@@ -32,7 +32,7 @@ import optax
 import pytest
 
 import gmp_jax
-from gmp_jax import _compile as compile_lib
+from gmp_jax import compiling as compile_lib
 from experiments.image import augment
 from experiments.image import models
 from experiments.stages import retrain as retraining

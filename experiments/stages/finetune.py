@@ -175,8 +175,9 @@ def run(ctx) -> dict[str, Any]:
   config, metric = ctx.config, ctx.metric
   num_epochs = ctx.checked.finetune_epochs
   student_model = ctx.results['retrain']['student']
-  quantized, meta = gmp_jax.load_compressed(
-      ctx.path('postprocess', 'quantized.gmpz'), with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(
+      ctx.path('postprocess', 'quantized.gmpz'))
+  quantized, meta = info.params, info.metadata
   pruned = ctx.results['postprocess'][f'test_{metric}']
   record = {'epochs': num_epochs, f'pruned_{metric}': pruned,
             f'test_{metric}': pruned}
