@@ -528,7 +528,7 @@ def _stage_train_step(ctx: Context):
   del params, mixture  # The state owns (and donates) them.
   step = gmp.compile_step(
       gmp.make_train_step(apply_fn, tx, tau=TAU, dataset_size=DATASET_SIZE,
-                          temperature=TEMPERATURE),
+                          loss=gmp.LossOptions(temperature=TEMPERATURE)),
       donate_state=True)
   rng = np.random.default_rng(1)
   batch = {'x': jnp.asarray(rng.standard_normal(

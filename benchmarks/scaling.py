@@ -128,7 +128,8 @@ class Runner:
     self.step = gmp_jax.compile_step(
         gmp_jax.make_train_step(
             lambda p, x: model.apply({'params': p}, x), tx, tau=TAU,
-            dataset_size=DATASET_SIZE, temperature=TEMPERATURE),
+            dataset_size=DATASET_SIZE,
+            loss=gmp_jax.LossOptions(temperature=TEMPERATURE)),
         donate_state=True, out_shardings=(shardings, None))
     self.calls = 0
 

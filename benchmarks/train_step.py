@@ -98,7 +98,8 @@ def _jax_runner(name: str, setup: dict, batch_size: int, *, prior: bool,
   keys = ('x', 'teacher_logits') if prior else ('x', 'label')
   data = {k: jax.device_put(setup['data'][k]) for k in keys}
   num = setup['data']['x'].shape[0]
-  kwargs = dict(tau=TAU, dataset_size=DATASET_SIZE, temperature=TEMPERATURE,
+  kwargs = dict(tau=TAU, dataset_size=DATASET_SIZE,
+                loss=gmp_jax.LossOptions(temperature=TEMPERATURE),
                 use_prior=prior)
   # The steps donate their state; each runner owns a copy of the weights.
   params, mixture = jax.tree.map(jnp.copy, (params, mixture))

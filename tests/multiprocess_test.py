@@ -51,7 +51,7 @@ def _setup():
   tx = gmp_jax.gmp_optimizer(weights=1e-3)
   state = gmp_jax.create_train_state(params, mixture, tx)
   step = gmp_jax.make_train_step(apply_fn, tx, tau=0.5, dataset_size=1000,
-                                 temperature=2.0)
+                                 loss=gmp_jax.LossOptions(temperature=2.0))
   batches = [{'x': rng.random((BATCH, 20), np.float32),
               'label': rng.integers(0, 16, BATCH).astype(np.int32),
               'teacher_logits': rng.normal(size=(BATCH, 16)).astype(

@@ -83,7 +83,7 @@ def _batch(size=32, seed=2):
 def _train_step(tx):
   # The pure (un-jitted) step; jitting it here is the caller's choice.
   return gmp_jax.make_train_step(apply_fn, tx, tau=0.5, dataset_size=1000,
-                                 temperature=2.0)
+                                 loss=gmp_jax.LossOptions(temperature=2.0))
 
 
 def _place(layout, mesh, tree, batch):

@@ -59,7 +59,8 @@ def measure(path: str, *, epochs: int, learning_rate: float,
         options=loop.LoopOptions(kind=loop.default_kind(),
                                  checkpoint_interval_s=float('inf')),
         log=log, eval_fn=evaluation.epoch_metrics(
-            evaluate, pruned=False, params_of=gmp_jax.quantized_params))
+            evaluate, pruned=False,
+            params_of=lambda state: state.quantized_params()))
     for record in log.records():
       rows.append({'epoch': record['epoch'],
                    'accuracy': record['test_accuracy'],
