@@ -25,8 +25,8 @@ import numpy as np
 
 from benchmarks import timing
 from gmp_jax import codec
-from gmp_jax import fileio
 from gmp_jax import report
+from experiments.infra import jsonio
 
 # (name, kernel shape, bias size, fraction of zeros) from the poster's Table 1.
 LAYERS = (
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
   if args.large:
     results = {'scale': scale([int(n) for n in args.large])}
     if args.json:
-      fileio.write_json_atomic(args.json, results)
+      jsonio.write_json_atomic(args.json, results)
     return results
 
   params = poster_params()
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
             f'| {r["bits_over_entropy"]:.4f} | {1e3 * r["encode_s"]:.1f} '
             f'| {1e3 * r["decode_s"]:.1f} |')
   if args.json:
-    fileio.write_json_atomic(args.json, results)
+    jsonio.write_json_atomic(args.json, results)
   return results
 
 

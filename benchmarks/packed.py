@@ -61,10 +61,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import gmp_jax
-from gmp_jax import _packed_kernel
-from gmp_jax import fileio
 from gmp_jax import packed as packed_lib
+from gmp_jax import packed_kernel
 from benchmarks import timing
+from experiments.infra import jsonio
 
 K = 16
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(
@@ -135,7 +135,7 @@ def layer_variants(w: np.ndarray, codebook: np.ndarray):
       'naive_4bit': (jax.jit(_naive_4bit), (p.indices, cb), p.nbytes),
   }
   if jax.default_backend() != 'cpu':
-    out['kernel'] = (jax.jit(lambda x, q: _packed_kernel.lut_matmul(
+    out['kernel'] = (jax.jit(lambda x, q: packed_kernel.lut_matmul(
         x, q, interpret=False)), (p,), p.nbytes)
   return out
 
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rounds=1 if args.smoke else 3,
         which=SPARSE_MODELS[:1] if args.smoke else SPARSE_MODELS)
   results['load_after'] = timing.load()
-  fileio.write_json_atomic(args.out, results)
+  jsonio.write_json_atomic(args.out, results)
   plot(results, args.plot or os.path.splitext(args.out)[0] + '.png')
   print(_table(results))
   print(models_table(results))

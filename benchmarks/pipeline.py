@@ -51,9 +51,9 @@ from ml_collections import config_flags
 from benchmarks import timing
 from benchmarks import train_step as train_step_bench
 import gmp_jax
-from gmp_jax import fileio
 from experiments.image import models
 from experiments.infra import evaluation
+from experiments.infra import jsonio
 from experiments.infra import loop
 from experiments.infra import monitor
 from experiments.stages import retrain
@@ -323,7 +323,7 @@ def main(argv):
   if path:
     path = path.format(platform=result['machine']['platform'])
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    fileio.write_json_atomic(path, result)
+    jsonio.write_json_atomic(path, result)
     print(f'wrote {path}')
 
 

@@ -119,6 +119,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
+from experiments.infra import jsonio
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STAGES = ('mixture_log_prob', 'value_and_grad', 'train_step',
@@ -183,12 +184,17 @@ def import_library(path: str | None = None):
 
 
 def _fileio():
-  """gmp_jax.fileio of the library under test (imported after --library)."""
-  return importlib.import_module('gmp_jax.fileio')
+  """The atomic writer of the library under test (imported after --library;
+  `gmp_jax.fileio` in checkouts before issue 28)."""
+  try:
+    return importlib.import_module('gmp_jax.codec.fileio')
+  except ModuleNotFoundError:
+    return importlib.import_module('gmp_jax.fileio')
 
 
 def _write_json(path: str, obj: Any) -> None:
-  _fileio().write_json_atomic(path, obj)
+  _fileio().write_atomic(path, json.dumps(obj, indent=2,
+                                          default=jsonio.json_default))
 
 
 def _git(root: pathlib.Path, *args: str) -> str | None:
@@ -522,7 +528,7 @@ def _stage_train_step(ctx: Context):
   del params, mixture  # The state owns (and donates) them.
   step = gmp.compile_step(
       gmp.make_train_step(apply_fn, tx, tau=TAU, dataset_size=DATASET_SIZE,
-                          temperature=TEMPERATURE),
+                          loss=gmp.LossOptions(temperature=TEMPERATURE)),
       donate_state=True)
   rng = np.random.default_rng(1)
   batch = {'x': jnp.asarray(rng.standard_normal(

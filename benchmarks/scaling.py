@@ -11,7 +11,7 @@ for every configuration and split over the devices:
 
 * one process with 1, 2 and 4 devices (`JAX_NUM_CPU_DEVICES=4`), data
   parallel (state replicated) and FSDP (large arrays of the state split
-  along their last axis, `gmp_jax.sharding`);
+  along their last axis, `experiments.infra.sharding`);
 * P processes x D devices (default 2 x 2) through `jax.distributed` on
   localhost: each process builds only its rows of every batch and the
   global batch with `jax.make_array_from_process_local_data`; collectives
@@ -57,10 +57,10 @@ import numpy as np
 
 from benchmarks import timing
 import gmp_jax
-from gmp_jax import fileio
-from gmp_jax import sharding
-from gmp_jax import train as train_lib
+from gmp_jax import compiling
 from experiments.image import models
+from experiments.infra import jsonio
+from experiments.infra import sharding
 
 NUM_COMPONENTS = 17
 TAU = 5e-3
@@ -128,7 +128,8 @@ class Runner:
     self.step = gmp_jax.compile_step(
         gmp_jax.make_train_step(
             lambda p, x: model.apply({'params': p}, x), tx, tau=TAU,
-            dataset_size=DATASET_SIZE, temperature=TEMPERATURE),
+            dataset_size=DATASET_SIZE,
+            loss=gmp_jax.LossOptions(temperature=TEMPERATURE)),
         donate_state=True, out_shardings=(shardings, None))
     self.calls = 0
 
@@ -225,7 +226,7 @@ def _worker(args) -> None:
   rows = _rows(runners, times, processes=jax.process_count(),
                batch_size=args.batch_size)
   if jax.process_index() == 0:
-    fileio.write_json_atomic(args.out, rows)
+    jsonio.write_json_atomic(args.out, rows)
   jax.distributed.shutdown()
 
 
@@ -335,7 +336,7 @@ def run_benchmark(*, batch_size: int, device_counts: Sequence[int],
                    'temperature': TEMPERATURE, 'model': 'poster',
                    'fsdp_min_size': sharding.DEFAULT_MIN_SIZE,
                    'jax_compiler_options':
-                       train_lib.default_compiler_options()},
+                       compiling.default_compiler_options()},
       'load_before': timing.load(),
   }
   rows = run_in_process(device_counts=device_counts, layouts=layouts,
@@ -424,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
   report = run_benchmark(timeout=args.timeout, command=command, **settings)
   print(format_table(report))
   if args.json:
-    fileio.write_json_atomic(args.json, report)
+    jsonio.write_json_atomic(args.json, report)
   return report
 
 

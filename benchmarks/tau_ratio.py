@@ -25,7 +25,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import gmp_jax
-from gmp_jax import fileio
+from experiments.infra import jsonio
 from experiments.infra import monitor
 from experiments.infra import workdir_layout
 from experiments.stages import retrain
@@ -77,7 +77,7 @@ def main(argv):
   out = measure(FLAGS.config, FLAGS.workdir)
   print(json.dumps(out, indent=2))
   if FLAGS.json:
-    fileio.write_json_atomic(FLAGS.json, out)
+    jsonio.write_json_atomic(FLAGS.json, out)
 
 
 if __name__ == '__main__':

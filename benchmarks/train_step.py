@@ -47,9 +47,9 @@ import numpy as np
 
 from benchmarks import timing
 import gmp_jax
-from gmp_jax import fileio
-from gmp_jax import train as train_lib
+from gmp_jax import compiling
 from experiments.image import models
+from experiments.infra import jsonio
 
 ALL_CONFIGS = ('jax_plain', 'jax_gmp', 'jax_plain_multi', 'jax_gmp_multi',
                'torch_plain', 'torch_gmp')
@@ -98,7 +98,8 @@ def _jax_runner(name: str, setup: dict, batch_size: int, *, prior: bool,
   keys = ('x', 'teacher_logits') if prior else ('x', 'label')
   data = {k: jax.device_put(setup['data'][k]) for k in keys}
   num = setup['data']['x'].shape[0]
-  kwargs = dict(tau=TAU, dataset_size=DATASET_SIZE, temperature=TEMPERATURE,
+  kwargs = dict(tau=TAU, dataset_size=DATASET_SIZE,
+                loss=gmp_jax.LossOptions(temperature=TEMPERATURE),
                 use_prior=prior)
   # The steps donate their state; each runner owns a copy of the weights.
   params, mixture = jax.tree.map(jnp.copy, (params, mixture))
@@ -264,7 +265,7 @@ def run_benchmark(*, configs: Sequence[str], batch_sizes: Sequence[int],
                                  learn_zero_proportion=False)
   setup = {'model': model, 'params': params, 'mixture': mixture,
            'data': _synthetic_data(num_examples)}
-  options = (train_lib.default_compiler_options()
+  options = (compiling.default_compiler_options()
              if compiler_options is None else dict(compiler_options))
   report: dict[str, Any] = {
       'command': ' '.join(['python -m benchmarks.train_step'] + sys.argv[1:]),
@@ -405,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           file=sys.stderr)
   print(format_table(report))
   if args.json:
-    fileio.write_json_atomic(args.json, report)
+    jsonio.write_json_atomic(args.json, report)
   return report
 
 

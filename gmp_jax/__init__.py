@@ -1,15 +1,25 @@
 """gmp_jax: soft weight-sharing compression for JAX.
 
-The pipeline, module by module: prior (Gaussian-mixture prior) -> losses
-(distillation, eq. 1 objective, `LossOptions`) -> optim (partitioned optax)
--> train (retraining steps; `compile_step`, `make_multi_step`, `evaluate`
-for every step) -> quantize (merge, prune, quantise) -> finetune (train the
-shared values, assignment fixed) or straight_through (latent weights that
-may change cluster, mask fixed) -> codec (compressed file) -> report
-(Table 1 and true size) -> packed (quantised leaves held as indices and a
-codebook; `packed_apply` runs a model on them); calibration (the tau rule,
-diagnostics) and filters (which leaves the prior covers) serve the retraining. `fileio` holds the atomic writer every file goes
-through. The Flax adapters are optional: `import gmp_jax.flax`.
+This module is the public contract: every name below is `gmp_jax.NAME`. The
+modules, by stage:
+
+* `prior`: the Gaussian-mixture prior over the weights (its fused kernel in
+  `_prior_kernel`); `filters`: which leaves it covers.
+* `losses`: distillation, the eq. 1 objective, `LossOptions`.
+* `optim`: the partitioned optax optimiser.
+* `train`: the retraining step; `compiling` (`compile_step`, the one place
+  that jits), `_multi_step` and `_evaluation` run any step.
+* `calibration`: the tau rule and diagnostics.
+* `quantize`: merge, prune, quantise.
+* `finetune`: codebook and straight-through fine-tuning, mask fixed.
+* `codec/`: the compressed file (`gmp_jax.codec`; `codec.fileio` holds the
+  atomic writer); `inspect`: its command line, `python -m gmp_jax.inspect`.
+* `packed`: quantised leaves held as indices and a codebook, run by
+  `packed_apply`; `packed_kernel`: an experimental Pallas matmul for them.
+* `report`: Table 1 and the true size.
+* `flax`: optional Flax adapters (`import gmp_jax.flax`; `import gmp_jax`
+  imports no Flax). `_nonparams` recognises model state for `train` and
+  `prior`.
 """
 
 # Prior: the Gaussian mixture over the weights and its hyperpriors.
@@ -22,7 +32,6 @@ from gmp_jax.prior import complexity_loss
 
 # Losses: data terms, the eq. 1 objective, the options every step shares.
 from gmp_jax.losses import LossOptions
-from gmp_jax.losses import default_data_loss
 from gmp_jax.losses import cross_entropy_loss
 from gmp_jax.losses import distillation_loss
 from gmp_jax.losses import kl_distillation_loss
@@ -37,7 +46,7 @@ from gmp_jax.optim import gmp_optimizer
 from gmp_jax.train import TrainState
 from gmp_jax.train import create_train_state
 from gmp_jax.train import make_train_step
-from gmp_jax._compile import compile_step
+from gmp_jax.compiling import compile_step
 from gmp_jax._multi_step import make_multi_step
 from gmp_jax._evaluation import make_eval_step
 from gmp_jax._evaluation import evaluate
@@ -62,18 +71,18 @@ from gmp_jax.finetune import make_codebook_step
 from gmp_jax.finetune import codebook_from_quantized
 from gmp_jax.finetune import expand_codebook
 from gmp_jax.finetune import tiled_per_leaf_codebook
-from gmp_jax.straight_through import StraightThroughState
-from gmp_jax.straight_through import create_straight_through_state
-from gmp_jax.straight_through import make_straight_through_step
-from gmp_jax.straight_through import masked_latent
-from gmp_jax.straight_through import nearest_indices
-from gmp_jax.straight_through import per_leaf_codebook_tree
-from gmp_jax.straight_through import straight_through_params
-from gmp_jax.straight_through import quantized_params
+from gmp_jax.finetune import StraightThroughState
+from gmp_jax.finetune import create_straight_through_state
+from gmp_jax.finetune import make_straight_through_step
+from gmp_jax.finetune import masked_latent
+from gmp_jax.finetune import nearest_indices
+from gmp_jax.finetune import per_leaf_codebook_tree
+from gmp_jax.finetune import straight_through_params
 
 # File: the compressed format.
 from gmp_jax.codec import save_compressed
 from gmp_jax.codec import load_compressed
+from gmp_jax.codec import load_compressed_with_info
 from gmp_jax.codec import CorruptFileError
 
 # Packed: quantised leaves resident as indices and a codebook, and run so.
@@ -90,10 +99,6 @@ from gmp_jax.report import sparsity_table
 # Named leaf filters (`gmp_jax.filters.FILTERS`), a module.
 from gmp_jax import filters
 
-# Deprecated aliases (warn when called; not in __all__).
-from gmp_jax.finetune import per_leaf_codebook  # tiled_per_leaf_codebook
-from gmp_jax.straight_through import per_leaf_codebooks  # per_leaf_codebook_tree
-
 __version__ = '0.1.0'
 
 __all__ = (
@@ -106,7 +111,6 @@ __all__ = (
     'complexity_loss',
     # Losses.
     'LossOptions',
-    'default_data_loss',
     'cross_entropy_loss',
     'distillation_loss',
     'kl_distillation_loss',
@@ -146,10 +150,10 @@ __all__ = (
     'nearest_indices',
     'per_leaf_codebook_tree',
     'straight_through_params',
-    'quantized_params',
     # File.
     'save_compressed',
     'load_compressed',
+    'load_compressed_with_info',
     'CorruptFileError',
     # Packed.
     'PackedArray',

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gmp_jax import _compile
+from gmp_jax import compiling
 from gmp_jax import losses
 
 Totals = dict[str, jax.Array]  # 'correct', 'cross_entropy_sum', 'count'
@@ -110,14 +110,17 @@ def summarize(totals: Totals) -> dict[str, float]:
 
 @functools.cache
 def _program():
-  return _compile.compile_step(
+  return compiling.compile_step(
       eval_totals, static_argnames=('eval_step', 'batch_size', 'kind'))
 
 
 def evaluate(eval_step, params, x, labels, *, batch_size: int = 1000,
-             model_state: Any = None, kind: str = 'scan'
+             model_state: Any = None, kind: str = 'scan',
+             metrics_fn: Callable[[Totals], dict[str, float]] = summarize
              ) -> dict[str, float]:
-  """Accuracy and mean cross-entropy of `params` on `(x, labels)`.
+  """Metrics of `params` on `(x, labels)`, by default accuracy and CE.
+
+  The default `metrics_fn` gives
 
   .. math::
 
@@ -130,7 +133,9 @@ def evaluate(eval_step, params, x, labels, *, batch_size: int = 1000,
   (or laid out on a mesh) stay there.
 
   Args:
-    eval_step: from `make_eval_step`, pure or already compiled.
+    eval_step: from `make_eval_step`, pure or already compiled; or any
+      `(params, {'x', 'label'}) -> sums` that `metrics_fn` reads (e.g. a
+      language model's summed log-likelihood).
     params: the parameters to evaluate.
     x: inputs with a leading example axis.
     labels: integer labels, `x`'s example axis first.
@@ -138,6 +143,8 @@ def evaluate(eval_step, params, x, labels, *, batch_size: int = 1000,
     model_state: passed to a stateful eval step when given (e.g.
       `state.model_state`).
     kind: 'scan' (batches in a `lax.map`) or 'unroll'.
+    metrics_fn: `totals -> metrics`, host values from the summed
+      `eval_step` outputs; the default reads `make_eval_step`'s sums.
 
   Raises:
     ValueError: `x` and `labels` differ in length, the set is empty,
@@ -151,9 +158,9 @@ def evaluate(eval_step, params, x, labels, *, batch_size: int = 1000,
     raise ValueError(f'batch_size must be an int > 0, got {batch_size!r}.')
   if kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {kind!r}.')
-  if _compile.is_compiled(eval_step):  # Its pure function goes in the program.
+  if compiling.is_compiled(eval_step):  # Its pure function goes in the program.
     eval_step = getattr(eval_step, '__wrapped__', eval_step)
   totals = _program()(eval_step, params, x, labels, batch_size=batch_size,
                       kind=kind, model_state=model_state)
-  return summarize(jax.device_get(totals))
+  return metrics_fn(jax.device_get(totals))
 

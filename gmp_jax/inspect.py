@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 def _declared(path: str, *, as_json: bool) -> int:
   """Prints each leaf's declared dtype, shape, entries and bytes."""
   try:
-    f = codec.load_compressed(path, details=True, decode=False,
-                              max_elements=None, max_bytes=None)
+    f = codec.load_compressed_with_info(path, decode=False,
+                                        max_elements=None, max_bytes=None)
   except (codec.CorruptFileError, OSError) as e:
     print(f'error: {path}: {e}', file=sys.stderr)
     return 1

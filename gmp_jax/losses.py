@@ -9,8 +9,9 @@ Logits may carry sequence axes: `(B, T, V)` logits go with `(B, T)` labels
 leading axes, i.e. over the B T tokens.
 
 `LossOptions` holds the data-loss arguments the three train steps share
-(`make_train_step`, `make_codebook_step`, `make_straight_through_step`),
-and `default_data_loss` builds their data term from it.
+(`make_train_step`, `make_codebook_step`, `make_straight_through_step`,
+each as `loss=LossOptions(...)`), and `LossOptions.data_loss()` builds
+their data term from it.
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ class LossOptions(NamedTuple):
   """The data-loss arguments every train step takes.
 
   `make_train_step`, `make_codebook_step` and `make_straight_through_step`
-  accept `loss=LossOptions(...)` or these fields as keywords.
+  take them as `loss=LossOptions(...)`.
 
   Attributes:
     temperature: T > 0 of the distillation softmax.
@@ -293,48 +294,28 @@ class LossOptions(NamedTuple):
     check_temperature(self.temperature)
 
   def data_loss(self) -> DataLossFn:
-    """`data_loss_fn`, or `default_data_loss` of these options."""
+    """The data term `(outputs, batch) -> (loss, metrics)`.
+
+    `data_loss_fn` if given; else `distillation_weight` times the 'mse'
+    (poster eq. 2) or 'kl' distillation term on `batch['teacher_logits']` at
+    `temperature`, plus the label cross-entropy on `batch['label']`
+    (weighted by `label_weight` next to a teacher, by 1 alone):
+
+    .. math::
+
+      \\ell = w_d\\,\\ell_{distill}(z, z^T; T) + w_l\\,\\ell_{CE}(z, y)
+
+    Raises:
+      ValueError: from `check`.
+    """
     self.check()
     if self.data_loss_fn is not None:
       return self.data_loss_fn
-    return default_data_loss(self)
+    return _default_data_loss(self)
 
 
-def loss_options(loss: LossOptions | None,
-                 fields: Mapping[str, Any]) -> LossOptions:
-  """`loss` (default `LossOptions()`) with the keyword `fields` replaced.
-
-  Raises:
-    TypeError: a keyword that is no `LossOptions` field.
-    ValueError: from `LossOptions.check`.
-  """
-  unknown = sorted(set(fields) - set(LossOptions._fields))
-  if unknown:
-    raise TypeError(f'Unexpected keyword argument(s) {unknown}; the loss '
-                    f'options are {list(LossOptions._fields)}.')
-  options = (LossOptions() if loss is None else loss)._replace(**fields)
-  options.check()
-  return options
-
-
-def default_data_loss(options: LossOptions | None = None,
-                      **fields) -> DataLossFn:
-  """The default data term of the train steps: distillation and/or labels.
-
-  `(logits, batch) -> (loss, metrics)`: `distillation_weight` times the
-  'mse' (poster eq. 2) or 'kl' distillation term on `batch['teacher_logits']`
-  at `temperature`, plus the label cross-entropy on `batch['label']`
-  (weighted by `label_weight` next to a teacher, by 1 alone):
-
-  .. math::
-
-    \\ell = w_d\\,\\ell_{distill}(z, z^T; T) + w_l\\,\\ell_{CE}(z, y)
-
-  Args:
-    options: a `LossOptions` (its `data_loss_fn` is ignored here).
-    **fields: `LossOptions` fields replacing those of `options`.
-  """
-  options = loss_options(options, fields)
+def _default_data_loss(options: LossOptions) -> DataLossFn:
+  """`LossOptions.data_loss` without a `data_loss_fn` (options checked)."""
   distill_fn = {'mse': distillation_loss,
                 'kl': kl_distillation_loss}[options.distillation]
   temperature = options.temperature

@@ -57,7 +57,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from gmp_jax import _wire
+from gmp_jax.codec import _wire
 
 MAX_K = 256  # Codebook entries an 8-bit index can address.
 NIBBLE_K = 16  # Codebook entries a 4-bit index can address.

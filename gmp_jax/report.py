@@ -417,7 +417,7 @@ def compression_report(params=None, path=None, *, codebook_dtype='float32',
     decoded = codec.from_bytes(
         codec.to_bytes(params, codebook_dtype=codebook_dtype))
   else:
-    decoded = codec.load_compressed(path, details=True)
+    decoded = codec.load_compressed_with_info(path)
     if params is not None:
       _check_match(params, decoded)
   leaves = _leaves(decoded.params)
@@ -566,8 +566,8 @@ def sparsity_table(params, mixture=None, *,
   `'total'`. A layer with covered and raw leaves has a row in each part.
   Without `mixture` every floating-point leaf counts as covered.
 
-  Leaves sharded over several devices (`gmp_jax.sharding`) are counted
-  where they lie: jitted reductions, one scalar per distinct value leaving
+  Leaves sharded over several devices (e.g. FSDP) are counted where they
+  lie: jitted reductions, one scalar per distinct value leaving
   the devices; a sharded leaf with more than 4,096 distinct values is read
   to the host.
 

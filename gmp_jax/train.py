@@ -3,14 +3,14 @@
 `make_train_step` turns any `apply_fn(params, x) -> outputs` into a pure,
 un-jitted `(state, batch) -> (state, metrics)` step; `compile_step` jits it,
 `make_multi_step` runs several per call. The batch is a dict; the keys
-present choose the data loss (`losses.default_data_loss`):
+present choose the data loss (`LossOptions.data_loss`):
 
 * ``{'x', 'label'}``: label cross-entropy;
 * ``{'x', 'teacher_logits'}``: teacher-student distillation;
 * ``{'x', 'label', 'teacher_logits'}``: both, weighted.
 
-A custom `data_loss_fn(outputs, batch) -> (loss, metrics)` replaces these
-(layer-wise distillation uses it). The step contains no `pmap` and no device
+A custom `LossOptions(data_loss_fn=...)`, `(outputs, batch) -> (loss,
+metrics)`, replaces these (layer-wise distillation uses it). The step contains no `pmap` and no device
 placement, so inputs sharded with `jax.sharding.NamedSharding` run unchanged
 and the output follows the input shardings.
 
@@ -25,8 +25,8 @@ prior and the optimiser, and each step's `rng` is
   state, metrics = step(state, {'x': x, 'label': y})
 
 Its peers are `finetune.make_codebook_step` and
-`straight_through.make_straight_through_step`; all three take the same
-`losses.LossOptions`.
+`finetune.make_straight_through_step`; all three take the same
+`loss=losses.LossOptions(...)`.
 """
 
 from __future__ import annotations
@@ -42,15 +42,6 @@ from gmp_jax import _nonparams
 from gmp_jax import losses
 from gmp_jax import optim
 from gmp_jax import prior as prior_lib
-# Importable from here as before the split into modules.
-from gmp_jax._compile import compile_step  # pylint: disable=unused-import
-from gmp_jax._compile import CPU_COMPILER_OPTIONS  # pylint: disable=unused-import
-from gmp_jax._compile import default_compiler_options  # pylint: disable=unused-import
-from gmp_jax._evaluation import eval_totals  # pylint: disable=unused-import
-from gmp_jax._evaluation import evaluate  # pylint: disable=unused-import
-from gmp_jax._evaluation import make_eval_step  # pylint: disable=unused-import
-from gmp_jax._multi_step import make_multi_step  # pylint: disable=unused-import
-from gmp_jax.losses import default_data_loss  # pylint: disable=unused-import
 
 Batch = losses.Batch
 DataLossFn = losses.DataLossFn
@@ -115,8 +106,7 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
                     use_prior: bool = True,
                     stateful: bool = False,
                     seed: int = 0,
-                    grad_ratio: bool = False,
-                    **loss_fields):
+                    grad_ratio: bool = False):
   """Builds a pure `(state, batch) -> (state, metrics)` train step.
 
   The loss is poster eq. 1 (`gmp_jax.gmp_objective`),
@@ -164,8 +154,6 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
       rest (the data term's), the rho of `gmp_jax.calibrate_tau`. The step
       then differentiates the data term and the prior apart and adds the
       two gradients, at the cost of one combined gradient.
-    **loss_fields: `LossOptions` fields given as keywords (e.g.
-      `temperature=4.0`); they replace those of `loss`.
 
   Returns:
     The pure step. Metrics hold `loss`, `data_loss`, `complexity_loss`,
@@ -177,15 +165,13 @@ def make_train_step(apply_fn: Callable[[Any, Any], Any],
       the step is first traced: a stateful `apply_fn` returned state leaves
       that were not passed in (e.g. a Linen collection missing from
       `model_state`), or dropped some; the error names them.
-    TypeError: tau not a real number (nor a schedule), N not an int, or a
-      keyword that is no `LossOptions` field.
+    TypeError: tau not a real number (nor a schedule), or N not an int.
   """
-  options = losses.loss_options(loss, loss_fields)
+  data_loss_fn = (losses.LossOptions() if loss is None else loss).data_loss()
   losses.check_dataset_size(dataset_size)
   if not callable(tau):
     losses.check_tau(tau)
   tau_at = tau if callable(tau) else lambda step: tau
-  data_loss_fn = options.data_loss()
 
   def data_fn(params, batch, model_state, rng):
     if stateful:

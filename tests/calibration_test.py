@@ -64,7 +64,8 @@ def test_step_grad_ratio_matches_numpy_and_leaves_the_update_unchanged():
   data_loss = lambda out, b: (jnp.mean(jnp.sum(jnp.square(out - b['t']), -1)),  # pylint: disable=unnecessary-lambda-assignment
                               {})
   apply_fn = lambda p, xb: xb @ p['w'] + p['b'][None]  # pylint: disable=unnecessary-lambda-assignment
-  kwargs = dict(tau=3.0, dataset_size=64, data_loss_fn=data_loss)
+  kwargs = dict(tau=3.0, dataset_size=64,
+                loss=gmp_jax.LossOptions(data_loss_fn=data_loss))
   with_ratio = jax.jit(gmp_jax.make_train_step(apply_fn, tx, grad_ratio=True,
                                                **kwargs))
   without = jax.jit(gmp_jax.make_train_step(apply_fn, tx, **kwargs))

@@ -215,7 +215,7 @@ def _committed_models():
   out = []
   for path in sorted(glob.glob(os.path.join(REPO, 'results', '*',
                                             'model.gmpz'))):
-    _, meta = codec.load_compressed(path, with_metadata=True)
+    meta = codec.load_compressed_with_info(path).metadata
     meta = meta or {}
     model = meta.get('model', 'poster')
     # Cleanup applies to SequentialNets only, as the pipeline's stage does.

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from gmp_jax import _positions
-from gmp_jax import _wire
+from gmp_jax.codec import _positions
+from gmp_jax.codec import _wire
 from gmp_jax import codec
 import helpers
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from gmp_jax import codec
+from gmp_jax.codec import _format_v2
+from gmp_jax.codec import _positions
 import helpers
 import make_codec_golden
 
@@ -88,7 +90,7 @@ def test_committed_results_reencode_byte_for_byte(path):
   # Every committed run used the default codebook dtype (float32 leaves).
   with open(path, 'rb') as f:
     data = f.read()
-  decoded = codec.load_compressed(path, details=True)
+  decoded = codec.load_compressed_with_info(path)
   write = codec.to_bytes if decoded.version == 2 else helpers.to_bytes_v1
   assert write(decoded.params, metadata=decoded.metadata) == data
 
@@ -98,8 +100,6 @@ def test_committed_results_reencode_byte_for_byte(path):
 def test_small_blocks_give_the_same_bytes(name, monkeypatch):
   # The writer and the reader work in blocks; blocks of a few entries must
   # give the bytes (and values) of the one-block files.
-  from gmp_jax import _format_v2  # pylint: disable=import-outside-toplevel
-  from gmp_jax import _positions  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(_format_v2, '_CHUNK', 37)
   monkeypatch.setattr(_positions, '_BLOCK', 53)
   _, _, params, metadata, cb = CASES[name]

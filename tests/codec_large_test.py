@@ -21,7 +21,7 @@ def test_10m_sparse_kernel_round_trips_exactly():
   size = codec.save_compressed(buf, {'w': x})
   assert size == len(buf.getvalue()) < x.nbytes // 10
   buf.seek(0)
-  f = codec.load_compressed(buf, details=True)
+  f = codec.load_compressed_with_info(buf)
   assert f.params['w'].dtype == x.dtype and f.params['w'].shape == x.shape
   assert f.params['w'].tobytes() == x.tobytes()
   assert f.leaves[0].nonzeros == np.count_nonzero(x)

@@ -83,7 +83,8 @@ def test_sharded_tree_writes_the_bytes_of_its_numpy_tree(mesh, tmp_path):
   data = path.read_bytes()
   assert size == len(data)
   assert data == codec.to_bytes(tree, metadata=metadata)
-  params, meta = codec.load_compressed(path, with_metadata=True)
+  info = codec.load_compressed_with_info(path)
+  params, meta = info.params, info.metadata
   # float32 codebooks: every leaf is stored exactly.
   _assert_same(tree, params)
   _assert_same(metadata['means'], meta['means'])
@@ -143,7 +144,7 @@ def test_writer_holds_one_leaf_on_the_host_at_a_time():
 
 
 def test_numpy_leaves_are_not_copied(monkeypatch):
-  from gmp_jax import _trees  # pylint: disable=import-outside-toplevel
+  from gmp_jax.codec import _trees  # pylint: disable=import-outside-toplevel
   tree = _numpy_tree(3)
   originals = {id(x) for x in jax.tree.leaves(tree)}
   gathered = []

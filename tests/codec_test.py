@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gmp_jax import _ans
+from gmp_jax.codec import _ans
 from gmp_jax import codec
 import helpers
 
@@ -184,7 +184,8 @@ def test_metadata_rides_along_exactly():
   buf = io.BytesIO()
   codec.save_compressed(buf, params, metadata=meta, codebook_dtype='bfloat16')
   buf.seek(0)
-  got_params, got_meta = codec.load_compressed(buf, with_metadata=True)
+  info = codec.load_compressed_with_info(buf)
+  got_params, got_meta = info.params, info.metadata
   _assert_same(params['w'].astype(ml_dtypes.bfloat16).astype(np.float32),
                got_params['w'])
   assert {k: v for k, v in got_meta.items() if k != 'mixture'} == {
@@ -193,8 +194,8 @@ def test_metadata_rides_along_exactly():
 
 
 def test_numpy_scalars_in_metadata_stay_arrays():
-  _, meta = codec.load_compressed(io.BytesIO(codec.to_bytes(
-      {}, metadata={'lr': np.float64(0.5), 'py': 0.5})), with_metadata=True)
+  meta = codec.load_compressed_with_info(io.BytesIO(codec.to_bytes(
+      {}, metadata={'lr': np.float64(0.5), 'py': 0.5}))).metadata
   assert isinstance(meta['lr'], np.ndarray) and meta['lr'].dtype == np.float64
   assert meta['py'] == 0.5 and isinstance(meta['py'], float)
 
@@ -421,6 +422,7 @@ def test_committed_files_reencode_to_the_same_bytes(run):
   path = os.path.join(RESULTS, run, 'model.gmpz')
   with open(path, 'rb') as f:
     data = f.read()
-  params, metadata = codec.load_compressed(path, with_metadata=True)
+  info = codec.load_compressed_with_info(path)
+  params, metadata = info.params, info.metadata
   # They are version-1 files: the version-1 writer gives their bytes back.
   assert helpers.to_bytes_v1(params, metadata=metadata) == data

@@ -16,7 +16,8 @@ def _round_trip(tree, **kwargs):
   buf = io.BytesIO()
   codec.save_compressed(buf, tree, **kwargs)
   buf.seek(0)
-  return codec.load_compressed(buf, with_metadata='metadata' in kwargs)
+  info = codec.load_compressed_with_info(buf)
+  return (info.params, info.metadata) if 'metadata' in kwargs else info.params
 
 
 def test_int_keys_keep_their_type():

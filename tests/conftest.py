@@ -29,7 +29,7 @@ NUM_DEVICES = 4
 @pytest.fixture(scope='module')
 def mesh():
   """A one-axis ('data') mesh over the four virtual CPU devices."""
-  from gmp_jax import sharding  # pylint: disable=g-import-not-at-top
+  from experiments.infra import sharding  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   if len(devices) < NUM_DEVICES:
     pytest.skip(f'needs {NUM_DEVICES} devices; conftest.py sets '

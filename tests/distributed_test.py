@@ -16,7 +16,7 @@ from experiments.image import data as data_lib
 from experiments.infra import distributed
 from experiments.infra import loop
 from experiments.infra import monitor
-from gmp_jax import sharding
+from experiments.infra import sharding
 
 N, D, BATCH, LR = 64, 4, 8, 0.05  # 8 steps per epoch, 2 examples a device.
 SEED = (3, 1)

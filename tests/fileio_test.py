@@ -1,4 +1,4 @@
-"""Tests of gmp_jax.fileio: atomic, durable writes."""
+"""Tests of gmp_jax.codec.fileio: atomic, durable writes."""
 
 import json
 import os
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmp_jax import fileio
+from gmp_jax.codec import fileio
+from experiments.infra import jsonio
 
 
 def _listing(directory):
@@ -61,7 +62,7 @@ def test_write_json_atomic_arrays(tmp_path):
   path = tmp_path / 'r.json'
   obj = {'np': np.arange(3, dtype=np.int32), 'jax': jnp.ones((2, 2)),
          'scalar': np.float32(0.5), 'int': np.int64(7), 'plain': [1, 'a']}
-  fileio.write_json_atomic(path, obj)
+  jsonio.write_json_atomic(path, obj)
   assert json.loads(path.read_text()) == {
       'np': [0, 1, 2], 'jax': [[1.0, 1.0], [1.0, 1.0]], 'scalar': 0.5,
       'int': 7, 'plain': [1, 'a']}
@@ -71,6 +72,6 @@ def test_write_json_atomic_unserialisable_leaves_file(tmp_path):
   path = tmp_path / 'r.json'
   path.write_text('{"old": 1}')
   with pytest.raises(TypeError, match='not JSON serialisable: object'):
-    fileio.write_json_atomic(path, {'x': object()})
+    jsonio.write_json_atomic(path, {'x': object()})
   assert json.loads(path.read_text()) == {'old': 1}
   assert _listing(tmp_path) == ['r.json']

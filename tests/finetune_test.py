@@ -150,7 +150,8 @@ def test_finetuning_keeps_zeros_and_distinct_values_and_lowers_the_loss():
   tx = optax.adam(1e-2)
   codebook, indices, mask = finetune.codebook_from_quantized(q)
   state = finetune.create_codebook_state(codebook, indices, tx, frozen=q)
-  step = jax.jit(finetune.make_codebook_step(_apply, tx, temperature=2.0))
+  step = jax.jit(finetune.make_codebook_step(
+      _apply, tx, loss=gmp_jax.LossOptions(temperature=2.0)))
 
   def distill(p):
     return float(gmp_jax.distillation_loss(_apply(p, x),
@@ -262,6 +263,8 @@ def test_bad_inputs_raise():
   with pytest.raises(TypeError, match='floating'):
     finetune.expand_codebook(jnp.arange(3), indices)
   with pytest.raises(ValueError, match='distillation'):
-    finetune.make_codebook_step(_apply, optax.sgd(1.0), distillation='l1')
+    finetune.make_codebook_step(_apply, optax.sgd(1.0),
+                                loss=gmp_jax.LossOptions(distillation='l1'))
   with pytest.raises(ValueError, match='temperature'):
-    finetune.make_codebook_step(_apply, optax.sgd(1.0), temperature=0.0)
+    finetune.make_codebook_step(_apply, optax.sgd(1.0),
+                                loss=gmp_jax.LossOptions(temperature=0.0))

@@ -138,11 +138,12 @@ def np_mlp_forward_backward(p, x, labels):
 
 # ------------------------------------------------- version-1 file writer ---
 # The codec writes format version 2 only; tests write version-1 files (the
-# layout in `gmp_jax._format_v1`) with this writer, the one the codec shipped.
+# layout in `gmp_jax.codec._format_v1`) with this writer, the one the codec
+# shipped.
 
 
 def varint(n):
-  """LEB128, written here independently of `gmp_jax._wire`."""
+  """LEB128, written here independently of `gmp_jax.codec._wire`."""
   out = bytearray()
   while True:
     byte, n = n & 0x7F, n >> 7
@@ -152,8 +153,8 @@ def varint(n):
 
 
 def _v1_stream(symbols, counts):
-  from gmp_jax import _ans  # pylint: disable=import-outside-toplevel
-  from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
+  from gmp_jax.codec import _ans  # pylint: disable=import-outside-toplevel
+  from gmp_jax.codec import _wire  # pylint: disable=import-outside-toplevel
   words = _ans.encode(symbols, counts)
   return varint(words.size) + _wire.le_bytes(words)
 
@@ -169,7 +170,7 @@ def _v1_unique(nz):
 
 
 def _v1_coded_record(bits, store):
-  from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
+  from gmp_jax.codec import _wire  # pylint: disable=import-outside-toplevel
   n = bits.size
   mask = bits != 0
   nz = bits[mask]
@@ -191,7 +192,7 @@ def _v1_coded_record(bits, store):
 
 def _v1_leaf(x, cb):
   """Chunks of one version-1 leaf record, its storage dtype, CRC coverage."""
-  from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
+  from gmp_jax.codec import _wire  # pylint: disable=import-outside-toplevel
   store = _wire.storage_dtype(x.dtype, cb)
   s = x.astype(store) if store != x.dtype else x
   uint = _wire.UINT.get(s.dtype.itemsize)
@@ -207,8 +208,8 @@ def to_bytes_v1(params, *, metadata=None, codebook_dtype='float32'):
   """The bytes of a version-1 file of `params` (and `metadata`)."""
   import json  # pylint: disable=import-outside-toplevel
   import zlib  # pylint: disable=import-outside-toplevel
-  from gmp_jax import _trees  # pylint: disable=import-outside-toplevel
-  from gmp_jax import _wire  # pylint: disable=import-outside-toplevel
+  from gmp_jax.codec import _trees  # pylint: disable=import-outside-toplevel
+  from gmp_jax.codec import _wire  # pylint: disable=import-outside-toplevel
   leaves, names = [], []
   tree = _trees.flatten(params, leaves, names, scalars=False, int_keys=False)
   n_params = len(leaves)

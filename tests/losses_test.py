@@ -111,7 +111,7 @@ def test_sequence_shape_mismatch_names_the_axis(labels_shape, axis):
   y = jnp.zeros(labels_shape, jnp.int32)
   with pytest.raises(ValueError, match=f'the {axis} axis'):
     gmp_jax.cross_entropy_loss(z, y)
-  data_loss = gmp_jax.default_data_loss()
+  data_loss = gmp_jax.LossOptions().data_loss()
   with pytest.raises(ValueError, match=f'the {axis} axis'):
     data_loss(z, {'label': y})
   with pytest.raises(ValueError, match='same shape'):
@@ -151,7 +151,7 @@ def test_objective_is_data_plus_tau_complexity_over_n():
   assert float(aux['complexity_loss']) == complexity
 
 
-def test_loss_options_default_data_loss_against_numpy(logits):
+def test_loss_options_data_loss_against_numpy(logits):
   s, t = logits
   labels = jnp.asarray([0, 3, 9, 1, 1, 4], jnp.int32)
   options = gmp_jax.LossOptions(temperature=2.0, distillation='mse',

@@ -2,8 +2,8 @@
 
 `tests/multiprocess.py` starts both processes of a `jax.distributed` run.
 Each builds the same initial state, loads only its own rows of every global
-batch (`gmp_jax.sharding.process_batch_slice`), assembles the global batch
-with `jax.make_array_from_process_local_data` and trains three steps of the
+batch (`experiments.infra.sharding.process_batch_slice`), assembles the
+global batch with `jax.make_array_from_process_local_data` and trains three steps of the
 GMP train step on the 4-device mesh, data-parallel and FSDP. The parent
 test computes the same three steps in one process on one device without
 any sharding and compares.
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import gmp_jax
-from gmp_jax import sharding
+from experiments.infra import sharding
 import multiprocess
 
 NUM_PROCESSES = 2
@@ -51,7 +51,7 @@ def _setup():
   tx = gmp_jax.gmp_optimizer(weights=1e-3)
   state = gmp_jax.create_train_state(params, mixture, tx)
   step = gmp_jax.make_train_step(apply_fn, tx, tau=0.5, dataset_size=1000,
-                                 temperature=2.0)
+                                 loss=gmp_jax.LossOptions(temperature=2.0))
   batches = [{'x': rng.random((BATCH, 20), np.float32),
               'label': rng.integers(0, 16, BATCH).astype(np.int32),
               'teacher_logits': rng.normal(size=(BATCH, 16)).astype(

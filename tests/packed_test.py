@@ -268,9 +268,10 @@ def test_load_packed_decodes_into_packed_leaves(tmp_path):
   tree = _model_tree(rng)
   path = tmp_path / 'model.gmpz'
   gmp_jax.save_compressed(path, tree, metadata={'step': np.arange(3.0)})
-  dense, meta = gmp_jax.load_compressed(path, with_metadata=True)
-  loaded, meta_p = gmp_jax.load_compressed(path, packed=True,
-                                           with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(path)
+  dense, meta = info.params, info.metadata
+  info_p = gmp_jax.load_compressed_with_info(path, packed=True)
+  loaded, meta_p = info_p.params, info_p.metadata
   kinds = {r.name: r.kind for r in packed_lib.summary(loaded)}
   assert kinds == {'dense/bias': 'packed', 'dense/kernel': 'packed',
                    'emb/0': 'packed', 'emb/1': 'packed',
@@ -291,9 +292,8 @@ def test_load_packed_decodes_into_packed_leaves(tmp_path):
       _assert_bitwise(got.codebook, want.codebook)
   # And back to the same file.
   assert codec.to_bytes(loaded, metadata=meta_p) == path.read_bytes()
-  info = gmp_jax.load_compressed(path, packed=True, details=True)
-  assert [i.kind for i in info.leaves if i.name == 'norm/scale'] == ['raw']
-  assert info.leaves == gmp_jax.load_compressed(path, details=True).leaves
+  assert [i.kind for i in info_p.leaves if i.name == 'norm/scale'] == ['raw']
+  assert info_p.leaves == info.leaves
 
 
 def test_load_packed_with_a_narrower_codebook_dtype():

@@ -2,8 +2,9 @@
 
 On 4 virtual CPU devices (conftest.py), `merge_components`, `quantize`,
 `sparsity_table` and `compression_report` take a tree whose large leaves
-are split along their last axis (`gmp_jax.sharding.fsdp_sharding`) and give
-what they give on one device; the quantised leaves stay split the same way,
+are split along their last axis
+(`experiments.infra.sharding.fsdp_sharding`) and give what they give on one
+device; the quantised leaves stay split the same way,
 and the compiled programs gather no leaf.
 """
 
@@ -17,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import gmp_jax
 from gmp_jax import report
-from gmp_jax import sharding
+from experiments.infra import sharding
 
 NUM_DEVICES = 4
 MIN_SIZE = 500

@@ -108,8 +108,8 @@ def test_cleanup_keeps_predictions_and_the_file_holds_its_output(run):
                           for v in jax.tree.leaves(t))
   assert report['cleanup']['removed'] == nonzero(tuned) - nonzero(cleaned)
   assert report['cleanup']['removed'] > 0
-  stored, metadata = gmp_jax.load_compressed(
-      os.path.join(workdir, report['compressed_file']), with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(os.path.join(workdir, report['compressed_file']))
+  stored, metadata = info.params, info.metadata
   assert metadata == {'model': 'lenet300100'}
   for a, b in zip(jax.tree.leaves(stored), jax.tree.leaves(cleaned)):
     np.testing.assert_array_equal(a, b)

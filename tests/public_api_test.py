@@ -1,4 +1,4 @@
-"""The public API: its names, the optional Flax module, deprecated aliases."""
+"""The public API: its names, the optional Flax module, one spelling each."""
 
 import os
 import subprocess
@@ -25,11 +25,13 @@ def test_import_gmp_jax_imports_no_flax():
 
 
 def test_all_lists_each_name_once_and_every_name_exists():
-  assert len(gmp_jax.__all__) == len(set(gmp_jax.__all__)) == 53
+  assert len(gmp_jax.__all__) == len(set(gmp_jax.__all__)) == 52
   for name in gmp_jax.__all__:
     assert hasattr(gmp_jax, name), name
-  assert 'per_leaf_codebook' not in gmp_jax.__all__
-  assert 'per_leaf_codebooks' not in gmp_jax.__all__
+  # Removed spellings (issue 28) stay removed.
+  for name in ('per_leaf_codebook', 'per_leaf_codebooks', 'quantized_params',
+               'default_data_loss'):
+    assert not hasattr(gmp_jax, name), name
 
 
 def test_the_old_stateful_module_reexports_the_flax_adapters():
@@ -37,23 +39,6 @@ def test_the_old_stateful_module_reexports_the_flax_adapters():
   from experiments import stateful  # pylint: disable=g-import-not-at-top
   assert stateful.linen_apply is gmp_jax.flax.linen_apply
   assert stateful.nnx_apply is gmp_jax.flax.nnx_apply
-
-
-def test_deprecated_per_leaf_aliases_warn_and_still_work():
-  codebook = jnp.asarray([-0.5, 0.25], jnp.float32)
-  indices = {'a': jnp.asarray([0, 1, 2], jnp.int32), 'b': None,
-             'c': jnp.asarray([[2, 0]], jnp.int32)}
-  with pytest.warns(DeprecationWarning, match='tiled_per_leaf_codebook'):
-    tiled, renumbered = gmp_jax.per_leaf_codebook(codebook, indices)
-  # Hand-written: leaf 'a' reads entries 1..2, leaf 'c' entries 3..4.
-  np.testing.assert_array_equal(tiled, [-0.5, 0.25, -0.5, 0.25])
-  np.testing.assert_array_equal(renumbered['a'], [0, 1, 2])
-  np.testing.assert_array_equal(renumbered['c'], [[4, 0]])
-  mask = {'a': jnp.asarray([True, False]), 'b': None}
-  with pytest.warns(DeprecationWarning, match='per_leaf_codebook_tree'):
-    tree = gmp_jax.per_leaf_codebooks(codebook, mask)
-  np.testing.assert_array_equal(tree['a'], [-0.5, 0.25])
-  assert tree['b'] is None
 
 
 def test_both_fine_tuning_states_give_their_quantized_params():
@@ -75,16 +60,16 @@ def test_both_fine_tuning_states_give_their_quantized_params():
   want_st = np.where(weights != 0, nearest, 0.0)
   np.testing.assert_array_equal(want_w, want_st)  # The same quantisation.
   for state in (cb_state, st_state):
-    for got in (state.quantized_params(), gmp_jax.quantized_params(state)):
-      np.testing.assert_array_equal(got['w'], want_w)
-      np.testing.assert_array_equal(got['b'], [1.0, 1.0])
+    got = state.quantized_params()
+    np.testing.assert_array_equal(got['w'], want_w)
+    np.testing.assert_array_equal(got['b'], [1.0, 1.0])
 
 
 def test_fine_tuning_steps_take_the_shared_loss_options():
   """Both fine-tuning steps' loss is the NumPy cross-entropy of their params.
 
-  `loss=LossOptions(...)` works in every step, and a keyword that is no
-  loss option is rejected by name.
+  `loss=LossOptions(...)` works in every step; the option fields are no
+  keywords of the steps (rejected by name).
   """
   x = np.eye(2, dtype=np.float32)
   y = np.asarray([1, 0], np.int32)
@@ -108,5 +93,5 @@ def test_fine_tuning_steps_take_the_shared_loss_options():
   np.testing.assert_allclose(m['loss'], want, rtol=1e-6)
   for make in (gmp_jax.make_codebook_step,
                gmp_jax.make_straight_through_step):
-    with pytest.raises(TypeError, match='label_wieght'):
-      make(apply_fn, tx, label_wieght=0.3)
+    with pytest.raises(TypeError, match='label_weight'):
+      make(apply_fn, tx, label_weight=0.3)

@@ -203,9 +203,9 @@ def test_extrapolate_recovers_a_power_law_and_a_line():
 
 
 def test_limit_kwargs():
-  def load(file, *, with_metadata=False, max_elements=None, max_bytes=None,
+  def load(file, *, packed=False, max_elements=None, max_bytes=None,
            max_depth=8):
-    del file, with_metadata, max_elements, max_bytes, max_depth
+    del file, packed, max_elements, max_bytes, max_depth
 
   kwargs, unknown = scale.limit_kwargs(load, elements=10, nbytes=99)
   assert kwargs == {'max_elements': 10, 'max_bytes': 99}

@@ -8,7 +8,7 @@ sharding (the independent reference):
 * ``replicated``: parameters and batch replicated on every device;
 * ``data_parallel``: parameters replicated, batch split over ``data``;
 * ``fsdp``: batch split, and the large parameters (and their Adam moments)
-  split along their last axis over ``data`` (`gmp_jax.sharding`).
+  split along their last axis over ``data`` (`experiments.infra.sharding`).
 
 The communication is read from the compiled HLO: the prior's gradient over
 FSDP weights needs one all-reduce of 3K floats per split leaf and nothing
@@ -27,7 +27,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import gmp_jax
-from gmp_jax import sharding
+from experiments.infra import sharding
 
 NUM_DEVICES = 4
 K = 17
@@ -83,7 +83,7 @@ def _batch(size=32, seed=2):
 def _train_step(tx):
   # The pure (un-jitted) step; jitting it here is the caller's choice.
   return gmp_jax.make_train_step(apply_fn, tx, tau=0.5, dataset_size=1000,
-                                 temperature=2.0)
+                                 loss=gmp_jax.LossOptions(temperature=2.0))
 
 
 def _place(layout, mesh, tree, batch):
@@ -182,7 +182,7 @@ def test_train_step(mesh, layout):
 
   state, _ = _place(layout, mesh, gmp_jax.create_train_state(
       params, mixture, tx), batches[0])
-  # The state keeps its input layout (see gmp_jax.sharding).
+  # The state keeps its input layout (see experiments.infra.sharding).
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   sharded_step = gmp_jax.compile_step(
       _train_step(tx), donate_state=True, out_shardings=(state_sharding, None))
@@ -306,7 +306,7 @@ def test_train_step_communication(mesh, layout):
 
 
 # ---------------------------------------------------------------------------
-# gmp_jax.sharding
+# experiments.infra.sharding
 # ---------------------------------------------------------------------------
 
 

@@ -169,7 +169,8 @@ def test_linen_train_quantise_save_reload():
   gmp_jax.save_compressed(buf, qparams,
                           metadata={'model_state': state.model_state})
   buf.seek(0)
-  lparams, meta = gmp_jax.load_compressed(buf, with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(buf)
+  lparams, meta = info.params, info.metadata
   for a, b in zip(jax.tree.leaves(state.model_state),
                   jax.tree.leaves(meta['model_state'])):
     np.testing.assert_array_equal(np.asarray(a), b)  # Never quantised.
@@ -186,7 +187,7 @@ def test_linen_train_quantise_save_reload():
   buf2 = io.BytesIO()
   gmp_jax.save_compressed(buf2, qparams)
   buf2.seek(0)
-  _, meta2 = gmp_jax.load_compressed(buf2, with_metadata=True)
+  meta2 = gmp_jax.load_compressed_with_info(buf2).metadata
   assert meta2 is None
 
 
@@ -217,7 +218,8 @@ def test_nnx_train_quantise_save_reload():
   gmp_jax.save_compressed(buf, nnx.to_pure_dict(qparams),
                           metadata={'batch_stats': nnx.to_pure_dict(stats)})
   buf.seek(0)
-  lparams, meta = gmp_jax.load_compressed(buf, with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(buf)
+  lparams, meta = info.params, info.metadata
 
   # Reload into a freshly built model (other seeds), compare in eval mode.
   fresh = NNXNet(nnx.Rngs(params=42, dropout=43))

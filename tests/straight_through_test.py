@@ -1,4 +1,4 @@
-"""Tests for gmp_jax.straight_through against independent NumPy computations."""
+"""Tests of straight-through fine-tuning (gmp_jax.finetune) against independent NumPy computations."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import gmp_jax
-from gmp_jax import straight_through as st
+from gmp_jax import finetune as st
 import helpers
 
 CODEBOOK = np.array([-0.9, -0.5, -0.2, 0.15, 0.4, 0.8], np.float32)
@@ -116,7 +116,8 @@ def test_one_sgd_step_moves_latents_across_midpoints():
     return loss, {}
 
   step = jax.jit(st.make_straight_through_step(
-      lambda params, x: params, tx, data_loss_fn=data_loss))
+      lambda params, x: params, tx,
+      loss=gmp_jax.LossOptions(data_loss_fn=data_loss)))
   new, metrics = step(state, {'x': jnp.zeros(())})
   m = np.asarray(mask['w'])
   want_latent = np.where(m, np.asarray(latent['w']) - lr * g, 0)
@@ -135,7 +136,8 @@ def test_one_sgd_step_moves_latents_across_midpoints():
   held = st.create_straight_through_state(latent, jnp.asarray(CODEBOOK), mask,
                                           frozen_codebook)
   held, metrics = jax.jit(st.make_straight_through_step(
-      lambda params, x: params, frozen_codebook, data_loss_fn=data_loss))(
+      lambda params, x: params, frozen_codebook,
+      loss=gmp_jax.LossOptions(data_loss_fn=data_loss)))(
           held, {'x': jnp.zeros(())})
   np.testing.assert_array_equal(held.codebook, CODEBOOK)
   np.testing.assert_allclose(held.latent['w'], want_latent, rtol=1e-6)
@@ -157,20 +159,20 @@ def test_training_keeps_zeros_and_values_and_lowers_the_distillation_loss():
   tx = optax.adam(1e-2)
   state = st.create_straight_through_state(
       st.masked_latent(teacher, mask), jnp.asarray(CODEBOOK), mask, tx)
-  step = jax.jit(st.make_straight_through_step(helpers.mlp_apply, tx,
-                                               temperature=2.0))
+  step = jax.jit(st.make_straight_through_step(
+      helpers.mlp_apply, tx, loss=gmp_jax.LossOptions(temperature=2.0)))
 
   def distill(p):
     return float(gmp_jax.distillation_loss(helpers.mlp_apply(p, x),
                                            data['teacher_logits'], 2.0))
 
-  before = distill(st.quantized_params(state))
+  before = distill(state.quantized_params())
   for _ in range(80):
     sel = rng.choice(len(x), 64, replace=False)
     state, metrics = step(state, jax.tree.map(lambda a: a[sel], data))
     assert np.isfinite(float(metrics['loss']))
   assert int(state.step) == 80
-  tuned = st.quantized_params(state)
+  tuned = state.quantized_params()
   assert distill(tuned) < 0.9 * before
   codebook = np.asarray(state.codebook)
   for q, m in zip(jax.tree.leaves(tuned), jax.tree.leaves(mask)):
@@ -202,7 +204,7 @@ def test_leaves_not_coded_come_from_frozen():
                                            mask, optax.adam(1e-3),
                                            frozen=params)
   assert state.frozen['l1']['kernel'] is None
-  out = st.quantized_params(state)
+  out = state.quantized_params()
   np.testing.assert_array_equal(out['l1']['bias'], params['l1']['bias'])
   np.testing.assert_array_equal(out['l2']['bias'], params['l2']['bias'])
 
@@ -244,5 +246,6 @@ def test_bad_input_is_rejected(case, error, match):
 
 def test_bad_distillation_is_rejected():
   with pytest.raises(ValueError, match='distillation'):
-    st.make_straight_through_step(helpers.mlp_apply, optax.adam(1e-3),
-                                  distillation='l1')
+    st.make_straight_through_step(
+        helpers.mlp_apply, optax.adam(1e-3),
+        loss=gmp_jax.LossOptions(distillation='l1'))

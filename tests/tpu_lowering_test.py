@@ -32,7 +32,7 @@ import optax
 import pytest
 
 import gmp_jax
-from gmp_jax import _compile as compile_lib
+from gmp_jax import compiling as compile_lib
 from experiments.image import augment
 from experiments.image import models
 from experiments.stages import retrain as retraining
@@ -128,8 +128,9 @@ def _cases(apply_fn, params):
   """(name, pure function, example arguments) for every exported function."""
   tx, state = _state(params)
   end_to_end = gmp_jax.make_train_step(
-      apply_fn, tx, tau=5e-3, dataset_size=60_000, temperature=4.0,
-      distillation='kl', label_weight=0.5)
+      apply_fn, tx, tau=5e-3, dataset_size=60_000,
+      loss=gmp_jax.LossOptions(temperature=4.0, distillation='kl',
+                               label_weight=0.5))
   labels_only = gmp_jax.make_train_step(apply_fn, tx, tau=5e-3,
                                         dataset_size=60_000)
   data = {'x': _images(64),
@@ -149,7 +150,8 @@ def _cases(apply_fn, params):
   st_state = gmp_jax.create_straight_through_state(
       params, jnp.linspace(-0.2, 0.2, 16), mask, st_tx)
   st_step = augment.with_augmentation(
-      gmp_jax.make_straight_through_step(apply_fn, st_tx, temperature=4.0),
+      gmp_jax.make_straight_through_step(
+          apply_fn, st_tx, loss=gmp_jax.LossOptions(temperature=4.0)),
       2, seed=0, teacher_fn=lambda x: apply_fn(params, x))
 
   return [

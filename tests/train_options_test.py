@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gmp_jax
-from gmp_jax import _compile as compile_lib
+from gmp_jax import compiling as compile_lib
 import helpers
 
 

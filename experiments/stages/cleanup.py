@@ -250,8 +250,9 @@ HOST_ONLY = True
 def run(ctx) -> dict[str, Any]:
   """Zeroes the weights of dead and unread units (predictions unchanged)."""
   student = ctx.results['retrain']['student']
-  quantized, meta = gmp_jax.load_compressed(
-      ctx.path('finetune', 'quantized.gmpz'), with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(
+      ctx.path('finetune', 'quantized.gmpz'))
+  quantized, meta = info.params, info.metadata
   key = f'test_{ctx.metric}'
   record = {key: ctx.results['finetune'][key]}
   enabled = ctx.config.postprocess.get('cleanup', True)
@@ -281,7 +282,8 @@ def main(argv: list[str]) -> int:
     print(main.__doc__)
     return 2
   for path in argv[1:]:
-    params, metadata = codec.load_compressed(path, with_metadata=True)
+    info = codec.load_compressed_with_info(path)
+    params, metadata = info.params, info.metadata
     model = (metadata or {}).get('model', 'poster')
     cleaned, report = cleanup(params, model)
     print(f'{path} ({model}):')

@@ -52,7 +52,7 @@ class CodebookTraining(NamedTuple):
     train_step: pure `(state, batch) -> (state, metrics)`.
     data: training arrays with a leading example axis.
     params_of: `state -> params`, the quantised params tree of a state
-      (`gmp_jax.quantized_params`, i.e. `state.quantized_params()`).
+      (`state.quantized_params()`).
     codebook_of: `state -> (n,) array`, every trained shared value.
   """
   state: Any
@@ -109,7 +109,7 @@ def _codebook_mode(config, student, quantized, retrained, tx):
   step = gmp_jax.make_codebook_step(
       student_lib.apply_fn(student, config.data.name), tx,
       loss=student_lib.loss_options(config.retrain))
-  return (state, step, gmp_jax.quantized_params,
+  return (state, step, gmp_jax.CodebookState.quantized_params,
           lambda s: _all_values(s.codebook))
 
 
@@ -124,7 +124,7 @@ def _straight_through_mode(config, student, quantized, retrained, tx):
   step = gmp_jax.make_straight_through_step(
       student_lib.apply_fn(student, config.data.name), tx,
       loss=student_lib.loss_options(config.retrain))
-  return (state, step, gmp_jax.quantized_params,
+  return (state, step, gmp_jax.StraightThroughState.quantized_params,
           lambda s: _all_values(s.codebook))
 
 
@@ -175,8 +175,9 @@ def run(ctx) -> dict[str, Any]:
   config, metric = ctx.config, ctx.metric
   num_epochs = ctx.checked.finetune_epochs
   student_model = ctx.results['retrain']['student']
-  quantized, meta = gmp_jax.load_compressed(
-      ctx.path('postprocess', 'quantized.gmpz'), with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(
+      ctx.path('postprocess', 'quantized.gmpz'))
+  quantized, meta = info.params, info.metadata
   pruned = ctx.results['postprocess'][f'test_{metric}']
   record = {'epochs': num_epochs, f'pruned_{metric}': pruned,
             f'test_{metric}': pruned}

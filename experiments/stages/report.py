@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 
 import gmp_jax
-from gmp_jax import fileio
+from gmp_jax.codec import fileio
+from experiments.infra import jsonio
 from experiments.infra import monitor
 from experiments.infra import registry
 from experiments.infra import workdir_layout
@@ -165,7 +166,7 @@ def summary_line(report: Mapping[str, Any]) -> str:
 def write_report(workdir: str, report: Mapping[str, Any],
                  size_markdown: str) -> None:
   """Writes `report.json` and `report.md` atomically."""
-  fileio.write_json_atomic(os.path.join(workdir, 'report.json'), report)
+  jsonio.write_json_atomic(os.path.join(workdir, 'report.json'), report)
   fileio.write_atomic(os.path.join(workdir, 'report.md'),
                       markdown(report, size_markdown))
 
@@ -193,8 +194,9 @@ def run(ctx) -> dict[str, Any]:
   _, retrained, _ = retrain.load_retrained(ctx)
   # The float32 weights of the compressed file, as the tables always showed
   # them, and the merged mixture.
-  quantized, meta = gmp_jax.load_compressed(
-      ctx.path('cleanup', 'quantized.gmpz'), with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(
+      ctx.path('cleanup', 'quantized.gmpz'))
+  quantized, meta = info.params, info.metadata
   fig_dir = ctx.path('figures')
   figures = {
       'retraining_clustering': plots.plot_retraining_clustering(

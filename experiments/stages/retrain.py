@@ -154,7 +154,7 @@ def gradient_scales(config: ml_collections.ConfigDict, params, mixture,
   x, y = student.train_split(config, dataset)
   apply = student.apply_fn(student.student_name(config), config.data.name)
   teacher = jax.jit(student.apply_fn(config.model, config.data.name))
-  data_loss = gmp_jax.default_data_loss(student.loss_options(rc))
+  data_loss = student.loss_options(rc).data_loss()
   batches = []
   for i in range(CALIBRATION_BATCHES):
     rows = slice(i * rc.batch_size, (i + 1) * rc.batch_size)
@@ -246,7 +246,8 @@ def layerwise(config: ml_collections.ConfigDict, teacher_params,
   step = gmp_jax.make_train_step(
       block_outputs, tx, tau=tau_schedule(rc, len(x), tau=tau),
       dataset_size=len(x), grad_ratio=rc.get('log_grad_ratio') is not False,
-      hyperpriors=hyperpriors(rc), data_loss_fn=data_loss_fn)
+      hyperpriors=hyperpriors(rc),
+      loss=gmp_jax.LossOptions(data_loss_fn=data_loss_fn))
   return Retraining(tx, step, {'x': x})
 
 

@@ -38,7 +38,8 @@ def run(ctx) -> dict[str, Any]:
   step = gmp_jax.make_train_step(ctx.apply_fn(config.model), tx,
                                  tau=0.0, dataset_size=len(x),
                                  use_prior=False,
-                                 data_loss_fn=ctx.task.data_loss_fn())
+                                 loss=gmp_jax.LossOptions(
+                                     data_loss_fn=ctx.task.data_loss_fn()))
   state = ctx.train('teacher', state, step, data,
                     epochs=tc.epochs, batch_size=tc.batch_size,
                     eval_fn=ctx.task.epoch_metrics(

@@ -41,7 +41,8 @@ import numpy as np
 from ml_collections import config_flags
 
 import gmp_jax
-from gmp_jax import fileio
+from gmp_jax.codec import fileio
+from experiments.infra import jsonio
 from experiments.infra import monitor
 from experiments.infra import workdir_layout
 from experiments.stages import retrain
@@ -180,7 +181,7 @@ def run(config, workdir: str, *, kmeans: Sequence[int] = (4, 8, 16, 32),
            'raw_float32_bytes': raw_bytes, 'covered_leaves': len(covered),
            'rows': rows}
   table['front'] = front_ratios(table)
-  fileio.write_json_atomic(os.path.join(out_dir, 'baselines.json'), table)
+  jsonio.write_json_atomic(os.path.join(out_dir, 'baselines.json'), table)
   fileio.write_atomic(os.path.join(out_dir, 'baselines.md'),
                       markdown(table))
   plot(table, ctx.path('figures', 'baselines.png'))

@@ -35,7 +35,8 @@ def measure(path: str, *, epochs: int, learning_rate: float,
   `gmp_jax.evaluate`; `dataset` is the registered dataset the model was
   trained on.
   """
-  params, metadata = gmp_jax.load_compressed(path, with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(path)
+  params, metadata = info.params, info.metadata
   model = (metadata or {}).get('model', 'poster')
   data = data_lib.load_dataset(dataset, download=False)
   (x, y), (xt, yt) = data['train'], data['test']
@@ -58,7 +59,8 @@ def measure(path: str, *, epochs: int, learning_rate: float,
         options=loop.LoopOptions(kind=loop.default_kind(),
                                  checkpoint_interval_s=float('inf')),
         log=log, eval_fn=evaluation.epoch_metrics(
-            evaluate, pruned=False, params_of=gmp_jax.quantized_params))
+            evaluate, pruned=False,
+            params_of=lambda state: state.quantized_params()))
     for record in log.records():
       rows.append({'epoch': record['epoch'],
                    'accuracy': record['test_accuracy'],

@@ -1,7 +1,7 @@
 """Figures for the compression report: Figures 3 and 4 and training curves.
 
 All functions take NumPy arrays (JAX arrays are converted), write a PNG
-atomically (`gmp_jax.fileio.write_atomic`: a synced temp file in the same
+atomically (`gmp_jax.codec.fileio.write_atomic`: a synced temp file in the same
 dir, then a rename) and return its path.
 They draw on `matplotlib.figure.Figure` objects rendered by the Agg backend
 and never touch `pyplot`, so they change no global backend or state and work
@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from gmp_jax import fileio
+from gmp_jax.codec import fileio
 
 PRUNED_COLOR = (1.0, 1.0, 1.0, 1.0)  # White: pruned (exactly zero) weights.
 GAP_COLOR = (0.55, 0.55, 0.55, 1.0)  # Grey: space between filter tiles.

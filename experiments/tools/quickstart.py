@@ -60,8 +60,8 @@ def run(*, num_components: int = 8, pretrain_steps: int = 300,
   # mixture starts from the weights' statistics; tau follows the rule (the
   # prior's gradient as large as the data term's at the start).
   mixture = gmp_jax.init_mixture(pretrained, num_components)
-  data_loss = lambda p, b: gmp_jax.default_data_loss()(apply_fn(p, b['x']),
-                                                       b)[0]
+  data_loss_fn = gmp_jax.LossOptions().data_loss()
+  data_loss = lambda p, b: data_loss_fn(apply_fn(p, b['x']), b)[0]
   tau = gmp_jax.calibrate_tau(
       gmp_jax.gradient_scales(data_loss, pretrained, mixture, [batch]),
       dataset_size=512)

@@ -38,10 +38,11 @@ from absl import logging
 import ml_collections
 
 from experiments.tools import compare
+from experiments.infra import jsonio
 from experiments.infra import registry
 from experiments.infra import workdir_layout
 from experiments.stages import runner
-from gmp_jax import fileio
+from gmp_jax.codec import fileio
 
 SUMMARY_FILE = 'sweep.json'
 FIGURE_FILE = 'pareto.png'
@@ -192,7 +193,7 @@ def share_teacher(source: str, workdir: str, config) -> None:
   if os.path.exists(metrics_src) and not os.path.exists(metrics_dst):
     fileio.write_atomic(metrics_dst, workdir_layout.metrics_lines(
         workdir_layout.read_metrics(metrics_src, stage=TEACHER)))
-  fileio.write_json_atomic(
+  jsonio.write_json_atomic(
       workdir_layout.stage_path(workdir, TEACHER, 'source.json'),
       {'source': os.path.abspath(source), 'teacher_key': want})
   # The record last: an interrupted copy leaves a stage that reruns.
@@ -303,7 +304,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     entries.append(_summary_entry(name, overrides, report, workdir))
     summary['teacher'] = None if teacher is None else os.path.abspath(teacher)
     plot_pareto(entries, config.model, os.path.join(workdir, FIGURE_FILE))
-    fileio.write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
+    jsonio.write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
   for e in entries:
     print(f"sweep: {e['name']}: accuracy {100 * e['accuracy']:.2f}%, "
           f"{e['file_bytes']:,} bytes (CR_file {e['cr_file']:.1f}x), "

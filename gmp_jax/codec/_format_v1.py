@@ -28,8 +28,8 @@ A leaf record is kind byte 1 and the raw entries, or kind byte 0 and: varint
 storage dtype, sorted as unsigned integers); if K > 1, K varints of counts;
 if 0 < nnz < N a position stream; if K > 1 an index stream. A stream is a
 varint word count and that many uint32 words of its own ANS coder
-(`gmp_jax._ans`), under the categorical model (N - nnz, nnz) of the nonzero
-mask and the categorical model of the counts of the codebook indices.
+(`gmp_jax.codec._ans`), under the categorical model (N - nnz, nnz) of the
+nonzero mask and the categorical model of the counts of the codebook indices.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ import zlib
 
 import numpy as np
 
-from gmp_jax import _ans
-from gmp_jax import _trees
-from gmp_jax import _wire
-from gmp_jax._wire import CorruptFileError
+from gmp_jax.codec import _ans
+from gmp_jax.codec import _trees
+from gmp_jax.codec import _wire
+from gmp_jax.codec._wire import CorruptFileError
 
 VERSION = 1
 PREAMBLE = struct.Struct('<8sHHIQIIII')  # 40 bytes, see the docstring.

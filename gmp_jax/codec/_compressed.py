@@ -2,9 +2,10 @@
 
 `save_compressed` writes a quantised parameter tree (for example the output of
 `gmp_jax.quantize`) to one file; `load_compressed` reads it back with the same
-structure, shapes, dtypes and bit-identical values. `to_bytes` / `from_bytes`
-do the same in memory. The layouts are documented with their code:
-`gmp_jax._format_v2` (written) and `gmp_jax._format_v1` (read only).
+structure, shapes, dtypes and bit-identical values; `load_compressed_with_info`
+also returns the metadata and each leaf's bit accounting. `to_bytes` /
+`from_bytes` do the same in memory. The layouts are documented with their code:
+`_format_v2` (written) and `_format_v1` (read only).
 
 Trees are nested `dict`s with `str` or `int` keys (each key keeps its type;
 any `Mapping` comes back as a `dict`), `list`s, `tuple`s and `None`, with
@@ -44,14 +45,14 @@ from typing import Any, BinaryIO, Union
 
 import numpy as np
 
-from gmp_jax import _format_v1
-from gmp_jax import _format_v2
-from gmp_jax import _wire
-from gmp_jax import fileio
+from gmp_jax.codec import _format_v1
+from gmp_jax.codec import _format_v2
+from gmp_jax.codec import _wire
+from gmp_jax.codec import fileio
 from gmp_jax import packed as packed_lib
-from gmp_jax._trees import named_leaves
-from gmp_jax._wire import CorruptFileError
-from gmp_jax._wire import MAGIC
+from gmp_jax.codec._trees import named_leaves
+from gmp_jax.codec._wire import CorruptFileError
+from gmp_jax.codec._wire import MAGIC
 
 FORMAT_VERSION = _format_v2.VERSION
 READABLE_VERSIONS = (_format_v1.VERSION, _format_v2.VERSION)
@@ -62,7 +63,7 @@ PathOrFile = Union[str, os.PathLike, BinaryIO]
 
 @dataclasses.dataclass(frozen=True)
 class LeafInfo:
-  """Bit accounting of one stored leaf (see `gmp_jax._format_v2`).
+  """Bit accounting of one stored leaf (see `_format_v2`).
 
   `name` is the '/'-joined path; `kind` 'coded' or 'raw'; `storage_dtype` the
   codebook's (raw: the data's) dtype; `nonzeros` and `distinct` (codebook
@@ -227,8 +228,6 @@ def _read_source(source: PathOrFile) -> bytes:
   return head + source.read(max(0, length - len(head)))
 
 
-read_bytes = _read_source  # Kept for old callers; use `load_compressed`.
-
 
 def save_compressed(file: PathOrFile, params, *, metadata=None,
                     codebook_dtype='float32') -> int:
@@ -259,18 +258,14 @@ def save_compressed(file: PathOrFile, params, *, metadata=None,
   return encoded.size
 
 
-def load_compressed(file: PathOrFile, *, with_metadata: bool = False,
-                    details: bool = False, decode: bool = True,
+def load_compressed(file: PathOrFile, *,
                     max_elements: int | None = MAX_ELEMENTS,
                     max_bytes: int | None = MAX_BYTES, packed: bool = False,
                     layout: str = 'auto'):
-  """Loads the tree written by `save_compressed`.
+  """Loads the params tree written by `save_compressed`.
 
   Args:
     file: a path or a binary file object open for reading.
-    with_metadata: return `(params, metadata)` (metadata None if none).
-    details: return the `CompressedFile` (with each leaf's `LeafInfo`).
-    decode: with `details`, False reads only the declared leaves.
     max_elements, max_bytes: bounds on the declared leaves (see the module
       docstring); None lifts one.
     packed: coded floating leaves with at most 256 codebook entries (+0.0
@@ -284,21 +279,42 @@ def load_compressed(file: PathOrFile, *, with_metadata: bool = False,
 
   Returns:
     The tree (dicts, lists, tuples, None) of NumPy arrays with the saved
-    shapes, dtypes and bits (`unpack` of the packed leaves: the same); or
-    as `with_metadata` / `details` ask.
+    shapes, dtypes and bits (`unpack` of the packed leaves: the same). The
+    metadata and each leaf's sizes: `load_compressed_with_info`.
 
   Raises:
     CorruptFileError: the file is truncated, corrupted, foreign, of an
       unsupported version, or declares leaves beyond the bounds.
   """
-  if not decode and not details:
-    raise ValueError('decode=False needs details=True')
-  f = from_bytes(_read_source(file), max_elements=max_elements,
-                 max_bytes=max_bytes, decode=decode, packed=packed,
-                 layout=layout)
-  if details:
-    return f
-  return (f.params, f.metadata) if with_metadata else f.params
+  return load_compressed_with_info(
+      file, max_elements=max_elements, max_bytes=max_bytes, packed=packed,
+      layout=layout).params
+
+
+def load_compressed_with_info(file: PathOrFile, *, decode: bool = True,
+                              max_elements: int | None = MAX_ELEMENTS,
+                              max_bytes: int | None = MAX_BYTES,
+                              packed: bool = False,
+                              layout: str = 'auto') -> CompressedFile:
+  """Loads a file as `load_compressed` does, with its metadata and sizes.
+
+  Args:
+    file: a path or a binary file object open for reading.
+    decode: False reads only the declared leaves (`params` and `metadata`
+      are then None; see `from_bytes`).
+    max_elements, max_bytes, packed, layout: as for `load_compressed`.
+
+  Returns:
+    The `CompressedFile`: `params` (as `load_compressed` returns them),
+    `metadata` (None if none was saved), each leaf's `LeafInfo` and the
+    file's sizes.
+
+  Raises:
+    CorruptFileError: as for `load_compressed`.
+  """
+  return from_bytes(_read_source(file), max_elements=max_elements,
+                    max_bytes=max_bytes, decode=decode, packed=packed,
+                    layout=layout)
 
 
 # --------------------------------------------------------------- packed ---
@@ -368,6 +384,7 @@ __all__ = (
     'LeafInfo',
     'from_bytes',
     'load_compressed',
+    'load_compressed_with_info',
     'named_leaves',
     'save_compressed',
     'to_bytes',

@@ -48,7 +48,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gmp_jax import prior as prior_lib
+import gmp_jax
 
 __all__ = (
     'batch_sharding',
@@ -139,14 +139,14 @@ def fsdp_sharding(tree: Any, mesh: Mesh, *, axis: str = 'data',
   replicated = NamedSharding(mesh, PartitionSpec())
 
   def leaf_sharding(leaf):
-    if isinstance(leaf, prior_lib.GaussianMixture):
+    if isinstance(leaf, gmp_jax.GaussianMixture):
       return jax.tree.map(lambda _: replicated, leaf)
     return NamedSharding(mesh, fsdp_spec(
         getattr(leaf, 'shape', ()), size, axis=axis, min_size=min_size))
 
   return jax.tree.map(
       leaf_sharding, tree,
-      is_leaf=lambda x: isinstance(x, prior_lib.GaussianMixture))
+      is_leaf=lambda x: isinstance(x, gmp_jax.GaussianMixture))
 
 
 def replicated_sharding(tree: Any, mesh: Mesh) -> Any:

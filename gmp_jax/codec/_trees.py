@@ -17,8 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gmp_jax import _wire
-from gmp_jax._wire import CorruptFileError
+from gmp_jax.codec import _wire
+from gmp_jax.codec._wire import CorruptFileError
 
 
 def path_name(path: tuple) -> str:

@@ -1,4 +1,4 @@
-"""A Pallas lookup-table matmul: x @ W for a 4-bit packed W (private).
+"""A Pallas lookup-table matmul: x @ W for a 4-bit packed W (experimental).
 
 With W = codebook[indices] of shape (k, n), packed two indices per byte
 along n (`gmp_jax.packed`), the even and odd output columns are

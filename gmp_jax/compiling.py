@@ -65,8 +65,7 @@ def compile_step(fn: Callable[..., Any], *, donate_state: bool = False,
       `default_compiler_options()`, `{}` none at all.
     out_shardings: passed to `jax.jit`; None lets XLA choose. On a mesh,
       `(state_shardings, None)` returns the state laid out as it came in,
-      so a sharded state keeps its layout and the step compiles once
-      (`gmp_jax.sharding`).
+      so a sharded state keeps its layout and the step compiles once.
     **jit_kwargs: further `jax.jit` arguments (e.g. `static_argnames`).
 
   Returns:

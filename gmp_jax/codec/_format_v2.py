@@ -30,7 +30,7 @@ only: 5 string, 6 int (varint of the zigzag code 2n or -2n - 1), 7 float
 
 A *leaf record* starts with a flags byte. 1: raw, the N entries in C order
 follow. Otherwise the leaf is coded: bits 2-3 give the position model (0
-global, 1 rows, 2 columns; `gmp_jax._positions`), bit 4 says the codebook
+global, 1 rows, 2 columns; `gmp_jax.codec._positions`), bit 4 says the codebook
 is a selection from the shared one, bit 5 that a storage dtype follows
 (when it differs from the leaf dtype). Let `s` be the leaf cast to its
 storage dtype, flattened in C order, and `z = s != 0` bitwise. Then:
@@ -44,11 +44,11 @@ storage dtype, flattened in C order, and `z = s != 0` bitwise. Then:
   histogram of the row counts of the leaf's matrix view (transposed).
 
 The stream of a tree codes, leaf by leaf in file order, with
-`gmp_jax._ans`: under the global model, if 0 < nnz < N, `z` as N symbols
+`gmp_jax.codec._ans`: under the global model, if 0 < nnz < N, `z` as N symbols
 under the categorical model (N - nnz, nnz); under the rows or columns
 model, if 0 < nnz < N, the row counts under the categorical model of their
 histogram, then the bits of every row that is neither empty nor full,
-each with the probability of `gmp_jax._positions`; then, if K > 1, the
+each with the probability of `gmp_jax.codec._positions`; then, if K > 1, the
 codebook index of each nonzero in C order under the categorical model of
 the counts. The encoder chooses per leaf the cheapest position model and
 raw storage when coding is not smaller, and always for more than 65,536
@@ -76,8 +76,8 @@ second codes the streams leaf by leaf from the LAST leaf to the first (the
 stack coder decodes in the opposite order), each leaf in blocks of
 `_CHUNK` entries. The temporaries of one leaf (its nonzero mask, a block of
 indices or probabilities) are freed before the next. The choice of the
-position model is exact (the costs of `gmp_jax._positions.plan_cost`, up to
-the float64 rounding of their sums), so the bytes are those of the
+position model is exact (the costs of `_positions.plan_cost`, up to the
+float64 rounding of their sums), so the bytes are those of the
 whole-leaf planner this replaced. The file is then written piece by piece
 (`Encoded.write_to`); raw leaves go from their arrays to the file, and no
 bytes object of the whole file is formed. The leaves are taken as given
@@ -96,11 +96,11 @@ import zlib
 
 import numpy as np
 
-from gmp_jax import _ans
-from gmp_jax import _positions
-from gmp_jax import _trees
-from gmp_jax import _wire
-from gmp_jax._wire import CorruptFileError
+from gmp_jax.codec import _ans
+from gmp_jax.codec import _positions
+from gmp_jax.codec import _trees
+from gmp_jax.codec import _wire
+from gmp_jax.codec._wire import CorruptFileError
 
 VERSION = 2
 T_NONE, T_DICT, T_LIST, T_TUPLE, T_ARRAY = 0, 1, 2, 3, 4

@@ -9,12 +9,9 @@ crash. Every file gmp_jax and its experiments write goes through it.
 from __future__ import annotations
 
 from collections.abc import Callable
-import json
 import os
 import tempfile
-from typing import Any, BinaryIO, Union
-
-import numpy as np
+from typing import BinaryIO, Union
 
 Data = Union[bytes, bytearray, memoryview, str, Callable[[BinaryIO], None]]
 
@@ -77,29 +74,6 @@ def write_atomic(path: str | os.PathLike, data: Data) -> None:
   _fsync_directory(directory)
 
 
-def json_default(x: Any) -> Any:
-  """`json.dumps` default: NumPy scalars as numbers, arrays as lists."""
-  if isinstance(x, np.generic):
-    return x.item()
-  if hasattr(x, '__array__') and hasattr(x, 'dtype'):  # NumPy or jax array.
-    return np.asarray(x).tolist()
-  raise TypeError(f'not JSON serialisable: {type(x).__name__}')
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-  """Writes `obj` as indented JSON with `write_atomic`.
-
-  NumPy and jax arrays become (nested) lists, NumPy scalars Python numbers.
-
-  Raises:
-    TypeError: `obj` holds something else that JSON cannot represent; the
-      file is then left unchanged.
-  """
-  text = json.dumps(obj, indent=2, default=json_default)
-  write_atomic(path, text)
-
-
 __all__ = (
     'write_atomic',
-    'write_json_atomic',
 )
