@@ -16,8 +16,10 @@ entry point in this process as its command line would, for tests.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import sys
 import types
 from typing import Any
+from unittest import mock
 
 from absl import app
 from absl import flags
@@ -39,15 +41,18 @@ def call(module: types.ModuleType, argv: Sequence[str]) -> Any:
   Defines the module's flags (`module._define_flags`), parses `argv` (no
   program name), calls `main` with the program name and the positional
   arguments, then removes the flags again and restores every other flag.
-  A bad command line raises `flags.Error` or `app.UsageError`.
+  `sys.argv` is the command line meanwhile: ml_collections' config flags
+  find their `--config.FIELD=VALUE` overrides there. A bad command line
+  raises `flags.Error` or `app.UsageError`.
   """
   before = set(FLAGS)
   was_parsed = FLAGS.is_parsed()
   module._define_flags()  # pylint: disable=protected-access
   added = set(FLAGS) - before
+  command_line = [module.__name__, *argv]
   try:
-    with flagsaver.flagsaver():
-      positional = FLAGS([module.__name__, *argv])  # Validates them too.
+    with flagsaver.flagsaver(), mock.patch.object(sys, 'argv', command_line):
+      positional = FLAGS(command_line)  # Validates them too.
       return module.main(positional)
   finally:
     for name in added:
