@@ -68,7 +68,7 @@ pack lenet5
 # 3. The step alone.
 if [ -z "$SUFFIX" ]; then
   job 60 train_step python -m benchmarks.train_step \
-    --configs jax_gmp_multi --batch-sizes 256 \
+    --configs jax_gmp_multi --batch_sizes 256 \
     --json "$OUT/train_step_gpu.json"
 fi
 

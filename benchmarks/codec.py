@@ -3,7 +3,7 @@
   python -m benchmarks.codec                 # timings and the size report
   python -m benchmarks.codec --coders        # also compare entropy coders
   python -m benchmarks.codec --json out.json
-  python -m benchmarks.codec --large 10e6 50e6  # streaming at scale only
+  python -m benchmarks.codec --large=10e6,50e6  # streaming at scale only
 
 The model is the poster's MNIST net in flax layout (642,460 parameters),
 quantised synthetically: each layer has 10 shared nonzero values with
@@ -14,16 +14,18 @@ includes the fsync of an atomic write to a temporary directory.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 import tracemalloc
 
+from absl import app
+from absl import flags
 import constriction
 import numpy as np
 
 from benchmarks import timing
+from experiments.infra import cli
 from gmp_jax import codec
 from gmp_jax import report
 from experiments.infra import jsonio
@@ -185,22 +187,25 @@ def scale(sizes: list[int]) -> list[dict]:
   return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-  """Runs the benchmark; prints and returns the results."""
-  parser = argparse.ArgumentParser(prog='python -m benchmarks.codec')
-  parser.add_argument('--runs', type=int, default=7)
-  parser.add_argument('--coders', action='store_true',
-                      help='also compare entropy coders on the largest leaf')
-  parser.add_argument('--json', metavar='OUT', help='write results as JSON')
-  parser.add_argument('--large', type=float, nargs='+', metavar='N',
-                      help='only the streaming benchmark: one leaf of about '
-                      'N weights each')
-  args = parser.parse_args(argv)
+def _define_flags() -> None:
+  flags.DEFINE_integer('runs', 7, 'Repetitions after one warm-up.')
+  flags.DEFINE_bool('coders', False,
+                    'Also compare entropy coders on the largest leaf.')
+  flags.DEFINE_string('json', None, 'Write the results as JSON here.')
+  flags.DEFINE_list('large', [], 'Only the streaming benchmark: one leaf of '
+                    'about N weights per entry, e.g. 10e6,50e6.')
+
+
+def main(argv: list[str]) -> int:
+  """Runs the benchmark and prints the results (and writes --json)."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
   if args.large:
-    results = {'scale': scale([int(n) for n in args.large])}
+    results = {'scale': scale([int(float(n)) for n in args.large])}
     if args.json:
       jsonio.write_json_atomic(args.json, results)
-    return results
+    return 0
 
   params = poster_params()
   with tempfile.TemporaryDirectory() as tmp:
@@ -230,8 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
             f'| {1e3 * r["decode_s"]:.1f} |')
   if args.json:
     jsonio.write_json_atomic(args.json, results)
-  return results
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(_define_flags, main)

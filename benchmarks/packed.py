@@ -48,13 +48,13 @@ dense float32, packed and sparse at batch 1 and 64.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 import time
 from typing import Any
 
+from absl import app
+from absl import flags
 import jax
 from jax.experimental import sparse as jsparse
 import jax.numpy as jnp
@@ -65,6 +65,7 @@ from gmp_jax import packed as packed_lib
 from gmp_jax import packed_kernel
 from benchmarks import timing
 from experiments.infra import jsonio
+from experiments.infra import cli
 
 K = 16
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(
@@ -514,23 +515,24 @@ def models_table(results) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-  """Runs the benchmark; writes the JSON (and figure) and returns it."""
-  parser = argparse.ArgumentParser(prog='python -m benchmarks.packed')
-  parser.add_argument('--out', default=os.path.join(RESULTS,
-                                                    'packed_cpu.json'))
-  parser.add_argument('--plot', default=None,
-                      help='figure path (default: --out with .png)')
-  parser.add_argument('--sizes', default=None,
-                      help='comma-separated n of the n x n layer')
-  parser.add_argument('--batches', default='1,64')
-  parser.add_argument('--runs', type=int, default=0,
-                      help='timed calls per case (0: by size)')
-  parser.add_argument('--quick', action='store_true', help='no 8192²')
-  parser.add_argument('--smoke', action='store_true',
-                      help='tiny sizes, one run each (for tests)')
-  parser.add_argument('--no-sparse', action='store_true')
-  args = parser.parse_args(argv)
+def _define_flags() -> None:
+  flags.DEFINE_string('out', os.path.join(RESULTS, 'packed_cpu.json'),
+                      'The JSON report.')
+  flags.DEFINE_string('plot', None, 'Figure path (default: --out with .png).')
+  flags.DEFINE_string('sizes', None, 'Comma-separated n of the n x n layer.')
+  flags.DEFINE_string('batches', '1,64', 'Comma-separated batch sizes.')
+  flags.DEFINE_integer('runs', 0, 'Timed calls per case (0: by size).')
+  flags.DEFINE_bool('quick', False, 'No 8192².')
+  flags.DEFINE_bool('smoke', False, 'Tiny sizes, one run each (for tests).')
+  flags.DEFINE_bool('sparse', True, 'Also the sparse layouts and the '
+                    'end-to-end models (--nosparse skips them).')
+
+
+def main(argv: list[str]) -> int:
+  """Runs the benchmark; writes the JSON (and figure) and prints tables."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
   if args.sizes:
     sizes = [int(s) for s in args.sizes.split(',')]
   elif args.smoke:
@@ -542,8 +544,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = [1, 4]
   rng = np.random.default_rng(0)
   results: dict[str, Any] = {
-      'command': 'python -m benchmarks.packed ' + ' '.join(
-          sys.argv[1:] if argv is None else argv),
+      'command': cli.command('benchmarks.packed'),
       'machine': timing.machine(), 'load': timing.load(),
       'settings': {'sizes': sizes, 'batches': batches, 'codebook_size': K,
                    'block_bytes': packed_lib.BLOCK_BYTES,
@@ -557,7 +558,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   results['layers'] = bench_layers(sizes, batches, args, rng)
   results['targets'] = targets(results['layers'])
   results['models'] = bench_models()
-  if not args.no_sparse:
+  if args.sparse:
     shapes = ((125, 50),) if args.smoke else SPARSE_SHAPES
     densities = (0.05,) if args.smoke else SPARSE_DENSITIES
     results['sparse'] = bench_sparse(shapes, densities,
@@ -572,8 +573,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   plot(results, args.plot or os.path.splitext(args.out)[0] + '.png')
   print(_table(results))
   print(models_table(results))
-  return results
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(_define_flags, main)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
@@ -52,6 +51,7 @@ from benchmarks import timing
 from benchmarks import train_step as train_step_bench
 import gmp_jax
 from experiments.image import models
+from experiments.infra import cli
 from experiments.infra import evaluation
 from experiments.infra import jsonio
 from experiments.infra import loop
@@ -61,26 +61,6 @@ from experiments.stages import runner
 from experiments.stages import student
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    'config', 'experiments/configs/mnist.py:smoke',
-    'Pipeline config, e.g. experiments/configs/mnist.py[:smoke].',
-    lock_config=True)
-flags.DEFINE_string('workdir', None, 'Workdir (default: a fresh temp dir).')
-flags.DEFINE_string(
-    'json', None, 'Where to write the figures (default results/pipeline_'
-    '<platform>.json, with --loops results/pipeline_loops_<platform>.json); '
-    'empty for nowhere.')
-flags.DEFINE_bool('block', True, 'Wait for device work in each section.')
-flags.DEFINE_bool('loops', False, 'Time loop kinds and eval instead.')
-flags.DEFINE_integer(
-    'reference_windows', 0, 'Bracket the run with this many windows of the '
-    'step benchmark (benchmarks.train_step, jax_gmp_multi at the retraining '
-    'batch size) before and after it, and report the retraining wall time '
-    'over (steps x reference step time); 0: none.')
-flags.DEFINE_integer('reference_window_steps', 780,
-                     'Steps per reference window.')
-flags.DEFINE_integer('calls', 10, '--loops: steps per timing window '
-                     '(eval: windows).')
 
 COLUMNS = ('wall', *monitor.SECTIONS, 'other')
 
@@ -283,13 +263,38 @@ def compare_loops(config, calls: int) -> dict[str, Any]:
   return out
 
 
+def _define_flags() -> None:
+  """The command line's flags (defined only when run as a program, so that
+  importing this module next to another absl program defines none)."""
+  config_flags.DEFINE_config_file(
+      'config', 'experiments/configs/mnist.py:smoke',
+      'Pipeline config, e.g. experiments/configs/mnist.py[:smoke].',
+      lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Workdir (default: a fresh temp dir).')
+  flags.DEFINE_string(
+      'json', None, 'Where to write the figures (default results/pipeline_'
+      '<platform>.json, with --loops results/pipeline_loops_<platform>.json); '
+      'empty for nowhere.')
+  flags.DEFINE_bool('block', True, 'Wait for device work in each section.')
+  flags.DEFINE_bool('loops', False, 'Time loop kinds and eval instead.')
+  flags.DEFINE_integer(
+      'reference_windows', 0, 'Bracket the run with this many windows of the '
+      'step benchmark (benchmarks.train_step, jax_gmp_multi at the retraining '
+      'batch size) before and after it, and report the retraining wall time '
+      'over (steps x reference step time); 0: none.')
+  flags.DEFINE_integer('reference_window_steps', 780,
+                       'Steps per reference window.')
+  flags.DEFINE_integer('calls', 10, '--loops: steps per timing window '
+                       '(eval: windows).')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   monitor.quiet_third_party_logs()
   config = FLAGS.config
   result: dict[str, Any] = {
-      'command': ' '.join(['python -m benchmarks.pipeline'] + sys.argv[1:]),
+      'command': cli.command('benchmarks.pipeline'),
       'machine': timing.machine(),
       'versions': {'python': platform.python_version(),
                    'jax': jax.__version__, 'numpy': np.__version__},
@@ -325,7 +330,8 @@ def main(argv):
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     jsonio.write_json_atomic(path, result)
     print(f'wrote {path}')
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(_define_flags, main)

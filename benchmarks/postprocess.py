@@ -9,13 +9,21 @@ the first call includes compilation.
 
 import time
 
+from absl import app
 import jax
 
 import gmp_jax
 from experiments.image import models
+from experiments.infra import cli
 
 
-def main() -> None:
+def _define_flags() -> None:
+  """No flags."""
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   params = models.init_params('poster', jax.random.key(0))
   mixture = gmp_jax.init_mixture(params, 17)
   for i in range(3):
@@ -24,7 +32,8 @@ def main() -> None:
         params, gmp_jax.merge_components(mixture)))
     print(f'merge + quantize, call {i + 1}: '
           f'{1e3 * (time.perf_counter() - start):.1f} ms')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(_define_flags, main)

@@ -6,7 +6,7 @@
 Each family trains a float teacher, then runs "Compress your own model" with
 the library's defaults and nothing tuned: `init_mixture(teacher, 17)`, tau
 by `calibrate_tau` at the default ratio, `gmp_optimizer()`, KL distillation
-(`LossOptions()`), `merge_components` + `quantize`, straight-through
+(`LossOptions().data_loss()`), `merge_components` + `quantize`, straight-through
 fine-tuning of the shared values, `save_compressed`. Only the data, the
 model and the epoch budgets are the family's own (`FAMILIES`).
 
@@ -305,7 +305,7 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
 
   # 1-2. The prior from the weights, tau by the rule.
   mixture = gmp_jax.init_mixture(teacher, NUM_COMPONENTS)
-  data_loss = gmp_jax.default_data_loss()
+  data_loss = gmp_jax.LossOptions().data_loss()
   probe = [with_teacher(b) for b in
            _batches(x_train, y_train, family.batch_size, np.random.default_rng(
                seed))][:8]
@@ -358,7 +358,7 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
   for _ in range(epochs(family.finetune_epochs)):
     for batch in _batches(x_train, y_train, family.batch_size, rng):
       ft, _ = ft_step(ft, with_teacher(batch))
-  finetuned = gmp_jax.quantized_params(ft)
+  finetuned = ft.quantized_params()
 
   # 6. The file, reloaded.
   with tempfile.TemporaryDirectory() as tmp:

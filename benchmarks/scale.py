@@ -6,7 +6,7 @@
   python -m benchmarks.scale --sizes 1e6,1e7 \\
       --stages save_compressed,load_compressed  # a selection
   python -m benchmarks.scale --library OTHER_CHECKOUT ...  # another gmp_jax
-  python -m benchmarks.scale --compare BEFORE.json AFTER.json  # a table
+  python -m benchmarks.scale --compare=BEFORE.json,AFTER.json  # a table
 
 Stages (`--stages`, default all):
 
@@ -18,7 +18,7 @@ Stages (`--stages`, default all):
   retraining objective (17-component prior, Gamma hyperpriors,
   teacher-student MSE at T = 4, Adam from `gmp_optimizer`), compiled by
   `compile_step` with the state donated, on a wide MLP whose weights are
-  the layout's leaves (batch `--batch-size`).
+  the layout's leaves (batch `--batch_size`).
 * `merge_components`, `quantize`: post-processing of the same weights and
   mixture (merging works on the K entries of the mixture only, so its time
   should not depend on N).
@@ -41,7 +41,7 @@ Layouts (`--layouts`):
 * `many_leaves`: the leaves of a transformer's MLP blocks, alternating up
   (512, 1024) and down (1024, 512) projections of 512k weights each (an
   even number of them, at least two); the MLP is the residual stack
-  `x + tanh(x @ up) @ down / sqrt(blocks)`. `--leaf-shape` changes the up
+  `x + tanh(x @ up) @ down / sqrt(blocks)`. `--leaf_shape` changes the up
   shape (the smoke run uses 128 x 256).
 
 N is rounded to what the layout holds; the JSON records the exact count.
@@ -52,7 +52,7 @@ Timing. Each measurement calls the stage once (compilation, warm-up;
 it. The result of one call is dropped before the next starts.
 
 Peak memory. Every (stage, N, layout) runs in a fresh subprocess of this
-module (unless `--in-process`, the smoke default), so that nothing of an
+module (unless `--in_process`, the smoke default), so that nothing of an
 earlier stage (jit caches, allocator pools, freed but retained memory) is
 counted. Inside it the peak resident set is measured exactly rather than
 sampled: just before the stage the kernel's high-water mark is reset
@@ -76,7 +76,7 @@ figures are host memory; on an accelerator, `device_peak_mb` adds the
 device's `peak_bytes_in_use`.
 
 Extrapolation. Per stage and layout, a least-squares line through
-(log N, log seconds) and (log N, log peak MB) of the largest `--fit-points`
+(log N, log seconds) and (log N, log peak MB) of the largest `--fit_points`
 sizes gives the slope and the figures at 1B and 7B weights (JSON
 "extrapolation"; printed). A constant part (compilation, the CLI's start)
 flattens the log-log line over small N, so an affine fit c + b N and its
@@ -96,7 +96,6 @@ are timed; `limits_passed` records it.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 import gc
 import importlib
@@ -112,14 +111,18 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 from typing import Any, NamedTuple
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
 from experiments.infra import jsonio
+from experiments.infra import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STAGES = ('mixture_log_prob', 'value_and_grad', 'train_step',
@@ -784,8 +787,8 @@ def measure_in_subprocess(stage: str, spec: Spec, *, runs: int,
   cmd = [sys.executable, '-m', 'benchmarks.scale', '--worker',
          f'--stage={stage}', f'--layout={spec.layout}',
          f'--n={spec.requested}', f'--runs={runs}',
-         f'--batch-size={batch_size}',
-         f'--leaf-shape={leaf_shape[0]}x{leaf_shape[1]}',
+         f'--batch_size={batch_size}',
+         f'--leaf_shape={leaf_shape[0]}x{leaf_shape[1]}',
          f'--workdir={workdir}', f'--out={out}']
   if library:
     cmd.append(f'--library={library}')
@@ -1089,7 +1092,7 @@ def _shape(text: str | Sequence[int]) -> tuple[int, int]:
     return tuple(text)
   parts = text.lower().replace(',', 'x').split('x')
   if len(parts) != 2:
-    raise argparse.ArgumentTypeError(f'expected ROWSxCOLS, got {text!r}')
+    raise ValueError(f'expected ROWSxCOLS, got {text!r}')
   return int(parts[0]), int(parts[1])
 
 
@@ -1127,69 +1130,75 @@ def compare_table(before: dict[str, Any], after: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
-  parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.scale', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--json', metavar='OUT', help='write the report here')
-  parser.add_argument('--plot', metavar='PNG', help='write the figure here')
-  parser.add_argument('--smoke', action='store_true',
-                      help='N in {1e5, 2e5}, small leaves, one run, in '
-                           'process: seconds, checks that it runs')
-  parser.add_argument('--sizes', type=_sizes, default=None,
-                      help='comma-separated N, e.g. 1e6,1e7 or 1M,100M')
-  parser.add_argument('--stages', type=_names, default=None,
-                      help=f'comma-separated subset of {",".join(STAGES)}')
-  parser.add_argument('--layouts', type=_names, default=None,
-                      help=f'comma-separated subset of {",".join(LAYOUTS)}')
-  parser.add_argument('--runs', type=int, default=None,
-                      help='timed calls after the first (default 3, smoke 1)')
-  parser.add_argument('--batch-size', type=int, default=16,
-                      help='batch of the train step')
-  parser.add_argument('--leaf-shape', type=_shape, default=None,
-                      help='up projection of many_leaves, ROWSxCOLS '
-                           '(default 512x1024, smoke 128x256)')
-  parser.add_argument('--in-process', action='store_true', default=None,
-                      help='measure in this process (faster, memory less '
-                           'isolated; the smoke default)')
-  parser.add_argument('--subprocess', dest='in_process',
-                      action='store_false',
-                      help='one fresh process per measurement (default)')
-  parser.add_argument('--fit-points', type=int, default=3,
-                      help='largest sizes the extrapolation fits')
-  parser.add_argument('--timeout', type=float, default=3600,
-                      help='seconds one measurement may take')
-  parser.add_argument('--library', metavar='DIR',
-                      help='import gmp_jax from this checkout')
+def _define_flags() -> None:
+  flags.DEFINE_string('json', None, 'Write the report here.')
+  flags.DEFINE_string('plot', None, 'Write the figure here.')
+  flags.DEFINE_bool('smoke', False, 'N in {1e5, 2e5}, small leaves, one run, '
+                    'in process: seconds, checks that it runs.')
+  flags.DEFINE_string('sizes', None, 'Comma-separated N, e.g. 1e6,1e7 or '
+                      '1M,100M.')
+  flags.DEFINE_string('stages', None,
+                      f'Comma-separated subset of {",".join(STAGES)}.')
+  flags.DEFINE_string('layouts', None,
+                      f'Comma-separated subset of {",".join(LAYOUTS)}.')
+  flags.DEFINE_integer('runs', None,
+                       'Timed calls after the first (default 3, smoke 1).')
+  flags.DEFINE_integer('batch_size', 16, 'Batch of the train step.')
+  flags.DEFINE_string('leaf_shape', None, 'Up projection of many_leaves, '
+                      'ROWSxCOLS (default 512x1024, smoke 128x256).')
+  flags.DEFINE_bool('in_process', None, 'Measure in this process (faster, '
+                    'memory less isolated; the smoke default); '
+                    '--noin_process: one fresh process per measurement (the '
+                    'default otherwise).')
+  flags.DEFINE_integer('fit_points', 3,
+                       'Largest sizes the extrapolation fits.')
+  flags.DEFINE_float('timeout', 3600, 'Seconds one measurement may take.')
+  flags.DEFINE_string('library', None, 'Import gmp_jax from this checkout.')
+  flags.DEFINE_list('compare', None, 'BEFORE.json,AFTER.json: print a '
+                    'before/after table of two reports.')
   # Worker mode (started by measure_in_subprocess).
-  parser.add_argument('--compare', nargs=2, metavar=('BEFORE', 'AFTER'),
-                      help='print a before/after table of two reports')
-  parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--stage', help=argparse.SUPPRESS)
-  parser.add_argument('--layout', help=argparse.SUPPRESS)
-  parser.add_argument('--n', type=int, help=argparse.SUPPRESS)
-  parser.add_argument('--workdir', help=argparse.SUPPRESS)
-  parser.add_argument('--out', help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+  flags.DEFINE_bool('worker', False, 'Internal: one measurement.')
+  flags.DEFINE_string('stage', None, 'Internal: the worker\'s stage.')
+  flags.DEFINE_string('layout', None, 'Internal: the worker\'s layout.')
+  flags.DEFINE_integer('n', None, 'Internal: the worker\'s N.')
+  flags.DEFINE_string('workdir', None, 'Internal: the worker\'s directory.')
+  flags.DEFINE_string('out', None, 'Internal: the worker\'s row.')
+
+
+def main(argv: list[str]) -> int:
+  """Runs the benchmark (or a worker's measurement, or --compare)."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
   if args.compare:
+    if len(args.compare) != 2:
+      raise app.UsageError('--compare takes BEFORE.json,AFTER.json')
     with open(args.compare[0]) as f_before, open(args.compare[1]) as f_after:
       print(compare_table(json.load(f_before), json.load(f_after)))
-    return None
+    return 0
+  try:
+    sizes = _sizes(args.sizes) if args.sizes else None
+    leaf_shape = _shape(args.leaf_shape) if args.leaf_shape else None
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  stages = _names(args.stages) if args.stages else None
+  layouts = _names(args.layouts) if args.layouts else None
   if args.worker:
-    args.leaf_shape = args.leaf_shape or LEAF_SHAPE
-    _worker(args)
-    return None
+    _worker(types.SimpleNamespace(
+        library=args.library, layout=args.layout, n=args.n, stage=args.stage,
+        runs=args.runs, workdir=args.workdir, out=args.out,
+        batch_size=args.batch_size, leaf_shape=leaf_shape or LEAF_SHAPE))
+    return 0
   in_process = args.smoke if args.in_process is None else args.in_process
   gmp = import_library(args.library)
-  command = ' '.join(['python -m benchmarks.scale']
-                     + list(sys.argv[1:] if argv is None else argv))
+  command = cli.command('benchmarks.scale')
   report = run_benchmark(
-      gmp, sizes=args.sizes or (SMOKE_SIZES if args.smoke else SIZES),
-      stages=args.stages or STAGES, layouts=args.layouts or LAYOUTS,
+      gmp, sizes=sizes or (SMOKE_SIZES if args.smoke else SIZES),
+      stages=stages or STAGES, layouts=layouts or LAYOUTS,
       runs=args.runs or (1 if args.smoke else 3),
       batch_size=args.batch_size,
-      leaf_shape=args.leaf_shape or (SMOKE_LEAF_SHAPE if args.smoke
-                                     else LEAF_SHAPE),
+      leaf_shape=leaf_shape or (SMOKE_LEAF_SHAPE if args.smoke
+                                else LEAF_SHAPE),
       in_process=in_process, fit_points=args.fit_points,
       library=args.library, timeout=args.timeout, command=command,
       json_path=args.json)
@@ -1202,8 +1211,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     _write_json(args.json, report)
   if args.plot:
     plot(report, args.plot)
-  return report
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(_define_flags, main)

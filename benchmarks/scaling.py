@@ -37,7 +37,6 @@ import os
 os.environ.setdefault('JAX_NUM_CPU_DEVICES', '4')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import argparse
 from collections.abc import Callable, Sequence
 import functools
 import json
@@ -50,12 +49,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from typing import Any
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
 from benchmarks import timing
+from experiments.infra import cli
 import gmp_jax
 from gmp_jax import compiling
 from experiments.image import models
@@ -267,9 +270,9 @@ def run_multiprocess(*, processes: int, devices_per_process: int,
              f'--coordinator_address={address}',
              f'--num_processes={processes}', f'--process_id={i}',
              f'--out={out}', f'--layouts={",".join(layouts)}',
-             f'--batch-size={batch_size}', f'--windows={windows}',
-             f'--window-steps={window_steps}',
-             f'--warmup-steps={warmup_steps}'],
+             f'--batch_size={batch_size}', f'--windows={windows}',
+             f'--window_steps={window_steps}',
+             f'--warmup_steps={warmup_steps}'],
             cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True))
       print(f'{processes} processes x {devices_per_process} devices:',
@@ -376,58 +379,65 @@ def _ints(text: str) -> tuple[int, ...]:
   return tuple(int(t) for t in text.split(',') if t)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--json', help='write the report to this file')
-  parser.add_argument('--smoke', action='store_true',
-                      help='tiny settings, seconds: checks that it runs')
-  parser.add_argument('--batch-size', type=int, default=None)
-  parser.add_argument('--device-counts', type=_ints, default=None,
-                      help='comma-separated, e.g. 1,2,4')
-  parser.add_argument('--layouts', default=None,
-                      help=f'comma-separated subset of {",".join(LAYOUTS)}')
-  parser.add_argument('--processes', type=int, default=None,
-                      help='processes of the multi-process run; 0 skips it')
-  parser.add_argument('--devices-per-process', type=int, default=None)
-  parser.add_argument('--windows', type=int, default=None)
-  parser.add_argument('--window-steps', type=int, default=None)
-  parser.add_argument('--warmup-steps', type=int, default=None)
-  parser.add_argument('--timeout', type=float, default=1800,
-                      help='seconds the multi-process run may take')
+def _define_flags() -> None:
+  flags.DEFINE_string('json', None, 'Write the report to this file.')
+  flags.DEFINE_bool('smoke', False, 'Tiny settings, seconds: checks that it '
+                    'runs.')
+  flags.DEFINE_integer('batch_size', None, 'Global batch.')
+  flags.DEFINE_string('device_counts', None, 'Comma-separated, e.g. 1,2,4.')
+  flags.DEFINE_string('layouts', None,
+                      f'Comma-separated subset of {",".join(LAYOUTS)}.')
+  flags.DEFINE_integer('processes', None,
+                       'Processes of the multi-process run; 0 skips it.')
+  flags.DEFINE_integer('devices_per_process', None, 'CPU devices each.')
+  flags.DEFINE_integer('windows', None, 'Timing windows.')
+  flags.DEFINE_integer('window_steps', None, 'Steps per window.')
+  flags.DEFINE_integer('warmup_steps', None, 'Untimed steps first.')
+  flags.DEFINE_float('timeout', 1800,
+                     'Seconds the multi-process run may take.')
   # Worker mode (started by run_multiprocess).
-  parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--coordinator_address', help=argparse.SUPPRESS)
-  parser.add_argument('--num_processes', type=int, help=argparse.SUPPRESS)
-  parser.add_argument('--process_id', type=int, help=argparse.SUPPRESS)
-  parser.add_argument('--init-timeout', type=int, default=120,
-                      help=argparse.SUPPRESS)
-  parser.add_argument('--out', help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+  flags.DEFINE_bool('worker', False, 'Internal: one process of the run.')
+  flags.DEFINE_string('coordinator_address', None, 'Internal: process 0.')
+  flags.DEFINE_integer('num_processes', None, 'Internal: processes.')
+  flags.DEFINE_integer('process_id', None, 'Internal: this process.')
+  flags.DEFINE_integer('init_timeout', 120,
+                       'Internal: seconds to wait for every process.')
+  flags.DEFINE_string('out', None, 'Internal: the rows file.')
+
+
+def main(argv: list[str]) -> int:
+  """Runs the benchmark (or one process of its multi-process run)."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
   settings = dict(SMOKE if args.smoke else DEFAULTS)
-  for key in ('batch_size', 'device_counts', 'processes',
-              'devices_per_process', 'windows', 'window_steps',
-              'warmup_steps'):
-    if getattr(args, key) is not None:
-      settings[key] = getattr(args, key)
+  given = {'batch_size': args.batch_size,
+           'device_counts': (_ints(args.device_counts)
+                             if args.device_counts is not None else None),
+           'processes': args.processes,
+           'devices_per_process': args.devices_per_process,
+           'windows': args.windows, 'window_steps': args.window_steps,
+           'warmup_steps': args.warmup_steps}
+  settings.update({k: v for k, v in given.items() if v is not None})
   if args.layouts is not None:
     settings['layouts'] = tuple(args.layouts.split(','))
   if args.worker:
-    args.batch_size = settings['batch_size']
-    args.windows, args.window_steps = (settings['windows'],
-                                       settings['window_steps'])
-    args.warmup_steps = settings['warmup_steps']
-    args.layouts = ','.join(settings['layouts'])
-    _worker(args)
-    return None
-  command = ' '.join(['python -m benchmarks.scaling']
-                     + list(sys.argv[1:] if argv is None else argv))
+    _worker(types.SimpleNamespace(
+        coordinator_address=args.coordinator_address,
+        num_processes=args.num_processes, process_id=args.process_id,
+        init_timeout=args.init_timeout, out=args.out,
+        batch_size=settings['batch_size'], windows=settings['windows'],
+        window_steps=settings['window_steps'],
+        warmup_steps=settings['warmup_steps'],
+        layouts=','.join(settings['layouts'])))
+    return 0
+  command = cli.command('benchmarks.scaling')
   report = run_benchmark(timeout=args.timeout, command=command, **settings)
   print(format_table(report))
   if args.json:
     jsonio.write_json_atomic(args.json, report)
-  return report
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(_define_flags, main)

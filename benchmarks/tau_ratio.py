@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 import gmp_jax
 from experiments.infra import jsonio
+from experiments.infra import cli
 from experiments.infra import monitor
 from experiments.infra import workdir_layout
 from experiments.stages import retrain
@@ -69,6 +70,7 @@ def _define_flags() -> None:
   flags.DEFINE_string('json', None, 'Write the figures here too.')
   config_flags.DEFINE_config_file('config', None, "The run's config.",
                                   lock_config=True)
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
@@ -78,9 +80,8 @@ def main(argv):
   print(json.dumps(out, indent=2))
   if FLAGS.json:
     jsonio.write_json_atomic(FLAGS.json, out)
+  return 0
 
 
 if __name__ == '__main__':
-  _define_flags()
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.run(_define_flags, main)

@@ -2,7 +2,7 @@
 
   python -m benchmarks.train_step --json train_step.json
   python -m benchmarks.train_step --smoke              # seconds, JAX only
-  python -m benchmarks.train_step --batch-sizes 128 --configs jax_gmp,torch_gmp
+  python -m benchmarks.train_step --batch_sizes 128 --configs jax_gmp,torch_gmp
 
 Network: the poster's MNIST net (`experiments.image.models`, 642,460 parameters).
 Configurations, all with Adam at `gmp_jax.gmp_optimizer`'s learning rates:
@@ -31,7 +31,6 @@ compressed file save/load times for the seed network, and the ratios
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -41,11 +40,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
+from experiments.infra import cli
 import gmp_jax
 from gmp_jax import compiling
 from experiments.image import models
@@ -353,27 +355,29 @@ def format_table(report: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--json', help='write the report to this file')
-  parser.add_argument('--smoke', action='store_true',
-                      help='tiny windows, batch 16, JAX only, no '
-                           'post-processing (for tests)')
-  parser.add_argument('--batch-sizes', default=None,
-                      help='comma-separated (default 128,256)')
-  parser.add_argument('--configs', default=None,
-                      help=f"comma-separated subset of {','.join(ALL_CONFIGS)}")
-  parser.add_argument('--windows', type=int, default=None)
-  parser.add_argument('--window-steps', type=int, default=None)
-  parser.add_argument('--multi-steps', type=int, default=None,
-                      help='steps per dispatch of the *_multi configs')
-  parser.add_argument('--torch-threads', type=int, default=None,
-                      help='torch.set_num_threads (default: all cores)')
-  parser.add_argument('--no-compiler-options', action='store_true',
-                      help="compile the JAX steps with XLA's defaults instead "
-                           "of gmp_jax's (compiler_options={})")
-  args = parser.parse_args(argv)
+def _define_flags() -> None:
+  flags.DEFINE_string('json', None, 'Write the report to this file.')
+  flags.DEFINE_bool('smoke', False, 'Tiny windows, batch 16, JAX only, no '
+                    'post-processing (for tests).')
+  flags.DEFINE_string('batch_sizes', None, 'Comma-separated (default 128,256).')
+  flags.DEFINE_string('configs', None,
+                      f"Comma-separated subset of {','.join(ALL_CONFIGS)}.")
+  flags.DEFINE_integer('windows', None, 'Timing windows per configuration.')
+  flags.DEFINE_integer('window_steps', None, 'Steps per window.')
+  flags.DEFINE_integer('multi_steps', None,
+                       'Steps per dispatch of the *_multi configs.')
+  flags.DEFINE_integer('torch_threads', None,
+                       'torch.set_num_threads (default: all cores).')
+  flags.DEFINE_bool('compiler_options', True, "Compile the JAX steps with "
+                    "gmp_jax's compiler options; --nocompiler_options: XLA's "
+                    'defaults (compiler_options={}).')
+
+
+def main(argv: list[str]) -> int:
+  """Runs the benchmark, prints its table and writes --json."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
   if args.smoke:
     defaults = dict(configs='jax_plain,jax_gmp,jax_gmp_multi', batch_sizes='16',
                     windows=2, window_steps=2, warmup_steps=1, multi_steps=2,
@@ -385,8 +389,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   configs = (args.configs or defaults['configs']).split(',')
   unknown = set(configs) - set(ALL_CONFIGS)
   if unknown:
-    parser.error(f'unknown configs {sorted(unknown)}; choose from '
-                 f'{ALL_CONFIGS}')
+    raise app.UsageError(f'unknown configs {sorted(unknown)}; choose from '
+                         f'{ALL_CONFIGS}')
   report = run_benchmark(
       configs=configs,
       batch_sizes=[int(b) for b in
@@ -397,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       multi_steps=args.multi_steps or defaults['multi_steps'],
       num_examples=defaults['num_examples'],
       postprocess_runs=defaults['postprocess_runs'],
-      compiler_options={} if args.no_compiler_options else None,
+      compiler_options=None if args.compiler_options else {},
       torch_threads=args.torch_threads)
   load = report['load_before']['loadavg'][0]
   if load > 0.5 * (os.cpu_count() or 1):
@@ -407,8 +411,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(format_table(report))
   if args.json:
     jsonio.write_json_atomic(args.json, report)
-  return report
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(_define_flags, main)

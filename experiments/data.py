@@ -11,35 +11,40 @@ which fetches what is not cached (``$GMP_JAX_DATA_DIR``, else
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 
+from absl import app
+from absl import flags
+
 from experiments.image import data as image_data
+from experiments.infra import cli
 from experiments.infra import pypi_cache
 from experiments.infra import registry
 
 
-def main(argv: list[str] | None = None) -> int:
+def _define_flags() -> None:
+  flags.DEFINE_string('data_dir', None, 'Cache directory (default: '
+                      '$GMP_JAX_DATA_DIR, else ~/.cache/gmp_jax).')
+
+
+def main(argv: list[str]) -> int:
   """`python -m experiments.data [NAME ...]`: fetch, verify and cache.
 
   NAME: a registered dataset with an offline source (`mnist`, the default,
   `fashion_mnist`, `shakespeare`).
   """
-  parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument('names', nargs='*', default=['mnist'])
-  parser.add_argument('--data_dir', default=None)
-  args = parser.parse_args(argv)
-  for name in args.names:
+  names = argv[1:] or ['mnist']
+  for name in names:
     if name not in registry.DATASETS:
-      parser.error(f'unknown dataset {name!r}; expected one of '
-                   f'{tuple(registry.DATASETS)}')
-  cache = (pypi_cache.default_data_dir() if args.data_dir is None
-           else os.path.expanduser(os.fspath(args.data_dir)))
-  for name in args.names:
+      raise app.UsageError(f'unknown dataset {name!r}; expected one of '
+                           f'{tuple(registry.DATASETS)}')
+  data_dir = flags.FLAGS.data_dir
+  cache = (pypi_cache.default_data_dir() if data_dir is None
+           else os.path.expanduser(os.fspath(data_dir)))
+  for name in names:
     start = time.perf_counter()
-    ds = image_data.load_dataset(name, data_dir=args.data_dir)
+    ds = image_data.load_dataset(name, data_dir=data_dir)
     print(f"{name}: {len(ds['train'][0])} train / {len(ds['test'][0])} "
           f'test examples ready in {time.perf_counter() - start:.1f} s '
           f'(cache: {cache})')
@@ -47,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(_define_flags, main)

@@ -12,24 +12,23 @@ import jax
 import pytest
 
 from benchmarks import train_step
-
-# The `--smoke` run's default configurations.
-SMOKE_CONFIGS = ('jax_plain', 'jax_gmp', 'jax_gmp_multi')
+from experiments.infra import cli
 
 
 @pytest.fixture(scope='module')
 def smoke(tmp_path_factory):
-  """One smoke run for both tests: the JAX configurations and the PyTorch
-  peer (dropped by the benchmark when torch is not installed).
+  """One smoke run for both tests: every configuration of the default
+  command line (the PyTorch ones dropped by the benchmark when torch is not
+  installed) at the smoke size.
 
   Returns the report and what the benchmark printed.
   """
   out = tmp_path_factory.mktemp('train_step') / 'report.json'
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    train_step.main(['--smoke', '--configs',
-                     ','.join(SMOKE_CONFIGS + ('torch_gmp',)),
-                     '--json', str(out)])
+    cli.call(train_step, ['--smoke', '--configs',
+                          ','.join(train_step.ALL_CONFIGS),
+                          '--json', str(out)])
   return json.loads(out.read_text()), printed.getvalue()
 
 
@@ -37,8 +36,8 @@ def test_smoke_run_writes_a_complete_report(smoke):
   report, printed = smoke
   rows = {(r['config'], r['batch_size']): r for r in report['results']
           if r['config'].startswith('jax')}
-  assert set(rows) == {('jax_plain', 16), ('jax_gmp', 16),
-                       ('jax_gmp_multi', 16)}
+  assert set(rows) == {(c, 16) for c in train_step.ALL_CONFIGS
+                       if c.startswith('jax')}
   for row in report['results']:
     assert row['images_per_s'] > 0
     assert len(row['window_images_per_s']) == report['settings']['windows']
@@ -61,6 +60,7 @@ def test_smoke_run_with_the_pytorch_peer(smoke):
   pytest.importorskip('torch', reason='the [bench] extra is not installed')
   report, _ = smoke
   rows = {r['config']: r for r in report['results']}
-  assert set(rows) == {*SMOKE_CONFIGS, 'torch_gmp'}
+  assert set(rows) == set(train_step.ALL_CONFIGS)
   assert rows['torch_gmp']['images_per_s'] > 0
+  assert rows['torch_plain']['images_per_s'] > 0
   assert 'jax_gmp/torch_gmp@16' in report['ratios']

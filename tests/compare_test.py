@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from experiments.infra import cli
 from experiments.tools import compare
 
 
@@ -111,11 +112,11 @@ def test_bad_inputs(tmp_path):
 
 def test_main_prints_a_table(tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(tmp_path)  # No results/ here: every run is 'not run'.
-  assert compare.main(['compare']) == 0
+  assert cli.call(compare, []) == 0
   out = capsys.readouterr().out
   assert out.count('not run') == 6 and 'MIRACLE' in out
   d = _report(tmp_path, 'run', parameters=642_460, nonzero=12_059,
               file_bytes=11_081, original=0.9938, pruned=0.99)
-  assert compare.main(['compare', d]) == 0
+  assert cli.call(compare, [d]) == 0
   assert 'Pruned accuracy' in capsys.readouterr().out
   assert os.path.isdir(d)

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import tau_ratio
 import gmp_jax
+from experiments.infra import cli
 from experiments.tools import baselines
 from experiments.language import task as language_model
 from experiments.infra import registry
@@ -145,7 +147,21 @@ def test_pipeline_and_baselines_on_the_sample(tmp_path):
   covered = {r['name'] for r in report['size_report']['rows']
              if r['storage'] == 'coded'}
   assert not any('ln' in name for name in covered)
-  table = baselines.run(config, workdir, kmeans=(4, 16), int_bits=(8,))
+  # The teacher's rho at the config's tau (`python -m benchmarks.tau_ratio`)
+  # is the ratio the retraining calibrated to.
+  config_arg = f'--config={os.path.abspath(shakespeare.__file__)}:smoke'
+  rho_path = tmp_path / 'tau_ratio.json'
+  assert cli.call(tau_ratio, [config_arg, f'--workdir={workdir}',
+                              f'--json={rho_path}']) == 0
+  rho = json.loads(rho_path.read_text())
+  assert rho['model'] == 'transformer_tiny' and rho['dataset'] == 'shakespeare'
+  assert rho['tau'] == pytest.approx(retrain['tau'], rel=1e-3)
+  assert rho['rho'] == pytest.approx(0.05, rel=1e-3)
+  # `python -m experiments.tools.baselines`; the table from its JSON.
+  assert cli.call(baselines, [config_arg, f'--workdir={workdir}',
+                              '--kmeans=4,16', '--int_bits=8']) == 0
+  table = json.load(open(os.path.join(workdir, 'baselines',
+                                      'baselines.json')))
   names = [r['name'] for r in table['rows']]
   assert names == ['teacher', 'kmeans4', 'kmeans16', 'int8', 'gmp_jax']
   rows = {r['name']: r for r in table['rows']}

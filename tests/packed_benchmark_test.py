@@ -8,11 +8,12 @@ import json
 import math
 
 from benchmarks import packed as bench
+from experiments.infra import cli
 
 
 def test_smoke_report_is_complete_and_consistent(tmp_path):
   out = tmp_path / 'packed.json'
-  bench.main(['--smoke', '--out', str(out)])
+  cli.call(bench, ['--smoke', '--out', str(out)])
   report = json.loads(out.read_text())
   assert (tmp_path / 'packed.png').stat().st_size > 0
   assert report['command'].startswith('python -m benchmarks.packed')

@@ -1,24 +1,34 @@
 """A `:smoke` run of `benchmarks.pipeline`: its breakdown adds up."""
 
+import json
+import os
+
 import pytest
 
 from benchmarks import pipeline as bench
+from experiments.infra import cli
 from experiments.stages import runner as pipeline
-from experiments.configs import mnist as mnist_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, 'experiments', 'configs', 'mnist.py')
 
 
 @pytest.mark.slow
 def test_breakdown_of_a_smoke_run(tmp_path, capsys):
-  config = mnist_config.get_config('smoke')
+  """`python -m benchmarks.pipeline` on the :smoke config, read back from
+  the JSON it writes."""
+  path = tmp_path / 'pipeline.json'
   # Compile-bound, so the cheaper LeNet-300-100 on one device (as the
   # benchmark runs), one step per compiled call; a weaker zero component
   # and narrow clusters keep weights, so fine-tuning trains too.
-  config.model = 'lenet300100'
-  config.retrain.zero_proportion = 0.5
-  config.retrain.init_std = 0.05
-  config.mesh.num_devices = 1
-  config.loop.steps_per_call = 1
-  out = bench.run_pipeline(config, str(tmp_path), block=True)
+  assert cli.call(bench, [
+      f'--config={CONFIG}:smoke', '--config.model=lenet300100',
+      '--config.retrain.zero_proportion=0.5', '--config.retrain.init_std=0.05',
+      '--config.mesh.num_devices=1', '--config.loop.steps_per_call=1',
+      f'--workdir={tmp_path / "run"}', f'--json={path}']) == 0
+  out = json.loads(path.read_text())
+  assert out['block'] and out['config']['model'] == 'lenet300100'
+  assert out['command'].startswith('python -m benchmarks.pipeline ')
   stages = out['stages']
   assert list(stages) == list(pipeline.STAGES)
   # 512 examples: 8 steps of 64 per epoch, 2 epochs per training stage.

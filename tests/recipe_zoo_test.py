@@ -24,7 +24,8 @@ def _reloaded_model(name, path, smoke_data):
   """The family's model with the file's weights (and BatchNorm statistics)."""
   del smoke_data
   model = recipe_zoo.FAMILIES[name].model(nnx.Rngs(params=7, dropout=8), True)
-  params, meta = gmp_jax.load_compressed(path, with_metadata=True)
+  info = gmp_jax.load_compressed_with_info(path)
+  params, meta = info.params, info.metadata
   weights = nnx.state(model, nnx.Param)
   nnx.replace_by_pure_dict(weights, params)
   nnx.update(model, weights)

@@ -12,6 +12,7 @@ import pytest
 
 import gmp_jax
 from experiments.image import data
+from experiments.infra import cli
 from experiments.infra import registry
 from experiments.tools import run_packed
 
@@ -52,4 +53,4 @@ def test_bad_input():
     run_packed.generate(LM, prompt=b'', length=1)
   with pytest.raises(ValueError, match='temperature'):
     run_packed.generate(LM, prompt=b'a', temperature=-1.0)
-  assert run_packed.main(['classify', '/nonexistent/run']) == 2
+  assert cli.call(run_packed, ['classify', '/nonexistent/run']) == 2

@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from benchmarks import scale
+from experiments.infra import cli
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +27,7 @@ def smoke(tmp_path_factory):
   # ~0.5 s. Frozen, those objects are left out of every collection.
   gc.freeze()
   try:
-    scale.main(['--smoke', '--json', str(out), '--plot', str(png)])
+    cli.call(scale, ['--smoke', '--json', str(out), '--plot', str(png)])
   finally:
     gc.unfreeze()
   return json.loads(out.read_text()), png
@@ -122,9 +123,9 @@ def test_subprocess_measurements(tmp_path, monkeypatch):
   # the stage's RSS would then not show them.
   monkeypatch.setenv('MALLOC_MMAP_THRESHOLD_', '65536')
   out = tmp_path / 'scale.json'
-  scale.main(['--sizes', '1e5', '--layouts', 'one_leaf', '--stages',
-              'save_compressed,load_compressed', '--runs', '1',
-              '--json', str(out)])
+  cli.call(scale, ['--sizes', '1e5', '--layouts', 'one_leaf', '--stages',
+                   'save_compressed,load_compressed', '--runs', '1',
+                   '--json', str(out)])
   report = json.loads(out.read_text())
   assert report['settings']['isolation'] == 'subprocess'
   rows = {r['stage']: r for r in report['results']}

@@ -10,13 +10,14 @@ import json
 import pytest
 
 from benchmarks import scaling
+from experiments.infra import cli
 
 
 @pytest.mark.slow
 def test_smoke_run_writes_a_complete_report(tmp_path, capsys):
   out = tmp_path / 'scaling.json'
-  scaling.main(['--smoke', '--layouts', 'data_parallel,fsdp',
-                '--json', str(out)])
+  cli.call(scaling, ['--smoke', '--layouts', 'data_parallel,fsdp',
+                     '--json', str(out)])
   report = json.loads(out.read_text())
   rows = {r['config']: r for r in report['results']}
   # FSDP needs at least two devices to split over.

@@ -6,9 +6,12 @@ import os
 from ml_collections import config_dict
 import pytest
 
+from experiments.infra import cli
 from experiments.tools import sweep
 from experiments.configs import lenet300 as lenet300_config
 from gmp_jax import codec
+
+LENET300_CONFIG = os.path.abspath(lenet300_config.__file__)
 
 
 def _config():
@@ -193,14 +196,19 @@ def test_anchor_bytes_follow_the_published_figures():
 
 
 def test_smoke_sweep_trains_one_teacher(tmp_path):
+  """`python -m experiments.tools.sweep` on the smoke config; the summary
+  read back from its sweep.json."""
   workdir = str(tmp_path / 'sweep')
   # Compile-bound runs: one device, one train step per compiled call,
   # checkpoints at stage ends only.
-  config = _config()
-  config.mesh.num_devices = 1
-  config.loop.steps_per_call = 1
-  config.loop.checkpoint_interval_s = 3600.0
-  summary = sweep.run_sweep(config, workdir, taus=[1e-4, 1e-3])
+  assert cli.call(sweep, [
+      f'--config={LENET300_CONFIG}:smoke', f'--workdir={workdir}',
+      '--taus=1e-4,1e-3', '--config.mesh.num_devices=1',
+      '--config.loop.steps_per_call=1',
+      '--config.loop.checkpoint_interval_s=3600']) == 0
+  summary = json.load(open(os.path.join(workdir, sweep.SUMMARY_FILE)))
+  assert [p['overrides'] for p in summary['points']] == [
+      {'retrain.tau': 1e-4}, {'retrain.tau': 1e-3}]
   first, second = (os.path.join(workdir, p['workdir'])
                    for p in summary['points'])
   assert summary['teacher'] == os.path.abspath(first)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
+from experiments.infra import cli
 from experiments.tools import tensorboard
 
 
@@ -143,7 +144,7 @@ def test_jsonl_conversion_and_resume(tmp_path):
            for k, v in r.items()}
       f.write(json.dumps(r) + '\n')
     f.write('{"stage": "retrain", "st')  # Torn last line of a killed run.
-  assert tensorboard.main([str(workdir)]) == 0
+  assert cli.call(tensorboard, [str(workdir)]) == 0
   logdir = str(workdir / 'tensorboard')
   assert _scalars(_read_events(logdir))['retrain/loss'] == [(4, -1.25)]
   # A resumed run appends a second event file; both are read.

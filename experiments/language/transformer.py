@@ -39,10 +39,11 @@ from __future__ import annotations
 from collections.abc import Callable
 import dataclasses
 import math
-import sys
 import time
 from typing import Any
 
+from absl import app
+from absl import flags
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -220,22 +221,25 @@ def _check_shapes(logits, targets) -> None:
                      'disagree: logits must be targets.shape + (vocab,).')
 
 
-def main(argv: list[str] | None = None) -> int:
+def _define_flags() -> None:
+  flags.DEFINE_integer('steps', 300, 'Adam steps.')
+  flags.DEFINE_integer('batch_size', 32, 'Windows per step.')
+  flags.DEFINE_integer('seq_len', 128, 'Bytes per window.')
+  flags.DEFINE_float('learning_rate', 3e-3, 'Peak of the warmup-cosine schedule.')
+  flags.DEFINE_integer('eval_every', 100, 'Steps between evaluations.')
+  flags.DEFINE_integer('eval_windows', 256,
+                       'Validation windows per evaluation (the first ones).')
+  flags.DEFINE_integer('seed', 0, 'Initialisation and sampling seed.')
+  flags.DEFINE_string('data_dir', None, 'Corpus cache directory.')
+
+
+def main(argv: list[str]) -> int:
   """`python -m experiments.language.transformer`: a short Adam run on Shakespeare."""
-  import argparse  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from experiments.language import data as lm_data  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument('--steps', type=int, default=300)
-  parser.add_argument('--batch_size', type=int, default=32)
-  parser.add_argument('--seq_len', type=int, default=128)
-  parser.add_argument('--learning_rate', type=float, default=3e-3)
-  parser.add_argument('--eval_every', type=int, default=100)
-  parser.add_argument('--eval_windows', type=int, default=256,
-                      help='validation windows per evaluation (first ones)')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--data_dir', default=None)
-  args = parser.parse_args(argv)
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
 
   splits = lm_data.load_splits(args.data_dir)
   config = TransformerConfig()
@@ -294,4 +298,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from experiments.infra import cli  # pylint: disable=g-import-not-at-top
+  cli.run(_define_flags, main)

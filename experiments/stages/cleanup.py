@@ -47,11 +47,13 @@ import dataclasses
 import os
 from typing import Any
 
+from absl import app
 import jax
 import numpy as np
 
 import gmp_jax
 from experiments.image import models
+from experiments.infra import cli
 from experiments.infra import monitor
 
 
@@ -279,8 +281,7 @@ def main(argv: list[str]) -> int:
   """
   from gmp_jax import codec  # pylint: disable=import-outside-toplevel
   if len(argv) < 2:
-    print(main.__doc__)
-    return 2
+    raise app.UsageError('expected one or more .gmpz files')
   for path in argv[1:]:
     info = codec.load_compressed_with_info(path)
     params, metadata = info.params, info.metadata
@@ -298,6 +299,9 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def _define_flags() -> None:
+  """No flags: the command line is the files."""
+
+
 if __name__ == '__main__':
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.exit(main(sys.argv))
+  cli.run(_define_flags, main)

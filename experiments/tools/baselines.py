@@ -43,6 +43,7 @@ from ml_collections import config_flags
 import gmp_jax
 from gmp_jax.codec import fileio
 from experiments.infra import jsonio
+from experiments.infra import cli
 from experiments.infra import monitor
 from experiments.infra import workdir_layout
 from experiments.stages import retrain
@@ -286,6 +287,7 @@ def _define_flags() -> None:
                             'on the same teacher, shown beside this one.')
   config_flags.DEFINE_config_file('config', None, 'The run\'s config.',
                                   lock_config=True)
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
@@ -301,9 +303,8 @@ def main(argv):
               kmeans=[int(k) for k in FLAGS.kmeans],
               int_bits=[int(b) for b in FLAGS.int_bits], also=also)
   print(markdown(table))
+  return 0
 
 
 if __name__ == '__main__':
-  _define_flags()
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.run(_define_flags, main)

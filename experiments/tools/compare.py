@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from experiments.image import models
+from experiments.infra import cli
 from experiments.infra import registry
 
 # The poster's Tables 1 and 2 (for comparison only; not computed here).
@@ -171,10 +171,11 @@ def literature_table(run_dirs: dict[str, str] | None = None) -> str:
   return '\n'.join(lines)
 
 
+def _define_flags() -> None:
+  """No flags: the command line is the run directories."""
+
+
 def main(argv: list[str]) -> int:
-  if len(argv) >= 2 and argv[1] in ('-h', '--help'):
-    print(__doc__)
-    return 0
   if len(argv) < 2:
     print(literature_table())
     return 0
@@ -183,4 +184,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  cli.run(_define_flags, main)

@@ -10,16 +10,17 @@ stage (`experiments.stages.finetune`) also distils from the teacher.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 
+from absl import app
+from absl import flags
 import jax
 import optax
 
 import gmp_jax
 from experiments.image import data as data_lib
+from experiments.infra import cli
 from experiments.infra import evaluation
 from experiments.infra import loop
 from experiments.infra import monitor
@@ -71,24 +72,25 @@ def measure(path: str, *, epochs: int, learning_rate: float,
   return rows
 
 
-def main(argv=None) -> int:
+def _define_flags() -> None:
+  flags.DEFINE_string('dataset', 'mnist',
+                      'The registered dataset the models were trained on.')
+  flags.DEFINE_integer('epochs', 2, 'Fine-tuning epochs.')
+  flags.DEFINE_float('learning_rate', 1e-4, 'Adam learning rate.')
+  flags.DEFINE_integer('batch_size', 256, 'Training batch.')
+  flags.DEFINE_integer('seed', 0, 'Shuffling seed.')
+
+
+def main(argv: list[str]) -> int:
   """What codebook fine-tuning recovers on committed models (labels only)."""
-  parser = argparse.ArgumentParser(
-      prog='python -m experiments.tools.finetune_committed',
-      description=main.__doc__)
-  parser.add_argument('files', nargs='+')
-  parser.add_argument('--dataset', default='mnist',
-                      help='the registered dataset the models were trained on')
-  parser.add_argument('--epochs', type=int, default=2)
-  parser.add_argument('--learning_rate', type=float, default=1e-4)
-  parser.add_argument('--batch_size', type=int, default=256)
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  for path in args.files:
+  if len(argv) < 2:
+    raise app.UsageError('expected one or more .gmpz files')
+  args = flags.FLAGS
+  for path in argv[1:]:
     measure(path, epochs=args.epochs, learning_rate=args.learning_rate,
             batch_size=args.batch_size, seed=args.seed, dataset=args.dataset)
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(_define_flags, main)

@@ -10,6 +10,7 @@ of distinct values left (at most K).
 
 from __future__ import annotations
 
+from absl import app
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,5 +98,12 @@ def run(*, num_components: int = 8, pretrain_steps: int = 300,
   return out
 
 
-if __name__ == '__main__':
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   run()
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)

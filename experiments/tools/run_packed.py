@@ -20,19 +20,21 @@ copy of a packed leaf is kept between calls.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from typing import Any
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import gmp_jax
 from gmp_jax import packed as packed_lib
+from experiments.infra import cli
 from experiments.infra import registry
 
 
@@ -122,26 +124,25 @@ def generate(run: str, *, prompt: bytes, length: int = 200,
   return bytes(out[len(prompt):])
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m experiments.tools.run_packed', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest='command', required=True)
-  c = sub.add_parser('classify', help='test accuracy of the packed model')
-  c.add_argument('run', help='a finished pipeline workdir')
-  c.add_argument('--batch_size', type=int, default=1000)
-  c.add_argument('--num_test', type=int, default=None,
-                 help='the first N test examples (default: all)')
-  g = sub.add_parser('generate', help='sample bytes from a packed LM')
-  g.add_argument('run', help='a finished pipeline workdir')
-  g.add_argument('--prompt', default='\n')
-  g.add_argument('--length', type=int, default=200)
-  g.add_argument('--temperature', type=float, default=0.8)
-  g.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
+def _define_flags() -> None:
+  flags.DEFINE_integer('batch_size', 1000, 'classify: test examples per call.')
+  flags.DEFINE_integer('num_test', None,
+                       'classify: the first N test examples (default: all).')
+  flags.DEFINE_string('prompt', '\n', 'generate: the text to continue.')
+  flags.DEFINE_integer('length', 200, 'generate: bytes to sample.')
+  flags.DEFINE_float('temperature', 0.8, 'generate: 0 is greedy.')
+  flags.DEFINE_integer('seed', 0, 'generate: sampling seed.')
+
+
+def main(argv: list[str]) -> int:
+  """`run_packed {classify,generate} RUN`: see the module docstring."""
+  if len(argv) != 3 or argv[1] not in ('classify', 'generate'):
+    raise app.UsageError('expected: classify RUN or generate RUN')
+  args = flags.FLAGS
+  command, run = argv[1], argv[2]
   try:
-    if args.command == 'classify':
-      r = classify(args.run, batch_size=args.batch_size,
+    if command == 'classify':
+      r = classify(run, batch_size=args.batch_size,
                    num_test=args.num_test)
       print(r['resident'])
       reported = r['reported_accuracy']
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f' (report.json: {reported:.4%})' if reported is not None
                else ''))
     else:
-      text = generate(args.run, prompt=args.prompt.encode(),
+      text = generate(run, prompt=args.prompt.encode(),
                       length=args.length, temperature=args.temperature,
                       seed=args.seed)
       sys.stdout.write(args.prompt + text.decode('utf-8', 'replace') + '\n')
@@ -161,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(_define_flags, main)

@@ -39,6 +39,7 @@ import ml_collections
 
 from experiments.tools import compare
 from experiments.infra import jsonio
+from experiments.infra import cli
 from experiments.infra import registry
 from experiments.infra import workdir_layout
 from experiments.stages import runner
@@ -405,7 +406,9 @@ def plot_pareto(entries: Sequence[Mapping[str, Any]], model: str,
 # --------------------------------------------------------------------- CLI ---
 
 
-def _define_flags():
+def _define_flags() -> None:
+  """The command line's flags (defined only when run as a program, so that
+  importing this module next to another absl program defines none)."""
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string('workdir', None, 'Sweep directory.')
   flags.DEFINE_list('taus', [f'{t:g}' for t in DEFAULT_TAUS],
@@ -430,8 +433,8 @@ def main(argv):
   run_sweep(config, flags.FLAGS.workdir,
             taus=[float(t) for t in flags.FLAGS.taus], knobs=knobs,
             teacher_workdir=flags.FLAGS.teacher_workdir)
+  return 0
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main)
+  cli.run(_define_flags, main)

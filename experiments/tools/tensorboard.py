@@ -30,15 +30,17 @@ event files in `DIR` (default `WORKDIR/tensorboard`); then
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator, Mapping
 import numbers
 import os
 import time
 from typing import Any
 
+from absl import app
+from absl import flags
 import numpy as np
 
+from experiments.infra import cli
 from experiments.infra import workdir_layout
 
 # Keys that name the record rather than measure anything.
@@ -163,22 +165,23 @@ def write_jsonl(jsonl_path: str | os.PathLike, logdir: str | os.PathLike
   return len(records)
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m experiments.tools.tensorboard',
-      description='Convert WORKDIR/metrics.jsonl into TensorBoard events.')
-  parser.add_argument('workdir')
-  parser.add_argument('--logdir', default=None,
-                      help='default: WORKDIR/tensorboard')
-  args = parser.parse_args(argv)
-  path = workdir_layout.metrics_path(args.workdir)
+def _define_flags() -> None:
+  flags.DEFINE_string('logdir', None, 'Default: WORKDIR/tensorboard.')
+
+
+def main(argv: list[str]) -> int:
+  """Converts WORKDIR/metrics.jsonl into TensorBoard events."""
+  if len(argv) != 2:
+    raise app.UsageError('expected one WORKDIR')
+  workdir = argv[1]
+  path = workdir_layout.metrics_path(workdir)
   if not os.path.exists(path):
-    parser.error(f'{path} does not exist')
-  logdir = args.logdir or os.path.join(args.workdir, 'tensorboard')
+    raise app.UsageError(f'{path} does not exist')
+  logdir = flags.FLAGS.logdir or os.path.join(workdir, 'tensorboard')
   n = write_jsonl(path, logdir)
   print(f'{n} records -> {logdir}')
   return 0
 
 
 if __name__ == '__main__':
-  raise SystemExit(main())
+  cli.run(_define_flags, main)
