@@ -46,6 +46,7 @@ import optax
 
 import gmp_jax
 from gmp_jax.flax import nnx_apply
+from experiments.infra import cli
 
 FLAGS = flags.FLAGS
 NUM_COMPONENTS = 17
@@ -410,25 +411,29 @@ def format_table(report: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  del argv
-  report = run(FLAGS.families, smoke=FLAGS.smoke, seed=FLAGS.seed)
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  report = run(FLAGS.families, smoke=FLAGS.smoke, seed=FLAGS.seed,
+               workdir=FLAGS.workdir)
+  report['command'] = cli.command('benchmarks.recipe_zoo')
   print(format_table(report))
   if FLAGS.json:
     tmp = FLAGS.json + '.tmp'
     with open(tmp, 'w') as f:
-      f.write(json.dumps(report, indent=1, sort_keys=True) + '\n')
+      f.write(json.dumps(report, indent=1) + '\n')
     os.replace(tmp, FLAGS.json)
+  return 0
 
 
-def define_flags():
+def _define_flags():
   flags.DEFINE_list('families', list(FAMILIES), 'Families to run.')
   flags.DEFINE_bool('smoke', False, 'A few hundred examples, narrow models.')
   flags.DEFINE_integer('seed', 0, 'Seed of the teacher, data order and '
                        'dropout.')
   flags.DEFINE_string('json', None, 'Write the figures here.')
+  flags.DEFINE_string('workdir', None, 'Keep each family\'s file here.')
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(_define_flags, main)

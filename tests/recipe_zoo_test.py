@@ -1,5 +1,6 @@
 """benchmarks.recipe_zoo at smoke size, checked against the files it writes."""
 
+import json
 import os
 
 from flax import nnx
@@ -9,14 +10,20 @@ import pytest
 
 import gmp_jax
 from benchmarks import recipe_zoo
+from experiments.infra import cli
 
 
 @pytest.fixture(scope='module')
 def zoo(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('zoo'))
+  out = os.path.join(workdir, 'zoo.json')
   with jax.numpy_dtype_promotion('standard'):  # optax's Adam mixes dtypes.
-    report = recipe_zoo.run(['mlp', 'cnn'], smoke=True, workdir=workdir,
-                            log=lambda msg: None)
+    assert cli.call(recipe_zoo, ['--families=mlp,cnn', '--smoke',
+                                 f'--workdir={workdir}', f'--json={out}']) == 0
+  with open(out) as f:
+    report = json.load(f)
+  assert report['command'].startswith('python -m benchmarks.recipe_zoo')
+  assert '--smoke' in report['command']
   return report, workdir
 
 
