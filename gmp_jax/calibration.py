@@ -160,8 +160,9 @@ def diagnose(params, mixture: prior_lib.GaussianMixture, *,
 
   Call it before retraining (on the teacher's weights and the initial
   mixture) and at epoch ends. It warns (`UserWarning`) when quantising would
-  prune more than `PRUNE_WARNING` of the covered weights, and when rho lies
-  outside `RATIO_WARNING`.
+  prune more than `PRUNE_WARNING` of the covered weights, or (a mixture
+  without `leaf_scales`) of one covered leaf, and when rho lies outside
+  `RATIO_WARNING`.
 
   Args:
     params: the current weights.
@@ -174,8 +175,9 @@ def diagnose(params, mixture: prior_lib.GaussianMixture, *,
   """
   quantized = quantize_lib.quantize(params, mixture)
   covered = prior_lib.mixture_leaves(quantized, mixture)
+  kept_by_leaf = [int(jnp.count_nonzero(x)) for x in covered]
   total = sum(int(x.size) for x in covered)
-  kept = sum(int(jnp.count_nonzero(x)) for x in covered)
+  kept = sum(kept_by_leaf)
   fraction = kept / total if total else 0.0
   ratio = None
   if scales is not None and tau is not None and dataset_size is not None:
@@ -196,6 +198,20 @@ def diagnose(params, mixture: prior_lib.GaussianMixture, *,
       messages.append(
           f'{pruned}; the mixture is too wide or pi_0 too large for these '
           'weights (init_mixture\'s defaults start from their statistics).')
+  elif total and mixture.leaf_scales is None:
+    # One mixture over leaves of different scales prunes the small ones;
+    # only leaves holding a tenth of the weights or more are reported.
+    lost = [p for (p, _, _), x, k in zip(mixture.signature, covered,
+                                         kept_by_leaf)
+            if x.size >= 0.1 * total and 1.0 - k / x.size > PRUNE_WARNING]
+    if lost:
+      messages.append(
+          f'quantize would prune more than {100 * PRUNE_WARNING:g}% of leaf '
+          f'{lost[0]}' + (f' and {len(lost) - 1} more' if len(lost) > 1
+                          else '') + ' while keeping '
+          f'{100 * fraction:.2f}% of all covered weights. If the leaves\' '
+          'scales differ, init_mixture(params, leaf_scale=\'rms\') puts the '
+          'prior on each leaf\'s weights over its own scale.')
   if ratio is not None and not RATIO_WARNING[0] <= ratio <= RATIO_WARNING[1]:
     messages.append(
         f'The prior gradient is {ratio:.3g} times the data gradient; '

@@ -24,7 +24,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 import math
@@ -56,7 +56,7 @@ is_floating = filters.is_floating  # Every floating leaf ('all_floating').
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=('nonzero_means', 'log_precisions', 'mixing_logits'),
-    meta_fields=('zero_proportion', 'signature'))
+    meta_fields=('zero_proportion', 'signature', 'leaf_scales'))
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class GaussianMixture:
   """A Gaussian mixture with component 0 fixed at mean 0.
@@ -68,8 +68,13 @@ class GaussianMixture:
     mixing_logits: (K-1,) when pi_0 is fixed, otherwise (K,).
 
   Static fields (pytree metadata, keyword-only): `zero_proportion` (the
-  fixed pi_0, or None when learned) and `signature`, the leaves of the tree
-  the mixture was built for.
+  fixed pi_0, or None when learned), `signature`, the leaves of the tree
+  the mixture was built for, and `leaf_scales`: None (one mixture over the
+  weights themselves), or one fixed positive scale s_l per covered leaf in
+  signature order, the mixture then being a prior on w / s_l (see
+  `init_mixture(leaf_scale=...)` and `mixture_log_prob`). The means,
+  variances and everything derived from them are then in these normalised
+  units; weight l's values are s_l mu_k.
 
   Derived views: `means`, `variances`, `precisions`, `mixing_proportions`
   and `log_mixing_proportions`, all of shape (K,); index 0 is the zero
@@ -87,6 +92,8 @@ class GaussianMixture:
       default=None, kw_only=True, metadata={'static': True})
   signature: Signature = dataclasses.field(
       default=(), kw_only=True, metadata={'static': True})
+  leaf_scales: tuple[float, ...] | None = dataclasses.field(
+      default=None, kw_only=True, metadata={'static': True})
 
   def replace(self, **fields) -> GaussianMixture:
     return dataclasses.replace(self, **fields)
@@ -130,7 +137,9 @@ class GaussianMixture:
             f'log_precisions={self.log_precisions!r}, '
             f'mixing_logits={self.mixing_logits!r}, '
             f'zero_proportion={self.zero_proportion}, '
-            f'covered_leaves={len(self.signature)})')
+            f'covered_leaves={len(self.signature)}'
+            + ('' if self.leaf_scales is None else
+               f', leaf_scales={self.leaf_scales}') + ')')
 
 
 # ----------------------------------------------------------------------------
@@ -189,12 +198,19 @@ def check_mixture_shapes(mixture: GaussianMixture) -> None:
 
   A K-component mixture holds `nonzero_means` of shape (K-1,),
   `log_precisions` of shape (K,) and `mixing_logits` of shape (K-1,) with a
-  fixed pi_0 or (K,) with a learned one, K >= 2. Fields without a shape
-  (tracers carry one; optax labels do not) are not checked.
+  fixed pi_0 or (K,) with a learned one, K >= 2, and `leaf_scales`, when
+  given, one entry per covered leaf. Fields without a shape (tracers carry
+  one; optax labels do not) are not checked.
   """
   if not isinstance(mixture, GaussianMixture):
     raise TypeError(
         f'Expected a GaussianMixture, got {type(mixture).__name__}.')
+  scales = mixture.leaf_scales
+  if scales is not None and len(scales) != len(mixture.signature):
+    raise ValueError(
+        f'The mixture has {len(scales)} leaf_scales for '
+        f'{len(mixture.signature)} covered leaves; it needs one per leaf, '
+        'in signature order.')
   fields = {name: getattr(mixture, name) for name in
             ('nonzero_means', 'log_precisions', 'mixing_logits')}
   if not all(hasattr(x, 'shape') for x in fields.values()):
@@ -263,6 +279,7 @@ def init_mixture(params, num_components: int = 17, *,
                  zero_proportion: float | None = None,
                  learn_zero_proportion: bool | None = None,
                  means_range: tuple[float, float] | None = None,
+                 leaf_scale: str | Sequence[float] | None = None,
                  dtype=jnp.float32) -> GaussianMixture:
   r"""Initialises a mixture prior from the covered weights' own statistics.
 
@@ -280,6 +297,24 @@ def init_mixture(params, num_components: int = 17, *,
     :math:`\pi_k = (n_k + 1) / (n + K)`, and are learned. So quantising
     the trained model with the initial mixture prunes about the weights
     nearest to zero, not all of them.
+
+  One mixture over every leaf fails when the leaves' scales differ: the
+  spacing is set by the widest leaf, and a leaf of small weights falls
+  whole into the zero component. `leaf_scale='rms'` makes the mixture a
+  prior on :math:`w / s_l` instead, with a fixed scale per covered leaf l,
+
+  .. math::
+
+    s_l = \sqrt{\tfrac{1}{n_l} \textstyle\sum_{i \in l} w_i^2},
+
+  the root mean square about 0 (not the standard deviation: the zero
+  component sits at 0, so a leaf's offset from 0 is part of its scale; not a
+  median |w|, which is 0 for a half-pruned leaf). The statistics above are
+  then those of the normalised weights :math:`w / s_l`, pooled over
+  leaves, and the means span :math:`\pm q`, q the 99.9% quantile of
+  :math:`|w / s_l|`, rather than the min and max: with every leaf at unit
+  RMS, a few outliers of one leaf would otherwise set the spacing for all,
+  and a symmetric range puts no mean closer to 0 than half the spacing.
 
   Giving `zero_proportion` restores the published recipe's fixed pi_0 (Ullrich
   et al. 2017; their tutorial used K=17, sigma=0.25, pi_0=0.99 fixed, as
@@ -299,15 +334,22 @@ def init_mixture(params, num_components: int = 17, *,
     learn_zero_proportion: learn pi_0 with the other proportions. None: True
       when `zero_proportion` is None, else False (pi_0 fixed).
     means_range: `(low, high)` for the non-zero means instead of the weights'
-      range.
+      range (in normalised units with `leaf_scale`).
+    leaf_scale: None: one mixture over the weights themselves. 'rms': the
+      prior on w / s_l with s_l each covered leaf's root mean square (an
+      empty leaf gets 1). Or a sequence of positive floats, one s_l per
+      covered leaf in signature order (e.g. a saved `mixture.leaf_scales`).
+      The scales are fixed: stored in `leaf_scales`, never learned.
     dtype: dtype of the mixture parameters.
 
   Returns:
     A `GaussianMixture` bound to the chosen leaves of `params`.
 
   Raises:
-    ValueError: bad K, std or pi_0, no compressible leaves, or NaN/inf
-      weights.
+    ValueError: bad K, std or pi_0, no compressible leaves, NaN/inf
+      weights, or with `leaf_scale` an unknown name, a sequence of the wrong
+      length or with a non-positive entry, or a leaf whose weights are all
+      zero or all equal (it has no scale; leave it out with `filter_fn`).
     TypeError: a custom filter chose an integer leaf.
   """
   if (not isinstance(num_components, (int, np.integer))
@@ -333,6 +375,10 @@ def init_mixture(params, num_components: int = 17, *,
           'finite weights.')
     if values.size:
       low, high = min(low, values.min()), max(high, values.max())
+  scales = None
+  if leaf_scale is not None:
+    scales = _leaf_scales(chosen, leaf_scale)
+    low, high = _normalised_range(chosen, scales)
   if means_range is not None:
     low, high = means_range
   elif not np.isfinite(low):  # Only empty leaves.
@@ -351,7 +397,7 @@ def init_mixture(params, num_components: int = 17, *,
     init_std = max(spacing / 2.0, math.sqrt(VARIANCE_FLOOR))
   log_precisions = np.full(num_components, -2.0 * math.log(init_std))
   if zero_proportion is None:
-    counts = _nearest_counts(chosen, np.concatenate([[0.0], means]))
+    counts = _nearest_counts(chosen, np.concatenate([[0.0], means]), scales)
     proportions = (counts + 1.0) / (counts.sum() + num_components)
     zero = float(proportions[0])
     rest = proportions[1:] / proportions[1:].sum()
@@ -370,17 +416,76 @@ def init_mixture(params, num_components: int = 17, *,
       jnp.asarray(means, dtype), jnp.asarray(log_precisions, dtype),
       jnp.asarray(logits, dtype), zero_proportion=fixed,
       signature=tuple((p, tuple(leaf.shape), str(leaf.dtype))
-                      for p, leaf in chosen))
+                      for p, leaf in chosen),
+      leaf_scales=scales)
 
 
-def _nearest_counts(chosen, centres: np.ndarray) -> np.ndarray:
-  """How many covered weights lie nearest to each centre (float64)."""
+LEAF_SCALES = ('rms',)  # The names `init_mixture(leaf_scale=...)` accepts.
+# The means span +-(this quantile of the pooled |w / s_l|).
+_SCALED_RANGE_QUANTILE = 0.999
+# The quantiles are read from at most this many weights (an even stride).
+_RANGE_SAMPLE = 1 << 24
+
+
+def _leaf_scales(chosen, leaf_scale) -> tuple[float, ...]:
+  """One positive scale s_l per chosen leaf (see `init_mixture`)."""
+  if isinstance(leaf_scale, str):
+    if leaf_scale not in LEAF_SCALES:
+      raise ValueError(f'leaf_scale must be None, one of {LEAF_SCALES} or '
+                       f'one float per covered leaf, got {leaf_scale!r}.')
+    scales = []
+    for path, leaf in chosen:
+      values = np.ravel(np.asarray(leaf, np.float32))
+      if not values.size:
+        scales.append(1.0)
+        continue
+      rms = math.sqrt(float(np.mean(np.square(values, dtype=np.float64))))
+      if rms == 0.0:
+        raise ValueError(
+            f'Leaf {path}: every weight is zero, so it has no scale for '
+            f"leaf_scale={leaf_scale!r}; leave it out with filter_fn.")
+      if np.all(values == values[0]):
+        raise ValueError(
+            f'Leaf {path}: all {values.size} weights equal {values[0]!r}, so '
+            f"its scale for leaf_scale={leaf_scale!r} is no spread; leave it "
+            'out with filter_fn.')
+      scales.append(rms)
+    return tuple(scales)
+  scales = tuple(float(x) for x in leaf_scale)
+  if len(scales) != len(chosen):
+    raise ValueError(f'leaf_scale has {len(scales)} entries for '
+                     f'{len(chosen)} covered leaves; give one per leaf.')
+  for (path, _), x in zip(chosen, scales):
+    if not (math.isfinite(x) and x > 0):
+      raise ValueError(f'leaf_scale for leaf {path} must be finite and > 0, '
+                       f'got {x!r}.')
+  return scales
+
+
+def _normalised_range(chosen, scales) -> tuple[float, float]:
+  """+-(a quantile of the pooled |w / s_l|); (inf, -inf) if empty."""
+  total = sum(int(np.size(leaf)) for _, leaf in chosen)
+  if not total:
+    return np.inf, -np.inf
+  stride = -(-total // _RANGE_SAMPLE)
+  pooled = np.concatenate([
+      np.abs(np.ravel(np.asarray(leaf, np.float32))[::stride]
+             * np.float32(1.0 / s)) for (_, leaf), s in zip(chosen, scales)])
+  high = float(np.quantile(pooled, _SCALED_RANGE_QUANTILE))
+  return -high, high
+
+
+def _nearest_counts(chosen, centres: np.ndarray, scales=None) -> np.ndarray:
+  """How many covered weights (w / s_l with scales) lie nearest to each
+  centre (float64)."""
   order = np.argsort(centres)
   ordered = centres[order]
   bounds = (ordered[1:] + ordered[:-1]) / 2.0
   counts = np.zeros(len(centres))
-  for _, leaf in chosen:
+  for i, (_, leaf) in enumerate(chosen):
     values = np.ravel(np.asarray(leaf, np.float32))
+    if scales is not None:
+      values = values * np.float32(1.0 / scales[i])
     if values.size:
       counts[order] += np.bincount(np.searchsorted(bounds, values),
                                    minlength=len(centres))
@@ -432,7 +537,19 @@ def mixture_log_prob(params, mixture: GaussianMixture) -> jax.Array:
     \\log p(w) = \\sum_i \\log \\sum_{k=0}^{K-1} \\pi_k
                  \\mathcal{N}(w_i \\mid \\mu_k, \\sigma_k^2)
 
-  summed over every weight of every leaf the mixture covers. The forward
+  summed over every weight of every leaf the mixture covers. With
+  `leaf_scales` it is the density of the weights when w / s_l follows the
+  mixture, for the fixed scale s_l of each covered leaf l:
+
+  .. math::
+
+    \\log p(w) = \\sum_l \\sum_{i \\in l} \\Big[\\log \\sum_k \\pi_k
+                 \\mathcal{N}(w_i / s_l \\mid \\mu_k, \\sigma_k^2)
+                 - \\log s_l\\Big]
+
+  The kernel sees w * (1 / s_l), so autodiff gives the weights' gradient
+  the chain rule's factor 1 / s_l; the constant -n_l log s_l changes no
+  gradient. The forward
   pass fuses the log-sum-exp and the weights' gradient into one pass over
   the weights; the backward pass adds one more for the mixture's gradient.
   No (weights x K) array is stored, and only two arrays the size of the
@@ -454,10 +571,20 @@ def mixture_log_prob(params, mixture: GaussianMixture) -> jax.Array:
   means = mixture.means.astype(dtype)
   precisions = mixture.precisions.astype(dtype)
   log_pi = mixture.log_mixing_proportions.astype(dtype)
-  leaves = tuple(leaf for leaf in mixture_leaves(params, mixture) if leaf.size)
+  leaves = mixture_leaves(params, mixture)
+  offset = 0.0
+  if mixture.leaf_scales is not None:
+    scaled = []
+    for w, s in zip(leaves, mixture.leaf_scales):
+      wdtype = _prior_kernel.compute_dtype(w.dtype, dtype)
+      scaled.append(w.astype(wdtype) * jnp.asarray(1.0 / s, wdtype))
+      offset -= w.size * math.log(s)
+    leaves = scaled
+  leaves = tuple(leaf for leaf in leaves if leaf.size)
   if not leaves:
     return jnp.zeros((), dtype)
-  return _prior_kernel.leaves_log_prob(leaves, means, precisions, log_pi)
+  total = _prior_kernel.leaves_log_prob(leaves, means, precisions, log_pi)
+  return total if offset == 0.0 else total + jnp.asarray(offset, dtype)
 
 
 # ----------------------------------------------------------------------------

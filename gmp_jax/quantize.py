@@ -5,7 +5,8 @@ After retraining, each weight is assigned to its most responsible component,
   k*(w) = argmax_k pi_k N(w | mu_k, sigma_k^2),
 
 weights of the zero component become exactly 0 (pruned) and all others take
-their component's mean. Everything runs as jax ops on the device holding the
+their component's mean. A mixture with `leaf_scales` assigns a weight of
+leaf l by w / s_l and gives it the value s_l mu_k. Everything runs as jax ops on the device holding the
 params. NumPy handles only the K-entry mixture arrays in `merge_components`.
 `gmp_jax.sparsity_table` counts what is left (the poster's Table 1).
 
@@ -39,36 +40,54 @@ _LOG_PRECISION_RANGE = (-math.log(prior_lib.VARIANCE_CEILING),
                         -math.log(prior_lib.VARIANCE_FLOOR))
 
 
-def _assign_values(w: jax.Array, mixture: GaussianMixture) -> jax.Array:
+def _assign_values(w: jax.Array, mixture: GaussianMixture,
+                   scale: float | None = None) -> jax.Array:
+  if scale is not None:  # Normalised units, as `mixture_log_prob` sees w.
+    w = w.astype(jnp.float32) * jnp.asarray(1.0 / scale, jnp.float32)
   score = prior_lib.component_log_density(w, mixture, dtype=jnp.float32)
   return jnp.argmax(score, axis=-1).astype(jnp.int32)
 
 
-def _quantize_values(w: jax.Array, mixture: GaussianMixture) -> jax.Array:
-  idx = _assign_values(w, mixture)
-  values = jnp.take(mixture.means, idx).astype(w.dtype)
+def _quantize_values(w: jax.Array, mixture: GaussianMixture,
+                     scale: float | None = None) -> jax.Array:
+  idx = _assign_values(w, mixture, scale)
+  means = mixture.means
+  if scale is not None:
+    means = jnp.asarray(scale, jnp.float32) * means.astype(jnp.float32)
+  values = jnp.take(means, idx).astype(w.dtype)
   return jnp.where(idx == 0, jnp.zeros((), w.dtype), values)
+
+
+def _scales_by_path(mixture: GaussianMixture) -> dict[str, float | None]:
+  scales = mixture.leaf_scales or (None,) * len(mixture.signature)
+  return {p: s for (p, _, _), s in zip(mixture.signature, scales)}
 
 
 def assign(params, mixture: GaussianMixture):
   """Component index (int32) of every covered weight; None elsewhere.
 
   Returns a tree like `params` whose covered leaves hold
-  argmax_k pi_k N(w | mu_k, sigma_k^2) and whose other leaves are None.
+  argmax_k pi_k N(w / s_l | mu_k, sigma_k^2) (s_l = 1 without
+  `leaf_scales`) and whose other leaves are None.
   """
-  covered = {p for p, _, _ in mixture.signature}
   prior_lib.mixture_leaves(params, mixture)  # Validates the tree.
-  return jax.tree_util.tree_map_with_path(
-      lambda p, x: (_assign_values(x, mixture)
-                    if jax.tree_util.keystr(p) in covered else None), params)
+  scales = _scales_by_path(mixture)
+
+  def leaf(p, x):
+    p = jax.tree_util.keystr(p)
+    return _assign_values(x, mixture, scales[p]) if p in scales else None
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 @jax.jit
 def _quantize_leaves(leaves, mixture: GaussianMixture):
   # Only the covered arrays enter the jitted function: the rest of the tree
   # may hold leaves jax cannot trace (an Equinox model's activation
-  # functions, Python ints).
-  return [_quantize_values(w, mixture) for w in leaves]
+  # functions, Python ints). The scales are static, part of the mixture's
+  # tree structure.
+  scales = mixture.leaf_scales or (None,) * len(leaves)
+  return [_quantize_values(w, mixture, s) for w, s in zip(leaves, scales)]
 
 
 def quantize(params, mixture: GaussianMixture):
@@ -76,7 +95,9 @@ def quantize(params, mixture: GaussianMixture):
 
   Each covered weight becomes the mean of its most responsible component,
   argmax_k pi_k N(w | mu_k, sigma_k^2); weights of the zero component become
-  exactly 0. Leaves the mixture does not cover are returned unchanged and
+  exactly 0. With `leaf_scales`, a weight of leaf l is assigned by w / s_l
+  and becomes s_l mu_k (computed in float32, then cast to the leaf's dtype),
+  so each leaf has its own K-1 values. Leaves the mixture does not cover are returned unchanged and
   every leaf keeps its dtype, so a whole model with non-array leaves (an
   Equinox module's activation functions, Python ints) passes through.
   Compiled with `jax.jit` (once per set of covered shapes and K); it runs on
@@ -162,9 +183,13 @@ def merge_components(mixture: GaussianMixture, *, threshold: float = 0.1,
       zero included) after merging. Where the check forbids every merge
       that is left, fewer merges are made and a warning says so.
 
+  With `leaf_scales` every leaf shares the normalised mixture, so merging
+  it, in normalised units, keeps every leaf's pruned region (s_l times the
+  normalised one) as above; the scales are carried over.
+
   Returns:
     A new `GaussianMixture` with 2 <= K' <= K components and a free pi_0,
-    bound to the same tree.
+    bound to the same tree (and the same `leaf_scales`).
 
   Raises:
     ValueError: a negative `threshold`, `duplicate_rtol` or `zero_reach`,
@@ -241,7 +266,7 @@ class _Candidate:
         jnp.asarray(self.params.means[1:], dtype),
         jnp.asarray(self.params.log_precisions, dtype),
         jnp.asarray(self.params.log_pis, dtype), zero_proportion=None,
-        signature=self.like.signature)
+        signature=self.like.signature, leaf_scales=self.like.leaf_scales)
 
   def log_density(self, w) -> np.ndarray:
     """(n, K) log pi_k N(w | mu_k, 1 / lambda_k) in float64."""

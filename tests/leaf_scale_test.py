@@ -1,0 +1,282 @@
+"""Per-leaf scales: the prior on w / s_l, checked against NumPy float64.
+
+The references are written out here: log sum_k pi_k N(w / s_l | mu_k,
+sigma_k^2) - log s_l summed over weights, finite differences for its
+gradient, and a nearest-responsibility argmax in normalised units times s_l
+for quantisation.
+"""
+
+import importlib
+import warnings
+
+import jax
+import jax.numpy as jnp
+from jax.test_util import check_grads
+import numpy as np
+import pytest
+
+import gmp_jax
+import helpers
+
+enable_x64 = getattr(jax, 'enable_x64', None)
+if enable_x64 is None:
+  enable_x64 = importlib.import_module('jax.experimental').enable_x64
+
+# Two leaves whose scales differ 20x, as a conv kernel and a wide linear
+# layer's do, plus a small bias.
+_SCALES = {'conv': 0.2, 'dense': 0.01, 'bias': 0.05}
+_SHAPES = {'conv': (3, 3, 1, 8), 'dense': (64, 32), 'bias': (32,)}
+
+
+def _tree(seed=0, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.normal(0.0, _SCALES[k], _SHAPES[k]), dtype)
+          for k in _SHAPES}
+
+
+def _by_path(params, mixture):
+  """[(leaf as float64, s_l)] in signature order."""
+  flat = {jax.tree_util.keystr(p): x for p, x in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  return [(np.asarray(flat[p], np.float64), s)
+          for (p, _, _), s in zip(mixture.signature, mixture.leaf_scales)]
+
+
+def _np_component_log_density(u, mixture):
+  """(..., K) log pi_k + log N(u | mu_k, sigma_k^2), float64 NumPy."""
+  mu = np.asarray(mixture.means, np.float64)
+  var = np.asarray(mixture.variances, np.float64)
+  log_pi = np.log(np.asarray(mixture.mixing_proportions, np.float64))
+  d = u[..., None] - mu
+  return log_pi - 0.5 * np.log(2 * np.pi * var) - 0.5 * d * d / var
+
+
+def _np_log_prob(params, mixture):
+  total = 0.0
+  for w, s in _by_path(params, mixture):
+    c = _np_component_log_density(w / s, mixture)
+    top = c.max(axis=-1, keepdims=True)
+    lse = top[..., 0] + np.log(np.exp(c - top).sum(axis=-1))
+    total += np.sum(lse - np.log(s))
+  return total
+
+
+def _np_quantize(params, mixture):
+  means = np.asarray(mixture.means, np.float64)
+  out = {}
+  for (p, _, _), (w, s) in zip(mixture.signature, _by_path(params, mixture)):
+    score = _np_component_log_density(w / s, mixture)
+    k = np.argmax(score, axis=-1)
+    top2 = np.sort(score, axis=-1)[..., -2:]
+    out[p] = (np.where(k == 0, 0.0, s * means[k]), k,
+              top2[..., 1] - top2[..., 0])  # Margin of the argmax.
+  return out
+
+
+def test_init_scales_are_rms_and_means_symmetric():
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  for w, s in _by_path(params, mixture):
+    np.testing.assert_allclose(s, np.sqrt(np.mean(w**2)), rtol=1e-6)
+  means = np.asarray(mixture.nonzero_means, np.float64)
+  np.testing.assert_allclose(means, -means[::-1], rtol=1e-6)
+  pooled = np.concatenate([np.abs(w / s).ravel()
+                           for w, s in _by_path(params, mixture)])
+  np.testing.assert_allclose(means[-1], np.quantile(pooled, 0.999),
+                             rtol=1e-5)
+  # Given explicitly (as saved), the scales give the same mixture.
+  again = gmp_jax.init_mixture(params, 17, leaf_scale=mixture.leaf_scales)
+  assert again.leaf_scales == mixture.leaf_scales
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(mixture)):
+    helpers.assert_bitwise_equal(a, b)
+
+
+def test_log_prob_and_gradient_match_numpy_float64():
+  with enable_x64(True):
+    params = _tree(dtype=np.float64)
+    mixture = gmp_jax.init_mixture(params, 5, leaf_scale='rms',
+                                   dtype=jnp.float64)
+    value, grads = jax.jit(jax.value_and_grad(gmp_jax.mixture_log_prob))(
+        params, mixture)
+    np.testing.assert_allclose(float(value), _np_log_prob(params, mixture),
+                               rtol=1e-12)
+    # Central differences of the NumPy formula at a few weights per leaf.
+    rng = np.random.default_rng(1)
+    for path, x in params.items():
+      for idx in zip(*(rng.integers(0, n, 3) for n in x.shape)):
+        h = 1e-6 * _SCALES[path]
+        up, down = (dict(params, **{path: x.at[idx].add(d)}) for d in (h, -h))
+        fd = (_np_log_prob(up, mixture) - _np_log_prob(down, mixture)) / (2 * h)
+        np.testing.assert_allclose(float(grads[path][idx]), fd, rtol=1e-5)
+    # The mixture's own gradient, through the scaled kernel.
+    check_grads(
+        lambda m: gmp_jax.mixture_log_prob(params, m), (mixture,), order=1,
+        modes=('rev',), atol=1e-6, rtol=1e-6)
+
+
+def test_log_prob_float32_close_to_float64():
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  value = jax.jit(gmp_jax.mixture_log_prob)(params, mixture)
+  assert value.dtype == jnp.float32
+  np.testing.assert_allclose(float(value), _np_log_prob(params, mixture),
+                             rtol=1e-5)
+
+
+def test_bfloat16_leaf_gradient_keeps_dtype():
+  params = _tree()
+  params['dense'] = params['dense'].astype(jnp.bfloat16)
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  grads = jax.grad(gmp_jax.mixture_log_prob)(params, mixture)
+  assert grads['dense'].dtype == jnp.bfloat16
+  assert all(np.all(np.isfinite(np.asarray(g, np.float32)))
+             for g in jax.tree.leaves(grads))
+
+
+def test_quantize_assigns_in_normalised_units():
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  got = gmp_jax.quantize(params, mixture)
+  got_idx = gmp_jax.assign(params, mixture)
+  masks = gmp_jax.prune_masks(params, mixture)
+  for path, (want, k, margin) in _np_quantize(params, mixture).items():
+    name = path[2:-2]
+    clear = margin > 1e-4  # Float32 may break near-ties either way.
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(np.asarray(got_idx[name])[clear], k[clear])
+    np.testing.assert_allclose(np.asarray(got[name], np.float64)[clear],
+                               want[clear], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(masks[name]),
+                                  np.asarray(got[name]) != 0)
+    # One leaf, at most K-1 distinct non-zero values.
+    assert len(np.unique(np.asarray(got[name])[np.asarray(got[name]) != 0]
+                         )) <= mixture.num_components - 1
+
+
+def test_zero_stays_exactly_zero():
+  params = _tree()
+  params['dense'] = params['dense'].at[:4].set(0.0)
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  q = gmp_jax.quantize(params, mixture)
+  dense = np.asarray(q['dense'])
+  np.testing.assert_array_equal(dense[:4], 0.0)
+  assert not np.any(np.signbit(dense[dense == 0]))
+  assert np.all(np.asarray(gmp_jax.assign(params, mixture)['dense'])[:4]
+                == 0)
+  # Quantising a quantised tree changes nothing.
+  helpers.assert_bitwise_equal(gmp_jax.quantize(q, mixture)['dense'],
+                               q['dense'])
+
+
+def test_no_scales_reproduce_the_default_bit_for_bit():
+  params = _tree()
+  default = gmp_jax.init_mixture(params, 17)
+  explicit = gmp_jax.init_mixture(params, 17, leaf_scale=None)
+  assert explicit.leaf_scales is None
+  for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(explicit)):
+    helpers.assert_bitwise_equal(a, b)
+  # A mixture built without the field knows nothing of it.
+  bare = gmp_jax.GaussianMixture(
+      default.nonzero_means, default.log_precisions, default.mixing_logits,
+      zero_proportion=default.zero_proportion, signature=default.signature)
+  assert 'leaf_scales' not in repr(bare)
+  for fn in (gmp_jax.mixture_log_prob,
+             jax.grad(gmp_jax.mixture_log_prob),
+             gmp_jax.quantize, gmp_jax.assign):
+    for a, b in zip(jax.tree.leaves(fn(params, bare)),
+                    jax.tree.leaves(fn(params, explicit))):
+      helpers.assert_bitwise_equal(a, b)
+  # Unit scales assign every weight as no scales do.
+  ones = bare.replace(leaf_scales=(1.0,) * len(bare.signature))
+  for a, b in zip(jax.tree.leaves(gmp_jax.quantize(params, ones)),
+                  jax.tree.leaves(gmp_jax.quantize(params, bare))):
+    helpers.assert_bitwise_equal(a, b)
+
+
+@pytest.mark.parametrize('bad,match', [
+    ('zeros', 'every weight is zero'), ('equal', 'all 32 weights equal')])
+def test_degenerate_leaf_is_named(bad, match):
+  params = _tree()
+  params['bias'] = (jnp.zeros((32,)) if bad == 'zeros'
+                    else jnp.full((32,), 0.5))
+  with pytest.raises(ValueError, match=rf"\['bias'\].*{match}"):
+    gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+
+
+@pytest.mark.parametrize('leaf_scale,match', [
+    ('std', 'leaf_scale must be None'),
+    ((1.0, 2.0), '2 entries for 3 covered leaves'),
+    ((1.0, 0.0, 1.0), "leaf_scale for leaf .*'conv'.* > 0"),
+    ((1.0, 1.0, float('nan')), 'finite'),
+])
+def test_bad_leaf_scale_argument(leaf_scale, match):
+  with pytest.raises(ValueError, match=match):
+    gmp_jax.init_mixture(_tree(), 17, leaf_scale=leaf_scale)
+
+
+def test_scales_not_matching_the_signature_are_refused():
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  wrong = mixture.replace(leaf_scales=mixture.leaf_scales[:2])
+  for fn in (gmp_jax.mixture_log_prob, gmp_jax.quantize):
+    with pytest.raises(ValueError, match='2 leaf_scales for 3 covered'):
+      fn(params, wrong)
+
+
+def test_scaled_init_keeps_both_leaves_where_the_default_prunes_one():
+  rng = np.random.default_rng(0)
+  params = {'big': jnp.asarray(rng.normal(0, 0.2, (30, 40)), jnp.float32),
+            'small': jnp.asarray(rng.normal(0, 0.01, (60, 50)), jnp.float32)}
+
+  def kept(mixture):
+    q = gmp_jax.quantize(params, mixture)
+    return {k: float(np.mean(np.asarray(v) != 0)) for k, v in q.items()}
+
+  default = kept(gmp_jax.init_mixture(params, 17))
+  assert default['small'] == 0.0 and default['big'] > 0.3
+  scaled = kept(gmp_jax.init_mixture(params, 17, leaf_scale='rms'))
+  assert scaled['small'] > 0.3 and scaled['big'] > 0.3, scaled
+
+
+def test_diagnose_warns_of_a_leaf_pruned_whole():
+  rng = np.random.default_rng(0)
+  params = {'big': jnp.asarray(rng.normal(0, 0.2, (30, 40)), jnp.float32),
+            'small': jnp.asarray(rng.normal(0, 0.01, (60, 50)), jnp.float32)}
+  found = gmp_jax.diagnose(params, gmp_jax.init_mixture(params, 17),
+                           warn=False)
+  assert any("leaf_scale='rms'" in m and "['small']" in m
+             for m in found.warnings)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    scaled = gmp_jax.diagnose(
+        params, gmp_jax.init_mixture(params, 17, leaf_scale='rms'))
+  assert scaled.nonzero_fraction > 0.3 and not scaled.warnings
+
+
+def test_merge_keeps_scales_and_pruned_weights():
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 9, leaf_scale='rms')
+  # Four duplicate pairs in normalised units: they merge to five values.
+  mixture = mixture.replace(nonzero_means=jnp.asarray(
+      [-2.0, -2.0001, -1.0, -1.0001, 1.0, 1.0001, 2.0, 2.0001], jnp.float32))
+  merged = gmp_jax.merge_components(mixture)
+  assert merged.leaf_scales == mixture.leaf_scales
+  assert merged.num_components == 5
+  before, after = (gmp_jax.quantize(params, m) for m in (mixture, merged))
+  for k in params:
+    pruned = np.asarray(before[k]) == 0
+    assert np.all(np.asarray(after[k])[pruned] == 0)
+
+
+def test_scales_survive_pytree_round_trips():
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  leaves, treedef = jax.tree.flatten(mixture)
+  assert jax.tree.unflatten(treedef, leaves).leaf_scales == (
+      mixture.leaf_scales)
+  assert jax.jit(lambda m: m)(mixture).leaf_scales == mixture.leaf_scales
+  assert jax.tree.map(jnp.zeros_like, mixture).leaf_scales == (
+      mixture.leaf_scales)
+  # Different scales are a different tree structure (static metadata).
+  other = mixture.replace(leaf_scales=(1.0, 1.0, 1.0))
+  assert jax.tree.structure(other) != treedef
