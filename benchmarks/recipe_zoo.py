@@ -22,7 +22,8 @@ the fine-tuned file reloaded, on the validation split (the last 5,000
 training images; Shakespeare's validation bytes) and on the test split;
 the kept fraction of the covered weights, the values per leaf and CR_file.
 Defaults are judged on the validation figures; the test figures are
-reported once. `--smoke` runs every stage on a few hundred examples with
+reported once. `--leaf_scale=rms` runs the same with per-leaf scales
+(`init_mixture(..., leaf_scale='rms')`), a candidate default. `--smoke` runs every stage on a few hundred examples with
 narrower models (CI).
 """
 
@@ -266,7 +267,7 @@ def _values_per_leaf(quantized, params) -> int:
 
 
 def run_family(name: str, *, smoke: bool = False, seed: int = 0,
-               workdir: str | None = None,
+               leaf_scale: str | None = None, workdir: str | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
   """README's recipe on one family; returns its figures (see the docstring).
 
@@ -305,7 +306,8 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
   n = int(y_train.size) if family.tokens else len(x_train)
 
   # 1-2. The prior from the weights, tau by the rule.
-  mixture = gmp_jax.init_mixture(teacher, NUM_COMPONENTS)
+  mixture = gmp_jax.init_mixture(teacher, NUM_COMPONENTS,
+                                 leaf_scale=leaf_scale)
   data_loss = gmp_jax.LossOptions().data_loss()
   probe = [with_teacher(b) for b in
            _batches(x_train, y_train, family.batch_size, np.random.default_rng(
@@ -383,16 +385,18 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
 
 
 def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
-        workdir: str | None = None,
+        leaf_scale: str | None = None, workdir: str | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
   unknown = sorted(set(families) - set(FAMILIES))
   if unknown:
     raise ValueError(f'Unknown families {unknown}; choose from '
                      f'{sorted(FAMILIES)}.')
   return {'command': 'python -m benchmarks.recipe_zoo', 'smoke': smoke,
-          'seed': seed, 'versions': {'jax': jax.__version__},
+          'seed': seed, 'leaf_scale': leaf_scale,
+          'versions': {'jax': jax.__version__},
           'families': {f: run_family(f, smoke=smoke, seed=seed,
-                                     workdir=workdir, log=log)
+                                     leaf_scale=leaf_scale, workdir=workdir,
+                                     log=log)
                        for f in families}}
 
 
@@ -415,7 +419,7 @@ def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   report = run(FLAGS.families, smoke=FLAGS.smoke, seed=FLAGS.seed,
-               workdir=FLAGS.workdir)
+               leaf_scale=FLAGS.leaf_scale, workdir=FLAGS.workdir)
   report['command'] = cli.command('benchmarks.recipe_zoo')
   print(format_table(report))
   if FLAGS.json:
@@ -432,6 +436,8 @@ def _define_flags():
   flags.DEFINE_integer('seed', 0, 'Seed of the teacher, data order and '
                        'dropout.')
   flags.DEFINE_string('json', None, 'Write the figures here.')
+  flags.DEFINE_string('leaf_scale', None, "init_mixture's leaf_scale (e.g. "
+                      "'rms'); None: the library default.")
   flags.DEFINE_string('workdir', None, 'Keep each family\'s file here.')
 
 

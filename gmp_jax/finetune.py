@@ -140,7 +140,8 @@ def codebook_from_quantized(params, mixture=None, *,
     params: a quantised tree (from `gmp_jax.quantize`, or loaded from a
       compressed file). Exact zeros are pruned weights.
     mixture: optional; the (merged) `GaussianMixture` used to quantise. If
-      given, its leaves are the coded ones and the codebook is its K-1
+      given, its leaves are the coded ones and (without `leaf_scales`; with
+      them, the distinct values as below) the codebook is its K-1
       non-zero means in the leaves' dtype (entries no weight uses stay in
       the codebook and get zero gradient); every non-zero weight must equal
       one of them. Without it, every floating leaf is coded and the
@@ -178,7 +179,9 @@ def codebook_from_quantized(params, mixture=None, *,
       raise ValueError(f'Leaf {p} has non-finite values; expected a '
                        'quantised tree.')
   nonzero = [x[x != 0] for x in host.values()]
-  if mixture is None:
+  if mixture is None or mixture.leaf_scales is not None:
+    # Per-leaf scales give each leaf its own values s_l mu_k: the codebook is
+    # then the distinct values (the mixture still picks the leaves).
     codebook = np.unique(np.concatenate([v.ravel() for v in nonzero]))
   else:
     codebook = np.asarray(mixture.means[1:]).astype(dtype)

@@ -280,3 +280,18 @@ def test_scales_survive_pytree_round_trips():
   # Different scales are a different tree structure (static metadata).
   other = mixture.replace(leaf_scales=(1.0, 1.0, 1.0))
   assert jax.tree.structure(other) != treedef
+
+
+def test_codebook_from_a_scaled_quantisation_round_trips():
+  """Per-leaf values s_l mu_k: the codebook holds each leaf's own values."""
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  quantized = gmp_jax.quantize(params, mixture)
+  codebook, indices, mask = gmp_jax.codebook_from_quantized(quantized, mixture)
+  want = np.unique(np.concatenate([
+      np.asarray(x)[np.asarray(x) != 0] for x in jax.tree.leaves(quantized)]))
+  np.testing.assert_array_equal(np.sort(np.asarray(codebook)), want)
+  back = gmp_jax.expand_codebook(codebook, indices, quantized)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(quantized)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert all(m is None or m.dtype == bool for m in jax.tree.leaves(mask))

@@ -18,7 +18,7 @@ def zoo(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('zoo'))
   out = os.path.join(workdir, 'zoo.json')
   with jax.numpy_dtype_promotion('standard'):  # optax's Adam mixes dtypes.
-    assert cli.call(recipe_zoo, ['--families=mlp,cnn', '--smoke',
+    assert cli.call(recipe_zoo, ['--families=cnn', '--smoke',
                                  f'--workdir={workdir}', f'--json={out}']) == 0
   with open(out) as f:
     report = json.load(f)
@@ -44,8 +44,9 @@ def _reloaded_model(name, path, smoke_data):
   return model, params
 
 
-@pytest.mark.parametrize('name', ['mlp', 'cnn'])
-def test_figures_match_the_written_file(zoo, name):
+def test_figures_match_the_written_file(zoo):
+  """The CNN: BatchNorm statistics in the file, Dropout, uncovered norms."""
+  name = 'cnn'
   report, workdir = zoo
   figures = report['families'][name]
   path = os.path.join(workdir, f'{name}.gmpz')
@@ -81,8 +82,8 @@ def test_figures_match_the_written_file(zoo, name):
 def test_table_has_one_row_per_family(zoo):
   report, _ = zoo
   table = recipe_zoo.format_table(report).splitlines()
-  assert len(table) == 2 + 2
-  assert table[2].startswith('| mlp |') and table[3].startswith('| cnn |')
+  assert len(table) == 2 + 1
+  assert table[2].startswith('| cnn | accuracy (test) |')
 
 
 def test_unknown_family_is_named():
