@@ -400,18 +400,20 @@ def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
                        for f in families}}
 
 
-def format_table(report: dict[str, Any]) -> str:
-  """README's table: one row per family."""
-  lines = ['| family | metric | teacher | quantised, no fine-tuning | '
-           'fine-tuned file | kept | CR_file |',
-           '|---|---|---:|---:|---:|---:|---:|']
-  for name, f in report['families'].items():
-    fmt = ((lambda v: f'{100 * v:.2f}%') if f['metric'] == 'accuracy'
-           else (lambda v: f'{v:.4f}'))
-    lines.append(
-        f'| {name} | {f["metric"]} (test) | {fmt(f["teacher"]["test"])} | '
-        f'{fmt(f["quantized"]["test"])} | {fmt(f["finetuned"]["test"])} | '
-        f'{100 * f["kept"]:.2f}% | {f["cr_file"]:.1f}x |')
+def format_table(*reports: dict[str, Any]) -> str:
+  """README's table: one row per family and report (e.g. default, 'rms')."""
+  lines = ['| family | leaf_scale | metric (test) | teacher | quantised, no '
+           'fine-tuning | fine-tuned file | kept | CR_file |',
+           '|---|---|---|---:|---:|---:|---:|---:|']
+  for report in reports:
+    for name, f in report['families'].items():
+      fmt = ((lambda v: f'{100 * v:.2f}%') if f['metric'] == 'accuracy'
+             else (lambda v: f'{v:.4f}'))
+      lines.append(
+          f'| {name} | {report.get("leaf_scale") or "None (default)"} | '
+          f'{f["metric"]} | {fmt(f["teacher"]["test"])} | '
+          f'{fmt(f["quantized"]["test"])} | {fmt(f["finetuned"]["test"])} | '
+          f'{100 * f["kept"]:.2f}% | {f["cr_file"]:.1f}x |')
   return '\n'.join(lines)
 
 

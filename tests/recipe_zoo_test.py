@@ -83,9 +83,22 @@ def test_table_has_one_row_per_family(zoo):
   report, _ = zoo
   table = recipe_zoo.format_table(report).splitlines()
   assert len(table) == 2 + 1
-  assert table[2].startswith('| cnn | accuracy (test) |')
+  assert table[2].startswith('| cnn | None (default) | accuracy |')
 
 
 def test_unknown_family_is_named():
   with pytest.raises(ValueError, match="'vit'"):
     recipe_zoo.run(['mlp', 'vit'], smoke=True)
+
+
+def test_readme_table_is_the_committed_zoo():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  reports = []
+  for name in ('zoo.json', 'zoo_leaf_scale.json'):
+    with open(os.path.join(root, 'results', name)) as f:
+      reports.append(json.load(f))
+  assert reports[0]['leaf_scale'] is None
+  assert reports[1]['leaf_scale'] == 'rms'
+  with open(os.path.join(root, 'README.md')) as f:
+    readme = f.read()
+  assert recipe_zoo.format_table(*reports) in readme

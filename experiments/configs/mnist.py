@@ -98,6 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       init_std=0.25,
       zero_proportion=0.99,
       learn_zero_proportion=False,
+      # None = one scale for every leaf (the published recipe); 'rms' = the
+      # prior on w / s_l with s_l each leaf's RMS (gmp_jax.init_mixture).
+      leaf_scale=config_dict.placeholder(str),
       # Gamma hyperpriors (alpha, beta) on the precisions, Beta on pi_0.
       zero_gamma=(5000.0, 2.0),
       gamma=(250.0, 0.1),

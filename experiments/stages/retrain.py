@@ -72,7 +72,8 @@ def initial_mixture(params, rc: ml_collections.ConfigDict
       params, rc.num_components, filter_fn=rc.get('filter'),
       init_std=rc.get('init_std'),
       zero_proportion=rc.get('zero_proportion'),
-      learn_zero_proportion=rc.get('learn_zero_proportion'))
+      learn_zero_proportion=rc.get('learn_zero_proportion'),
+      leaf_scale=rc.get('leaf_scale'))
 
 
 def _pair(value) -> tuple[float, float] | None:
@@ -314,6 +315,9 @@ def load_retrained(ctx):
       nonzero_means=jnp.asarray(meta['nonzero_means']),
       log_precisions=jnp.asarray(meta['log_precisions']),
       mixing_logits=jnp.asarray(meta['mixing_logits']))
+  if 'leaf_scales' in meta:  # The retraining's scales, not the final weights'.
+    mixture = mixture.replace(
+        leaf_scales=tuple(float(s) for s in np.asarray(meta['leaf_scales'])))
   return ctx.results['retrain']['student'], params, mixture
 
 
@@ -363,7 +367,9 @@ def run(ctx) -> dict[str, Any]:
   ctx.save_params(ctx.path(STATE_FILE), state.params, metadata={
       'nonzero_means': np.asarray(mixture.nonzero_means),
       'log_precisions': np.asarray(mixture.log_precisions),
-      'mixing_logits': np.asarray(mixture.mixing_logits)})
+      'mixing_logits': np.asarray(mixture.mixing_logits),
+      **({} if mixture.leaf_scales is None else
+         {'leaf_scales': np.asarray(mixture.leaf_scales, np.float64)})})
   monitor.log_info('retrain (%s): test %s before pruning %.4f', rc.mode,
                    ctx.metric, test[ctx.metric])
   return {f'test_{ctx.metric}': test[ctx.metric], 'student': student_model,
