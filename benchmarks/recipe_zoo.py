@@ -2,6 +2,8 @@
 
   python -m benchmarks.recipe_zoo --json=results/zoo.json
   python -m benchmarks.recipe_zoo --families=mlp,cnn --smoke   # seconds
+  python -m benchmarks.recipe_zoo \\
+      --tables_from=results/zoo.json,results/zoo_leaf_scale.json
 
 Each family trains a float teacher, then runs "Compress your own model" with
 the library's defaults and nothing tuned: `init_mixture(teacher, 17)`, tau
@@ -417,9 +419,34 @@ def format_table(*reports: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def stages_table(*reports: dict[str, Any]) -> str:
+  """Every stage on the validation split, with tau, kept and CR_file."""
+  stages = ('teacher', 'quantized_initial', 'retrained', 'quantized',
+            'finetuned')
+  lines = ['| family | leaf_scale | tau (rule) | ' + ' | '.join(stages) +
+           ' | kept | CR_file |', '|---|---|' + '---:|' * (len(stages) + 3)]
+  for report in reports:
+    for name, f in report['families'].items():
+      fmt = ((lambda v: f'{100 * v:.2f}%') if f['metric'] == 'accuracy'
+             else (lambda v: f'{v:.4f}'))
+      lines.append(
+          f'| {name} | {report.get("leaf_scale") or "None (default)"} | '
+          f'{f["tau"]:.3f} | '
+          + ' | '.join(fmt(f[s]['valid']) for s in stages)
+          + f' | {100 * f["kept"]:.2f}% | {f["cr_file"]:.1f}x |')
+  return '\n'.join(lines)
+
+
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.tables_from:
+    reports = []
+    for path in FLAGS.tables_from:
+      with open(path) as f:
+        reports.append(json.load(f))
+    print(format_table(*reports), stages_table(*reports), sep='\n\n')
+    return 0
   report = run(FLAGS.families, smoke=FLAGS.smoke, seed=FLAGS.seed,
                leaf_scale=FLAGS.leaf_scale, workdir=FLAGS.workdir)
   report['command'] = cli.command('benchmarks.recipe_zoo')
@@ -441,6 +468,8 @@ def _define_flags():
   flags.DEFINE_string('leaf_scale', None, "init_mixture's leaf_scale (e.g. "
                       "'rms'); None: the library default.")
   flags.DEFINE_string('workdir', None, 'Keep each family\'s file here.')
+  flags.DEFINE_list('tables_from', [], 'Only print the tables of these '
+                    'JSON reports (test split; every stage on validation).')
 
 
 if __name__ == '__main__':
