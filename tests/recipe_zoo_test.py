@@ -102,3 +102,20 @@ def test_readme_table_is_the_committed_zoo():
   with open(os.path.join(root, 'README.md')) as f:
     readme = f.read()
   assert recipe_zoo.format_table(*reports) in readme
+
+
+def test_tables_from_prints_the_committed_tables(capsys):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  paths = [os.path.join(root, 'results', n)
+           for n in ('zoo.json', 'zoo_leaf_scale.json')]
+  assert cli.call(recipe_zoo, [f'--tables_from={",".join(paths)}']) == 0
+  printed = capsys.readouterr().out
+  reports = []
+  for path in paths:
+    with open(path) as f:
+      reports.append(json.load(f))
+  assert recipe_zoo.format_table(*reports) in printed
+  rows = [l for l in printed.splitlines() if l.startswith('| cnn | rms |')]
+  assert len(rows) == 2  # One in each table.
+  cnn = reports[1]['families']['cnn']
+  assert f'{100 * cnn["quantized_initial"]["valid"]:.2f}%' in rows[1]
