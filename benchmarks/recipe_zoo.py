@@ -402,39 +402,36 @@ def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
                        for f in families}}
 
 
-def format_table(*reports: dict[str, Any]) -> str:
-  """README's table: one row per family and report (e.g. default, 'rms')."""
-  lines = ['| family | leaf_scale | metric (test) | teacher | quantised, no '
-           'fine-tuning | fine-tuned file | kept | CR_file |',
-           '|---|---|---|---:|---:|---:|---:|---:|']
+def _rows(reports, middle):
+  """Table rows: family, leaf_scale, `middle(f, fmt)` cells, kept, CR_file."""
   for report in reports:
     for name, f in report['families'].items():
       fmt = ((lambda v: f'{100 * v:.2f}%') if f['metric'] == 'accuracy'
              else (lambda v: f'{v:.4f}'))
-      lines.append(
-          f'| {name} | {report.get("leaf_scale") or "None (default)"} | '
-          f'{f["metric"]} | {fmt(f["teacher"]["test"])} | '
-          f'{fmt(f["quantized"]["test"])} | {fmt(f["finetuned"]["test"])} | '
-          f'{100 * f["kept"]:.2f}% | {f["cr_file"]:.1f}x |')
-  return '\n'.join(lines)
+      cells = [name, report.get('leaf_scale') or 'None (default)',
+               *middle(f, fmt), f'{100 * f["kept"]:.2f}%',
+               f'{f["cr_file"]:.1f}x']
+      yield '| ' + ' | '.join(cells) + ' |'
+
+
+def format_table(*reports: dict[str, Any]) -> str:
+  """README's table: one row per family and report (e.g. default, 'rms')."""
+  head = ['| family | leaf_scale | metric (test) | teacher | quantised, no '
+          'fine-tuning | fine-tuned file | kept | CR_file |',
+          '|---|---|---|---:|---:|---:|---:|---:|']
+  return '\n'.join(head + list(_rows(reports, lambda f, fmt: (
+      f['metric'], *(fmt(f[s]['test'])
+                     for s in ('teacher', 'quantized', 'finetuned'))))))
 
 
 def stages_table(*reports: dict[str, Any]) -> str:
   """Every stage on the validation split, with tau, kept and CR_file."""
   stages = ('teacher', 'quantized_initial', 'retrained', 'quantized',
             'finetuned')
-  lines = ['| family | leaf_scale | tau (rule) | ' + ' | '.join(stages) +
-           ' | kept | CR_file |', '|---|---|' + '---:|' * (len(stages) + 3)]
-  for report in reports:
-    for name, f in report['families'].items():
-      fmt = ((lambda v: f'{100 * v:.2f}%') if f['metric'] == 'accuracy'
-             else (lambda v: f'{v:.4f}'))
-      lines.append(
-          f'| {name} | {report.get("leaf_scale") or "None (default)"} | '
-          f'{f["tau"]:.3f} | '
-          + ' | '.join(fmt(f[s]['valid']) for s in stages)
-          + f' | {100 * f["kept"]:.2f}% | {f["cr_file"]:.1f}x |')
-  return '\n'.join(lines)
+  head = ['| family | leaf_scale | tau (rule) | ' + ' | '.join(stages) +
+          ' | kept | CR_file |', '|---|---|' + '---:|' * (len(stages) + 3)]
+  return '\n'.join(head + list(_rows(reports, lambda f, fmt: (
+      f'{f["tau"]:.3f}', *(fmt(f[s]['valid']) for s in stages)))))
 
 
 def main(argv) -> int:
