@@ -167,11 +167,14 @@ def _lse_and_grad(x, table):
   # weight (|w| ~ 1e4 and more) against the two fusions rounding apart.
   # (Clamping each exponent at 0 instead costs 4x: it breaks the fused
   # reduction.)
-  s = jnp.maximum(s, 1)
+  # The ratio below keeps the unfloored s: where a compiler rounds the two
+  # fusions apart (XLA without its optimisations does, at |w| ~ 100), every
+  # e_k carries the same factor, which the ratio cancels.
   # sum_k r_k lambda_k (mu_k - x) = (b - x a) / s. Its rounding error is that
   # of moving x by about one ulp of the means; summing r lambda (mu - x)
   # directly is as exact but about 10% slower here.
-  return m + jnp.log(s), (b - x * a) / s
+  return (m + jnp.log(jnp.maximum(s, 1)),
+          (b - x * a) / jnp.where(s > 0, s, 1))
 
 
 def _component_sums(x, lse, table):

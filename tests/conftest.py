@@ -7,13 +7,33 @@
   precedence over XLA's `--xla_force_host_platform_device_count`.
 * Strict dtype promotion and rank-promotion errors, as in equinox's tests:
   the library must never rely on an implicit dtype or rank promotion.
+* Compilation is most of a test's time here (small models, few steps), so:
+  - one persistent compilation cache for the whole session, shared by both
+    xdist workers and by every subprocess a test starts (they inherit the
+    environment). It holds XLA's output for the same program, so every
+    number is as without it; a torn read is a warning and a recompile.
+  - `JAX_DISABLE_MOST_OPTIMIZATIONS`: XLA skips its expensive passes. The
+    tests check values against NumPy with tolerances, not speed, and the
+    benchmarks (which do measure speed) never run under it outside tests.
+  Set either variable yourself to override it (e.g. `=0` for the second).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must run before jax initialises its backend.
 os.environ.setdefault('JAX_NUM_CPU_DEVICES', '4')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  # Made by the first process to load this file (pytest's controller under
+  # xdist, whose workers inherit it) and removed when that process exits.
+  _CACHE_DIR = tempfile.mkdtemp(prefix='gmp_jax_test_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_DIR
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
