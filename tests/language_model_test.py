@@ -23,15 +23,17 @@ from experiments.language import transformer
 def test_sample_windows_are_the_corpus_bytes_shifted_by_one():
   data = language_model.load_shakespeare(source='sample')
   raw = np.frombuffer(open(language_model.SAMPLE_PATH, 'rb').read(), np.uint8)
-  cut = len(raw) * 7 // 8
+  cut, test_cut = len(raw) * 6 // 8, len(raw) * 7 // 8  # Valid between.
   x, y = data['train']
   t = language_model.SEQ_LEN
   assert x.dtype == y.dtype == np.int32 and x.shape == y.shape
   assert x.shape == ((cut - 1) // t, t)
   np.testing.assert_array_equal(x.ravel(), raw[:x.size])
   np.testing.assert_array_equal(y.ravel(), raw[1:x.size + 1])
+  xv, _ = data['valid']
+  np.testing.assert_array_equal(xv[0], raw[cut:cut + t])
   xt, _ = data['test']
-  np.testing.assert_array_equal(xt[0], raw[cut:cut + t])
+  np.testing.assert_array_equal(xt[0], raw[test_cut:test_cut + t])
   kept = language_model.load_shakespeare(source='sample', num_train=3,
                                          num_test=2)
   assert len(kept['train'][0]) == 3 and len(kept['test'][0]) == 2

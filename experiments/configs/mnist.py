@@ -57,6 +57,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       decay_to=0.05,  # Cosine decay to 5% of the learning rate.
       # None = none; else a linear warm-up from 0 over this many steps first.
       warmup_steps=config_dict.placeholder(int),
+      # None = train all `epochs` and keep the last weights. An int >= 1 =
+      # early stopping on the validation split (datasets with one only;
+      # the image datasets have none): evaluate it at every epoch end, stop
+      # after this many epochs without a better headline metric (`epochs`
+      # is the maximum) and keep the best epoch's weights
+      # (experiments/stages/teacher.py).
+      patience=config_dict.placeholder(int),
   )
 
   config.retrain = dict(

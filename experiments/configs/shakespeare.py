@@ -20,6 +20,29 @@ straight-through fine-tuning. Retraining and fine-tuning step over the
 first `retrain.num_train` training windows; N, the prior's dataset size,
 counts their tokens (windows times bytes each), not windows.
 
+`:converged` trains the teacher to convergence, stopping on the
+validation split (`experiments/stages/teacher.py`), and is otherwise the
+default config:
+
+  python -m experiments.mnist \
+      --config=experiments/configs/shakespeare.py:converged \
+      --workdir=workdir/shakespeare_converged
+
+The teacher evaluates bits per byte on the validation split (*Troilus and
+Cressida* and *Twelfth Night*, plays the training split does not hold) at
+every epoch end and stops after `teacher.patience = 2` epochs without a
+lower value, or after `teacher.epochs = 30` (the cosine decay of the
+learning rate spans the 30); it keeps the best epoch's weights, and the
+test split is evaluated once, on them. `teacher/done.json` records
+`epochs_run`, `best_epoch`, `best_valid_bits_per_byte` (and
+`best_valid_accuracy`), every epoch's validation value (`valid_history`),
+`train_wall_time_s` (the training time summed over resumed runs) and
+`wall_time_s` (this invocation's). The stage checkpoints and keeps its
+early-stopping state in `teacher/early_stopping/` at every epoch end, so a
+killed run resumes where it was with the same command; add
+`--stop_after=teacher` to stop after the teacher. The later stages run as
+in the default config, on the chosen teacher.
+
 `:smoke` runs every stage in well under a minute on the 64 KiB sample shipped
 in tests/data (used by the tests), with `transformer_tiny` (the same model at
 2 layers, d_model 64: 141,312 parameters) and one train step per compiled
@@ -36,6 +59,8 @@ def get_config(arg: str | None = None):
   config.model = 'transformer'
   config.data.name = 'shakespeare'
   config.data.source = 'offline'
+  # None = every window of the validation split; else its first num_valid.
+  config.data.num_valid = config_dict.placeholder(int)
   config.teacher.epochs = 4
   config.teacher.batch_size = 32
   config.teacher.learning_rate = 3e-3
@@ -65,6 +90,10 @@ def get_config(arg: str | None = None):
     config.loop.log_every_steps = None
     config.loop.checkpoint_interval_s = 0.0
     config.loop.steps_per_call = 1  # Unrolling 3 (the default) compiles 3x.
+  elif arg == 'converged':
+    config.teacher.epochs = 30  # The maximum.
+    config.teacher.patience = 2
   elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; expected "smoke".')
+    raise ValueError(f'Unknown config argument {arg!r}; expected "smoke" '
+                     'or "converged".')
   return config

@@ -72,7 +72,8 @@ def load_dataset(name: str = 'mnist', *, source: str = 'offline',
                  download: bool = True,
                  num_train: int | None = None,
                  num_test: int | None = None,
-                 seed: int = 0) -> Dataset:
+                 seed: int = 0,
+                 num_valid: int | None = None) -> Dataset:
   """Loads a dataset as NumPy arrays.
 
   Args:
@@ -92,21 +93,34 @@ def load_dataset(name: str = 'mnist', *, source: str = 'offline',
       the number to generate (``'random'``, default 2048).
     num_test: as ``num_train`` for the test split (``'random'`` default 512).
     seed: seed of the ``'random'`` source; ignored otherwise.
+    num_valid: as ``num_train`` for the validation split of a dataset
+      registered with one (``validation=True``; the image datasets have
+      none).
 
   Returns:
     ``{'train': (x, y), 'test': (x, y)}``, ``x`` float32 ``(N, 28, 28, 1)`` in
-    ``[0, 1]`` and ``y`` int32.
+    ``[0, 1]`` and ``y`` int32; a dataset with a validation split also has
+    ``'valid'``.
 
   Raises:
-    ValueError: unknown ``name`` or ``source``.
+    ValueError: unknown ``name`` or ``source``, or ``num_valid`` for a
+      dataset without a validation split.
     DataError: the data cannot be found, fetched or verified.
   """
   entry = registry.dataset(name)
   if source not in entry.sources:
     raise ValueError(f'Unknown data source {source!r} for {entry.name!r}; '
                      f'expected one of {entry.sources}.')
+  extra = {}
+  if entry.validation:
+    extra['num_valid'] = num_valid
+  elif num_valid is not None:
+    raise ValueError(f'num_valid={num_valid} keeps validation examples, but '
+                     f'{entry.name!r} has no validation split (train and test '
+                     'only); leave it None.')
   return entry.loader(source=source, data_dir=data_dir, download=download,
-                      num_train=num_train, num_test=num_test, seed=seed)
+                      num_train=num_train, num_test=num_test, seed=seed,
+                      **extra)
 
 
 def _image_loader(name: str):

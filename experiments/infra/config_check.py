@@ -2,10 +2,10 @@
 
 `check_config` looks up every name the config gives (model, student,
 dataset, task) in `experiments.infra.registry` and runs each check once:
-the stages' own (`stages.retrain.check_config`,
-`stages.finetune.check_config`), augmentation (`augment.max_shift`), the
-train loop (`loop.LoopOptions.check`) and the mesh
-(`distributed.make_runtime`). A bad
+the stages' own (`stages.teacher.check_config`,
+`stages.retrain.check_config`, `stages.finetune.check_config`),
+augmentation (`augment.max_shift`), the train loop
+(`loop.LoopOptions.check`) and the mesh (`distributed.make_runtime`). A bad
 value raises ValueError naming the field before a minute of training is
 spent; what the checks resolve comes back as a `CheckedConfig`, which the
 stages read instead of asking the config again.
@@ -25,6 +25,7 @@ from experiments.infra import tasks
 from experiments.stages import finetune
 from experiments.stages import retrain
 from experiments.stages import student
+from experiments.stages import teacher
 
 
 class CheckedConfig(NamedTuple):
@@ -95,6 +96,7 @@ def check_config(config: ml_collections.ConfigDict) -> CheckedConfig:
     ValueError: the first bad field, named.
   """
   model, student_entry, info, task = check_names(config)
+  teacher.check_config(config, info)
   retrain.check_config(config)
   epochs, mode = finetune.check_config(config)
   shift = check_augmentation(config, info)

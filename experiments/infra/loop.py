@@ -14,6 +14,9 @@ dataset held on the device, and keeps the device busy:
   only waits for the previous chunk, so one call is always queued.
 * Evaluation is one compiled call (`eval_fn`) at the end of every
   `eval_every_epochs`-th epoch.
+* An optional `stop_fn` sees every epoch's record and may end training
+  there (early stopping); it then gets an evaluation and a checkpoint at
+  every epoch end.
 * Orbax checkpoints are taken at a host sync once `checkpoint_interval_s`
   has passed since the last one, and at the stage's end; they are
   synchronous, so a kill at any moment leaves the last complete one.
@@ -222,7 +225,9 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
                                  dict[str, float]] | None = None,
                summary_fn: Callable[[gmp_jax.TrainState], dict] | None = None,
                timer: monitor.StageTimer | None = None,
-               runtime: distributed.Runtime | None = None
+               runtime: distributed.Runtime | None = None,
+               stop_fn: Callable[[int, gmp_jax.TrainState,
+                                  Mapping[str, Any]], bool] | None = None
                ) -> gmp_jax.TrainState:
   """Trains `state` for `num_epochs`, checkpointing and resuming.
 
@@ -246,9 +251,23 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
       by `runtime.state_sharding` (and keeps that layout), every process
       writes its checkpoint shards, and only process 0 writes the metrics
       log.
+    stop_fn: `(epoch, state, record) -> stop`, called at every epoch end
+      (`epoch` 1-based) with the epoch's record (its metric means and
+      `eval_fn`'s metrics) before the checkpoint; True ends training after
+      that epoch. With it, `eval_fn` runs at every epoch end (whatever
+      `options.eval_every_epochs`) and a checkpoint is taken at every
+      epoch end right after the call, so a kill leaves the hook at most one
+      epoch ahead of the last checkpoint: after a resume it may be called
+      again for the epoch it saw last, and must then answer as before (and
+      keep its own state, e.g. in the workdir). The state it gets is
+      donated by the next step: copy what it keeps. On a mesh every process
+      calls it, and all must return the same answer. The loop keeps no
+      record of a stop: called again on the same checkpoints it trains on
+      from the stopping epoch, so a caller whose hook stopped does not call
+      it again (the teacher stage asks its `early_stopping.Stopper`).
 
   Returns:
-    The trained state.
+    The trained state (at the stopping epoch's end, if `stop_fn` stopped).
 
   Raises:
     ValueError: `batch_size` exceeds the number of examples, or an option
@@ -353,8 +372,8 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
       synced = step
       epoch_end = step % steps_per_epoch == 0
       evaluated = {}
-      if eval_fn is not None and epoch_end and _eval_due(
-          epoch + 1, num_epochs, options.eval_every_epochs):
+      if eval_fn is not None and epoch_end and (stop_fn is not None or (
+          _eval_due(epoch + 1, num_epochs, options.eval_every_epochs))):
         evaluated = timer.run(stage, 'eval', eval_fn, state)
       means = {k: float(v) / (step - acc_from)
                for k, v in host['sums'].items()}
@@ -363,21 +382,33 @@ def train_loop(*, stage: str, state: gmp_jax.TrainState,
       bar.set_postfix({k: f'{means[k]:.4g}' for k in
                        ('data_loss', 'grad_ratio') if k in means}
                       or {'loss': f"{means['loss']:.4g}"})
-      if step == total or (time.monotonic() - saved_at
-                           >= options.checkpoint_interval_s):
-        with timer.section(stage, 'checkpoint'):
-          manager.save(step, args=ocp.args.StandardSave(state))
-          manager.wait_until_finished()
-        saved_at = time.monotonic()
+      record, stop = None, False
       if epoch_end:
         record = {'stage': stage, 'step': step, 'epoch': epoch + 1, **means,
                   **evaluated}
         if summary_fn is not None:
           record.update(summary_fn(state))
+        if stop_fn is not None:
+          # Before the checkpoint: a kill in between replays this epoch. On
+          # a mesh every process computes the same record (the metric means
+          # and `eval_fn`'s results are replicated), so all processes take
+          # the same decision and leave the loop at the same step.
+          stop = bool(stop_fn(epoch + 1, state, record))
+      if step == total or stop or (stop_fn is not None and epoch_end) or (
+          time.monotonic() - saved_at >= options.checkpoint_interval_s):
+        with timer.section(stage, 'checkpoint'):
+          manager.save(step, args=ocp.args.StandardSave(state))
+          manager.wait_until_finished()
+        saved_at = time.monotonic()
+      if epoch_end:
         if writer:
           log.write(record)
         _log_epoch(stage, epoch + 1, num_epochs, record)
         timer.mark(stage)
+      if stop:
+        monitor.log_info('%s: stopped after epoch %d/%d.', stage, epoch + 1,
+                         num_epochs)
+        break
   finally:
     bar.close()
     manager.close()

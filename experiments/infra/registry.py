@@ -153,7 +153,9 @@ class DatasetEntry:
   Attributes:
     name: the registered name.
     loader: `loader(*, source, data_dir, download, num_train, num_test,
-      seed) -> {'train': (x, y), 'test': (x, y)}` of NumPy arrays.
+      seed) -> {'train': (x, y), 'test': (x, y)}` of NumPy arrays; with
+      `validation`, it also takes `num_valid` and returns a `'valid'`
+      split.
     input_shape: one example's shape without the batch axis, e.g.
       ``(28, 28, 1)`` for images or ``(T,)`` for token windows.
     input_dtype: dtype of the inputs (``'float32'`` images, ``'int32'``
@@ -163,6 +165,9 @@ class DatasetEntry:
     task: the registered task it is for by default (`config.task` None).
     display_name: the name reports print, e.g. ``'Fashion-MNIST'``.
     sources: the values `config.data.source` may take.
+    validation: whether the loader returns a validation split (`'valid'`,
+      kept apart from `'train'` and `'test'`), on which the teacher can
+      stop early (`config.teacher.patience`).
   """
   name: str
   loader: Callable[..., Any]
@@ -173,6 +178,7 @@ class DatasetEntry:
   task: str = 'classification'
   display_name: str = ''
   sources: tuple[str, ...] = ('offline',)
+  validation: bool = False
 
   @property
   def num_outputs(self) -> int:
@@ -198,7 +204,8 @@ def register_dataset(name: str, loader: Callable[..., Any], *,
                      display_name: str | None = None,
                      sources: Sequence[str] = ('offline',),
                      aliases: Sequence[str] = (),
-                     replace: bool = False) -> DatasetEntry:
+                     replace: bool = False,
+                     validation: bool = False) -> DatasetEntry:
   """Registers a dataset (see `DatasetEntry` for the arguments).
 
   Exactly one of `num_classes` (classification) and `vocab_size` (text)
@@ -222,7 +229,8 @@ def register_dataset(name: str, loader: Callable[..., Any], *,
   entry = DatasetEntry(
       name=name, loader=loader, input_shape=shape, input_dtype=input_dtype,
       num_classes=num_classes, vocab_size=vocab_size, task=task,
-      display_name=display_name or name, sources=tuple(sources))
+      display_name=display_name or name, sources=tuple(sources),
+      validation=validation)
   return DATASETS.add(name, entry, aliases=aliases, replace=replace)
 
 

@@ -4,9 +4,11 @@ Registers, through `experiments.infra.registry` and nothing else:
 
 * the dataset ``'shakespeare'`` (`experiments.language.data`): examples are
   non-overlapping windows of ``T = 128`` bytes, inputs ``(N, T)`` and
-  next-byte targets ``(N, T)``, int32. Sources: ``'offline'`` (the pinned
-  corpus, fetched once) and ``'sample'`` (the 64 KiB sample shipped in
-  ``tests/data``, split 7:1, for smoke runs and tests);
+  next-byte targets ``(N, T)``, int32, in ``'train'``, ``'valid'`` and
+  ``'test'`` splits (registered with ``validation=True``: the teacher can
+  stop early on ``'valid'``). Sources: ``'offline'`` (the pinned corpus,
+  fetched once) and ``'sample'`` (the 64 KiB sample shipped in
+  ``tests/data``, split 6:1:1, for smoke runs and tests);
 * the task ``'language_model'`` (`LanguageModel`): next-byte cross-entropy,
   bits per byte and per-byte accuracy;
 * the model ``'transformer'``: `experiments.language.transformer.Transformer` (Flax
@@ -41,6 +43,9 @@ SEQ_LEN = 128
 # The repository's root is three levels above experiments/language/task.py.
 SAMPLE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'tests', 'data', 'shakespeare_sample.txt')
+# The sample's validation and test shares (`load_shakespeare`).
+SAMPLE_VALID_FRACTION = 1 / 8
+SAMPLE_TEST_FRACTION = 1 / 8
 
 
 # ----------------------------------------------------------------- dataset --
@@ -52,35 +57,43 @@ def _keep(x, y, num):
 
 def load_shakespeare(*, source: str = 'offline', data_dir=None,
                      download: bool = True, num_train: int | None = None,
-                     num_test: int | None = None, seed: int = 0,
+                     num_test: int | None = None,
+                     num_valid: int | None = None, seed: int = 0,
                      seq_len: int = SEQ_LEN):
-  """``{'train': (x, y), 'test': (x, y)}`` windows of the corpus.
+  """``{'train': (x, y), 'valid': (x, y), 'test': (x, y)}`` windows.
 
-  ``'offline'``: `lm_data.load_splits` (the validation split is unused
-  here). ``'sample'``: the shipped sample, its first 7/8 for training and
-  the rest for testing. `num_train` / `num_test` keep the first windows.
+  ``'offline'``: `lm_data.load_splits` (validation and test hold other
+  plays than training). ``'sample'``: the shipped sample cut by
+  `lm_data.split_corpus` into its first 6/8 for training, the next 1/8
+  for validation and the last 1/8 for testing (bytes ``[0, 49152)``,
+  ``[49152, 57344)`` and ``[57344, 65536)``; no byte of one split is a
+  target of another). `num_train` / `num_valid` / `num_test` keep the
+  first windows of their split.
   """
   del seed  # The windows are in corpus order; the loop shuffles batches.
   if source == 'offline':
     splits = lm_data.load_splits(data_dir, download=download)
-    train, test = splits.train, splits.test
   elif source == 'sample':
     with open(SAMPLE_PATH, 'rb') as f:
       sample = np.frombuffer(f.read(), np.uint8)
-    cut = len(sample) * 7 // 8
-    train, test = sample[:cut], sample[cut:]
+    splits = lm_data.split_corpus(sample, valid_fraction=SAMPLE_VALID_FRACTION,
+                                  test_fraction=SAMPLE_TEST_FRACTION)
   else:
     raise ValueError(f'Unknown source {source!r} for shakespeare; expected '
                      "'offline' or 'sample'.")
-  return {'train': _keep(*lm_data.eval_windows(train, seq_len), num_train),
-          'test': _keep(*lm_data.eval_windows(test, seq_len), num_test)}
+  return {'train': _keep(*lm_data.eval_windows(splits.train, seq_len),
+                         num_train),
+          'valid': _keep(*lm_data.eval_windows(splits.valid, seq_len),
+                         num_valid),
+          'test': _keep(*lm_data.eval_windows(splits.test, seq_len),
+                        num_test)}
 
 
 SHAKESPEARE = registry.register_dataset(
     'shakespeare', load_shakespeare, input_shape=(SEQ_LEN,),
     input_dtype='int32', vocab_size=lm_data.VOCAB_SIZE,
     task='language_model', display_name='Shakespeare (bytes)',
-    sources=('offline', 'sample'))
+    sources=('offline', 'sample'), validation=True)
 
 
 # -------------------------------------------------------------------- task --

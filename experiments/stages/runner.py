@@ -21,6 +21,8 @@ its files:
 
   teacher/params.gmpz          teacher weights (raw float leaves)
   teacher/checkpoints/         Orbax checkpoints while training
+  teacher/early_stopping/      with teacher.patience: the stop state and the
+                               best validation epoch's weights
   retrain/state.gmpz           retrained weights + mixture (metadata)
   retrain/checkpoints/
   postprocess/quantized.gmpz   merged, pruned, quantised weights + mixture
@@ -94,8 +96,10 @@ class Context:
   """What every stage gets: the config, the workdir and shared services.
 
   A stage reads its inputs from the workdir (`path`), the dataset and test
-  set (loaded on first use), the task's evaluation (`evaluator`), trains
-  through `train` and writes float weights through `save_params`.
+  set (loaded on first use), the task's evaluation (`evaluator` on the
+  test split, `valid_evaluator` on the validation split of a dataset that
+  has one), trains through `train` and writes float weights through
+  `save_params`.
 
   Attributes:
     config: the run's config.
@@ -123,6 +127,9 @@ class Context:
   _dataset: data_lib.Dataset | None = None
   _test_set: evaluation.TestSet | None = None
   _evaluators: dict[str, Callable[[Any], dict[str, float]]] = (
+      dataclasses.field(default_factory=dict))
+  _valid_set: evaluation.TestSet | None = None
+  _valid_evaluators: dict[str, Callable[[Any], dict[str, float]]] = (
       dataclasses.field(default_factory=dict))
 
   def __post_init__(self):
@@ -189,8 +196,36 @@ class Context:
           self.test_set, self.apply_fn(model_name))
     return self._evaluators[model_name]
 
+  @property
+  def valid_set(self) -> evaluation.TestSet:
+    """The validation split on the device, uploaded once.
+
+    Raises:
+      ValueError: the dataset has no validation split.
+    """
+    if self._valid_set is None:
+      if 'valid' not in self.dataset:
+        raise ValueError(
+            f'{self.checked.dataset.name!r} has no validation split '
+            f'(its splits: {sorted(self.dataset)}).')
+      x, y = self.dataset['valid']
+      self._valid_set = self.task.test_set(
+          x, y, batch_size=self.config.eval_batch_size,
+          place=None if self.runtime is None else self.runtime.put)
+    return self._valid_set
+
+  def valid_evaluator(self, model_name: str
+                      ) -> Callable[[Any], dict[str, float]]:
+    """`params -> metrics` on the validation split, as `evaluator` on
+    the test split."""
+    if model_name not in self._valid_evaluators:
+      self._valid_evaluators[model_name] = self.task.evaluator(
+          self.valid_set, self.apply_fn(model_name))
+    return self._valid_evaluators[model_name]
+
   def train(self, name: str, state, train_step, data, *, epochs: int,
-            batch_size: int, eval_fn, summary_fn=None, teacher_params=None):
+            batch_size: int, eval_fn, summary_fn=None, teacher_params=None,
+            stop_fn=None):
     """Runs training stage `name`'s loop; `teacher_params` redo
     distillation targets.
 
@@ -198,7 +233,8 @@ class Context:
     (`experiments.image.augment`), and batches' `teacher_logits` are
     recomputed from them by the teacher (`teacher_params`, the teacher
     model's). Seeds come from the stage's name (`stage_seeds`); the loop
-    checkpoints to `<workdir>/<name>/checkpoints`.
+    checkpoints to `<workdir>/<name>/checkpoints`. `stop_fn` may end
+    training early (`loop.train_loop`).
     """
     config = self.config
     teacher_fn = None
@@ -217,7 +253,7 @@ class Context:
         seed=stage_seeds.batch_seed(config.seed, name),
         checkpoint_dir=self.path(name, 'checkpoints'), options=self.options,
         log=self.log, eval_fn=eval_fn, summary_fn=summary_fn,
-        timer=self.timer, runtime=self.runtime)
+        timer=self.timer, runtime=self.runtime, stop_fn=stop_fn)
 
   def save_params(self, path: str, params, metadata=None) -> None:
     """Stores float params exactly (raw leaves) in the compressed format.
@@ -225,8 +261,17 @@ class Context:
     On a mesh every process takes part in gathering them; process 0
     writes.
     """
-    params = (jax.device_get(params) if self.runtime is None
-              else self.runtime.gather(params))
+    self.write_host_params(path, self.host_params(params), metadata)
+
+  def host_params(self, params):
+    """Host NumPy copies of (device or mesh) params; on a mesh every
+    process must call it, and each gets the whole arrays."""
+    return (jax.device_get(params) if self.runtime is None
+            else self.runtime.gather(params))
+
+  def write_host_params(self, path: str, params, metadata=None) -> None:
+    """`save_params` of params already on the host (`host_params`):
+    process 0 writes them exactly; the others do nothing."""
     if self.is_writer:
       gmp_jax.save_compressed(path, params, metadata=metadata,
                               codebook_dtype=None)
@@ -359,4 +404,4 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
   return data_lib.load_dataset(
       d.name, source=d.source, data_dir=d.get('data_dir'),
       num_train=d.get('num_train'), num_test=d.get('num_test'),
-      seed=config.seed)
+      seed=config.seed, num_valid=d.get('num_valid'))
