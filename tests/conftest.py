@@ -55,3 +55,29 @@ def mesh():
     pytest.skip(f'needs {NUM_DEVICES} devices; conftest.py sets '
                 'JAX_NUM_CPU_DEVICES=4 before jax starts')
   return sharding.data_mesh(devices[:NUM_DEVICES])
+
+
+@pytest.fixture(autouse=True)
+def _xla_optimized(request):
+  """Marked `xla_optimized`: XLA's full optimisations for this test.
+
+  For the tests whose time is running programs (whole-split evaluations,
+  kill-and-resume runs), not compiling them. Programs the process compiled
+  earlier keep their level; subprocesses started in the test inherit it.
+  """
+  if request.node.get_closest_marker('xla_optimized') is None:
+    yield
+    return
+  saved_env = os.environ.get('JAX_DISABLE_MOST_OPTIMIZATIONS')
+  # The flag starts from this variable (set above unless overridden).
+  saved = (saved_env or '0').lower() in ('1', 'true', 't', 'yes', 'y', 'on')
+  os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '0'
+  jax.config.update('jax_disable_most_optimizations', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', saved)
+    if saved_env is None:
+      del os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS']
+    else:
+      os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = saved_env

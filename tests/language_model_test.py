@@ -122,6 +122,7 @@ def test_int_quantize_per_channel():
     baselines.int_quantize(w, 1)
 
 
+@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_pipeline_and_baselines_on_the_sample(tmp_path):
   from experiments.stages import runner as pipeline  # pylint: disable=import-outside-toplevel

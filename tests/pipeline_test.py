@@ -178,6 +178,7 @@ def test_same_seed_same_numbers(smoke_run, tmp_path):
   assert again['table1'] == report['table1']
 
 
+@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_layerwise_mode(smoke_run, tmp_path):
   # smoke_run's teacher (the same teacher config); retraining starts there.
@@ -209,6 +210,7 @@ def test_config_placeholders_and_required_flag(tmp_path):
   assert '--config' in out.stderr
 
 
+@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_sigkill_during_retraining_resumes(compilation_cache_dir, smoke_run,
                                            tmp_path):
@@ -300,6 +302,7 @@ def committed_evaluator():
   return get
 
 
+@pytest.mark.xla_optimized
 @pytest.mark.parametrize('name', COMMITTED)
 def test_committed_result_reproduces_its_accuracy(name, committed_evaluator):
   """Each committed file, reloaded, scores its report's headline metric.

@@ -1,8 +1,11 @@
 """The README's Flax example: weights cluster and quantise to <= K values."""
 
+import pytest
+
 from experiments.tools import quickstart
 
 
+@pytest.mark.xla_optimized
 def test_quickstart_clusters_and_quantizes():
   out = quickstart.run(num_components=8, verbose=False)
   assert out['distinct_values'] <= 8
