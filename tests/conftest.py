@@ -81,3 +81,19 @@ def _xla_optimized(request):
       del os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS']
     else:
       os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = saved_env
+
+
+# The longest modules (BUILD_NOTES' CI durations table), scheduled first:
+# `-n 2 --dist loadscope` hands out whole modules in collection order, and
+# a long one collected last would leave the other worker idle at the end.
+_LONGEST_FIRST = (
+    'pipeline_test.py', 'multiprocess_pipeline_test.py',
+    'language_model_test.py', 'postprocess_stages_test.py',
+    'notebook_test.py', 'readme_lm_recipe_test.py', 'stateful_test.py',
+    'train_test.py', 'sharding_test.py', 'scaling_smoke_test.py',
+    'scale_benchmark_test.py', 'committed_results_test.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
