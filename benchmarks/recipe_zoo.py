@@ -4,6 +4,7 @@
   python -m benchmarks.recipe_zoo --families=mlp,cnn --smoke   # seconds
   python -m benchmarks.recipe_zoo \\
       --tables_from=results/zoo.json,results/zoo_leaf_scale.json
+  python -m benchmarks.recipe_zoo --max_components=0 --json=nocap.json
 
 Each family trains a float teacher, then runs "Compress your own model" with
 the library's defaults and nothing tuned: `init_mixture(teacher, 17)`, tau
@@ -27,12 +28,20 @@ Defaults are judged on the validation figures; the test figures are
 reported once. `--leaf_scale=rms` runs the same with per-leaf scales
 (`init_mixture(..., leaf_scale='rms')`), a candidate default. `--smoke` runs every stage on a few hundred examples with
 narrower models (CI).
+
+`--max_components` is `merge_components`' cap on the values per leaf (zero
+included): by default the library's, 16 (4-bit indices); `0` turns the cap
+off. Each family's figures record it (`max_components`, null = no cap), so
+running the zoo both ways measures what the cap costs.
+`results/zoo.json` and `results/zoo_leaf_scale.json` were run before the
+library capped by default, as with `--max_components=0`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
+import inspect
 import json
 import os
 import tempfile
@@ -54,6 +63,9 @@ from experiments.infra import cli
 FLAGS = flags.FLAGS
 NUM_COMPONENTS = 17
 VALID_IMAGES = 5_000
+# merge_components' default cap on the values per leaf (16: 4-bit indices).
+LIBRARY_MAX_COMPONENTS = inspect.signature(
+    gmp_jax.merge_components).parameters['max_components'].default
 
 
 # ------------------------------------------------------------------ models --
@@ -268,13 +280,24 @@ def _values_per_leaf(quantized, params) -> int:
              if not np.array_equal(np.asarray(q), np.asarray(w)))
 
 
+def max_components_of(flag: int) -> int | None:
+  """The `--max_components` flag as `merge_components`' argument: 0 = None."""
+  if flag == 1 or flag < 0:
+    raise ValueError('--max_components must be 0 (no cap) or >= 2 (the '
+                     f'zero value and one other), got {flag}.')
+  return None if flag == 0 else flag
+
+
 def run_family(name: str, *, smoke: bool = False, seed: int = 0,
-               leaf_scale: str | None = None, workdir: str | None = None,
+               leaf_scale: str | None = None,
+               max_components: int | None = LIBRARY_MAX_COMPONENTS,
+               workdir: str | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
   """README's recipe on one family; returns its figures (see the docstring).
 
-  The compressed file is written to `workdir/<name>.gmpz` (a temporary
-  directory when None, removed afterwards).
+  `max_components` is `merge_components`' cap (None: none). The compressed
+  file is written to `workdir/<name>.gmpz` (a temporary directory when
+  None, removed afterwards).
   """
   family = FAMILIES[name]
   say = lambda msg: log(f'[{name}] {msg}')
@@ -344,7 +367,9 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
   figures['retrained'] = measure(state.params, student_state)
 
   # 4. Merge, prune, quantise.
-  merged = gmp_jax.merge_components(state.mixture)
+  merged = gmp_jax.merge_components(state.mixture,
+                                    max_components=max_components)
+  figures['max_components'] = max_components
   quantized = gmp_jax.quantize(state.params, merged)
   figures['quantized'] = measure(quantized, student_state)
   figures['kept'] = gmp_jax.diagnose(state.params, merged,
@@ -387,7 +412,9 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
 
 
 def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
-        leaf_scale: str | None = None, workdir: str | None = None,
+        leaf_scale: str | None = None,
+        max_components: int | None = LIBRARY_MAX_COMPONENTS,
+        workdir: str | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
   unknown = sorted(set(families) - set(FAMILIES))
   if unknown:
@@ -395,10 +422,12 @@ def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
                      f'{sorted(FAMILIES)}.')
   return {'command': 'python -m benchmarks.recipe_zoo', 'smoke': smoke,
           'seed': seed, 'leaf_scale': leaf_scale,
+          'max_components': max_components,
           'versions': {'jax': jax.__version__},
           'families': {f: run_family(f, smoke=smoke, seed=seed,
-                                     leaf_scale=leaf_scale, workdir=workdir,
-                                     log=log)
+                                     leaf_scale=leaf_scale,
+                                     max_components=max_components,
+                                     workdir=workdir, log=log)
                        for f in families}}
 
 
@@ -444,8 +473,10 @@ def main(argv) -> int:
         reports.append(json.load(f))
     print(format_table(*reports), stages_table(*reports), sep='\n\n')
     return 0
+  cap = max_components_of(FLAGS.max_components)
   report = run(FLAGS.families, smoke=FLAGS.smoke, seed=FLAGS.seed,
-               leaf_scale=FLAGS.leaf_scale, workdir=FLAGS.workdir)
+               leaf_scale=FLAGS.leaf_scale, max_components=cap,
+               workdir=FLAGS.workdir)
   report['command'] = cli.command('benchmarks.recipe_zoo')
   print(format_table(report))
   if FLAGS.json:
@@ -464,6 +495,10 @@ def _define_flags():
   flags.DEFINE_string('json', None, 'Write the figures here.')
   flags.DEFINE_string('leaf_scale', None, "init_mixture's leaf_scale (e.g. "
                       "'rms'); None: the library default.")
+  flags.DEFINE_integer('max_components', LIBRARY_MAX_COMPONENTS,
+                       "merge_components' cap on the values per leaf, zero "
+                       'included (the library default: 4-bit indices); 0: '
+                       'no cap.', lower_bound=0)
   flags.DEFINE_string('workdir', None, 'Keep each family\'s file here.')
   flags.DEFINE_list('tables_from', [], 'Only print the tables of these '
                     'JSON reports (test split; every stage on validation).')

@@ -30,7 +30,9 @@ Stages (`--stages`, default all):
 Data. The prior stages use float32 weights drawn from N(0, 0.05^2), the
 look of a trained layer, and a 17-component mixture (pi_0 = 0.9, 16 means
 at +-linspace(0.04, 0.2, 8), standard deviations 0.01), which
-`merge_components` keeps apart (17 values after quantisation). The codec
+`merge_components`' KL rules keep apart; its default cap then merges one
+pair (16 values after quantisation; 17 before the cap, as in the committed
+results/scale_cpu*.json). The codec
 stages use a quantised tree built directly with NumPy: 95% zeros and 16
 shared nonzero values of unequal frequencies, the same for every leaf.
 
@@ -370,7 +372,8 @@ def trained_mixture(gmp, params):
   """17 components: pi_0 = 0.9 at 0, 16 means +-[0.04, 0.2], std 0.01 each.
 
   The nonzero means stay out of the zero component's reach and apart from
-  each other, so `merge_components` keeps all 17 (17 shared values).
+  each other, so `merge_components`' KL rules keep all 17; its default cap
+  merges one pair (16 shared values).
   """
   mixture = gmp.init_mixture(params, NUM_COMPONENTS, init_std=COMPONENT_STD,
                              zero_proportion=ZERO_PROPORTION)

@@ -33,6 +33,9 @@ DUPLICATE_RTOL = 1e-3
 # A mean within this many zero-component standard deviations of 0 has been
 # drawn into the zero component (its weights are 0 at that scale).
 ZERO_REACH = 0.1
+# At most this many values per leaf (zero included) after merging: 4-bit
+# indices.
+DEFAULT_MAX_COMPONENTS = 16
 # Borders of the pruned region agree within this (relative, absolute).
 _BORDER_RTOL, _BORDER_ATOL = 1e-5, 1e-9
 # The mixture's clipping range of log-precisions.
@@ -132,7 +135,8 @@ def gaussian_kl(mu0, var0, mu1, var1):
 def merge_components(mixture: GaussianMixture, *, threshold: float = 0.1,
                      duplicate_rtol: float = DUPLICATE_RTOL,
                      zero_reach: float = ZERO_REACH,
-                     max_components: int | None = None) -> GaussianMixture:
+                     max_components: int | None = DEFAULT_MAX_COMPONENTS
+                     ) -> GaussianMixture:
   """Merges redundant components without changing which weights are pruned.
 
   Three kinds of merge, on the host in float64 (the arrays have K entries;
@@ -149,9 +153,11 @@ def merge_components(mixture: GaussianMixture, *, threshold: float = 0.1,
      whatever their KL (nearest first).
   3. Then, greedily, the closest pair by symmetrised KL,
      (KL(p||q) + KL(q||p)) / 2, while below `threshold`.
-  4. With `max_components`, the closest pairs go on merging, whatever
-     their KL, until K <= max_components (e.g. 16: 4-bit indices in
-     `gmp_jax.pack`), each merge under the same check as above.
+  4. With `max_components` (by default 16), the closest pairs go on
+     merging, whatever their KL, until K <= max_components, each merge
+     under the same check as above. 16 values per leaf, zero included,
+     fit 4-bit indices (`gmp_jax.pack`); the default 17-component mixture
+     often keeps all 17 after steps 1-3, which would need 5 bits.
 
   A merged pair takes the pi-weighted mean of the pair's means, the summed
   proportion and the pi-weighted variance; if that moves the pruned region,
@@ -179,9 +185,11 @@ def merge_components(mixture: GaussianMixture, *, threshold: float = 0.1,
       magnitude, are merged whatever their KL.
     zero_reach: components with |mu_k| <= zero_reach sigma_0 join the zero
       component.
-    max_components: None, or a cap K_max >= 2 on the components (values,
-      zero included) after merging. Where the check forbids every merge
-      that is left, fewer merges are made and a warning says so.
+    max_components: a cap K_max >= 2 on the components (values per leaf,
+      zero included) after merging; 16 by default (4-bit indices), None
+      for no cap (merge by the three rules above alone). Where the check
+      forbids every merge that is left, fewer merges are made and a
+      warning says so.
 
   With `leaf_scales` every leaf shares the normalised mixture, so merging
   it, in normalised units, keeps every leaf's pruned region (s_l times the

@@ -1,5 +1,7 @@
 """Tests for experiments.infra.evaluation against NumPy."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,11 @@ import pytest
 from scipy import special
 
 import gmp_jax
+from experiments.configs import fashion_mnist
+from experiments.configs import lenet300
+from experiments.configs import lenet5
+from experiments.configs import mnist
+from experiments.configs import shakespeare
 from experiments.infra import evaluation
 
 N, D, C = 23, 5, 4  # 23 = 3 batches of 7 and a remainder of 2.
@@ -122,3 +129,53 @@ def test_epoch_metrics_count_a_component_at_zero_as_pruned():
   kept = np.argmax(log, axis=1) == 2
   assert 0 < kept.mean() < 1 and np.mean(np.argmax(log, 1) == 1) > 0
   assert out['nonzero_fraction'] == pytest.approx(kept.mean())
+
+
+@pytest.mark.parametrize('merge, want_k', [
+    (None, 16), ({'max_components': None}, 17),
+    ({'threshold': 0.1, 'max_components': 4}, 4)])
+def test_epoch_metrics_merge_as_told(monkeypatch, merge, want_k):
+  """`merge` reaches merge_components; None = its defaults (cap 16)."""
+  x, labels, params = _problem(1)
+  half = np.linspace(0.3, 2.4, 8)
+  mixture = gmp_jax.init_mixture(params, 17, init_std=0.01,
+                                 zero_proportion=0.5).replace(
+      nonzero_means=jnp.asarray(np.concatenate([-half[::-1], half]),
+                                jnp.float32))
+  state = gmp_jax.create_train_state(params, mixture, gmp_jax.gmp_optimizer())
+  test = evaluation.TestSet(x, labels, batch_size=7, kind='unroll')
+  real, seen = gmp_jax.merge_components, []
+
+  def spy(m, **kwargs):
+    out = real(m, **kwargs)
+    seen.append(out.num_components)
+    return out
+
+  monkeypatch.setattr(gmp_jax, 'merge_components', spy)
+  out = evaluation.epoch_metrics(test.evaluator(_apply), pruned=True,
+                                 raw=False, merge=merge)(state)
+  assert seen == [want_k]
+  q = jax.device_get(gmp_jax.quantize(params, real(mixture, **(merge or {}))))
+  assert out['test_pruned_accuracy'] == _numpy_metrics(q, x, labels)[
+      'accuracy']
+
+
+def test_merge_options_follow_the_config():
+  """Committed runs' configs pin no cap; `:smoke` has the library's 16."""
+  library = inspect.signature(gmp_jax.merge_components).parameters[
+      'max_components'].default
+  assert library == 16
+  for module in (mnist, fashion_mnist, lenet300, lenet5, shakespeare):
+    assert evaluation.merge_options(module.get_config()) == {
+        'threshold': 0.1, 'max_components': None}, module.__name__
+  for module in (mnist, fashion_mnist, lenet300, lenet5):
+    assert evaluation.merge_options(module.get_config('smoke'))[
+        'max_components'] == library, module.__name__
+  config = mnist.get_config('smoke')
+  del config.postprocess['max_components']  # A config from before the field.
+  assert evaluation.merge_options(config)['max_components'] is None
+  for bad in (1, 0, -2):
+    config.postprocess.max_components = bad
+    with pytest.raises(ValueError, match='postprocess.max_components must '
+                       r'be None \(no cap\) or an int >= 2'):
+      evaluation.merge_options(config)

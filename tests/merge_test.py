@@ -5,9 +5,12 @@ pi_k N(w | mu_k, sigma_k^2) (SciPy's normal log-density) under the mixture
 before and after merging.
 """
 
+import re
+
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -219,7 +222,9 @@ def test_max_components_caps_the_values_and_keeps_the_pruned_set():
   means = np.concatenate([[0.0], np.linspace(-0.8, -0.1, 8),
                           np.linspace(0.1, 0.8, 8)])
   mixture = _mixture(means, np.full(17, 0.01), np.full(17, 1 / 17))
-  assert gmp_jax.merge_components(mixture).num_components == 17
+  # No cap: the KL rules alone keep all 17 (the default now caps at 16).
+  assert gmp_jax.merge_components(
+      mixture, max_components=None).num_components == 17
   capped = gmp_jax.merge_components(mixture, max_components=16)
   assert capped.num_components == 16
   weights = np.random.default_rng(0).uniform(-0.9, 0.9, 20_000)
@@ -237,5 +242,57 @@ def test_max_components_caps_the_values_and_keeps_the_pruned_set():
 @pytest.mark.parametrize('bad', [1, 0, -3, 2.5, True, '16'])
 def test_max_components_bad_input(bad):
   mixture = _mixture([0.0, 0.3, 0.6], [0.01] * 3, [1 / 3] * 3)
-  with pytest.raises(ValueError, match='max_components'):
+  with pytest.raises(ValueError, match=(
+      r'max_components must be None or an int >= 2 \(the zero component '
+      r'and one value\), got ' + re.escape(repr(bad)))):
     gmp_jax.merge_components(mixture, max_components=bad)
+
+
+def _far_apart_17(params, means, std, leaf_scale=None):
+  """17 components, equal proportions, every pair's symmetric KL > 10."""
+  like = gmp_jax.init_mixture(params, 17, leaf_scale=leaf_scale)
+  means = np.asarray(means, np.float64)
+  # An independent float64 check that the KL rules alone would merge none.
+  d2 = (means[:, None] - means[None]) ** 2
+  np.fill_diagonal(d2, np.inf)
+  assert np.min(d2 / (2 * std**2)) > 10  # Sym. KL of equal-width pairs.
+  return gmp_jax.GaussianMixture(
+      jnp.asarray(means[1:], jnp.float32),
+      jnp.full(17, -2 * np.log(std), jnp.float32),
+      jnp.full(17, -np.log(17), jnp.float32), zero_proportion=None,
+      signature=like.signature, leaf_scales=like.leaf_scales)
+
+
+def _distinct_per_leaf(quantized):
+  return [np.unique(np.asarray(x)).size for x in jax.tree.leaves(quantized)]
+
+
+@pytest.mark.parametrize('leaf_scale', [None, 'rms'])
+def test_default_caps_17_far_apart_components_at_16_values(leaf_scale):
+  """The defaults: at most 16 values per leaf, zero included (4 bits)."""
+  rng = np.random.default_rng(3)
+  params = {'a': jnp.asarray(rng.uniform(-0.9, 0.9, (40, 50)), jnp.float32),
+            'b': {'c': jnp.asarray(rng.uniform(-0.3, 0.3, 3000),
+                                   jnp.float32)}}
+  half = np.linspace(0.1, 0.8, 8)
+  mixture = _far_apart_17(params, np.concatenate([[0.0], -half[::-1], half]),
+                          0.01, leaf_scale)
+  uncapped = gmp_jax.merge_components(mixture, max_components=None)
+  assert uncapped.num_components == 17
+  merged = gmp_jax.merge_components(mixture)
+  assert merged.num_components == 16
+  assert merged.leaf_scales == mixture.leaf_scales
+  zero = np.asarray(merged.means)[0]
+  assert zero == 0.0 and not np.signbit(zero)
+  # Every merged mean is one of the given ones or lies between two of them.
+  assert np.all(np.abs(np.asarray(merged.means)) <= 0.8 + 1e-6)
+  # quantize: at most 16 distinct values in each leaf, counted by NumPy;
+  # without the cap some leaf holds 17.
+  assert max(_distinct_per_leaf(gmp_jax.quantize(params, merged))) <= 16
+  assert max(_distinct_per_leaf(gmp_jax.quantize(params, uncapped))) == 17
+  # The cap keeps the pruned set: NumPy float64 argmax (unit scales only).
+  if leaf_scale is None:
+    w = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+    clear = _clear(w, mixture) & _clear(w, merged)
+    np.testing.assert_array_equal((_assign(w, mixture) == 0)[clear],
+                                  (_assign(w, merged) == 0)[clear])

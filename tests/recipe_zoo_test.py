@@ -63,7 +63,9 @@ def test_figures_match_the_written_file(zoo):
   kept = sum(np.count_nonzero(x) for x in covered) / sum(x.size
                                                           for x in covered)
   assert figures['kept'] == pytest.approx(kept, abs=1e-12)
-  assert 2 <= figures['values_per_leaf'] <= recipe_zoo.NUM_COMPONENTS
+  # The library's default cap: at most 16 values per leaf, zero included.
+  assert report['max_components'] == figures['max_components'] == 16
+  assert 2 <= figures['values_per_leaf'] <= 16
   assert max(len(np.unique(x)) for x in covered) == figures['values_per_leaf']
   # The fine-tuned test accuracy, recomputed from the reloaded file.
   test_x, test_y = recipe_zoo.FAMILIES[name].data(True)['test']
@@ -84,6 +86,16 @@ def test_table_has_one_row_per_family(zoo):
   table = recipe_zoo.format_table(report).splitlines()
   assert len(table) == 2 + 1
   assert table[2].startswith('| cnn | None (default) | accuracy |')
+
+
+def test_max_components_flag():
+  """16 by default (the library's); 0 turns the cap off; 1 is refused."""
+  assert recipe_zoo.LIBRARY_MAX_COMPONENTS == 16
+  assert recipe_zoo.max_components_of(0) is None
+  assert recipe_zoo.max_components_of(16) == 16
+  assert recipe_zoo.max_components_of(2) == 2
+  with pytest.raises(ValueError, match='0 \\(no cap\\) or >= 2'):
+    recipe_zoo.max_components_of(1)
 
 
 def test_unknown_family_is_named():

@@ -32,4 +32,6 @@ def get_config(arg: str | None = None):
     config.retrain.epochs = 60
     config.postprocess.finetune_epochs = 4
     config.postprocess.finetune_per_leaf = True
+    # pinned: the committed run used no cap
+    config.postprocess.max_components = None
   return config

@@ -30,4 +30,6 @@ def get_config(arg: str | None = None):
     config.retrain.tau = 0.35
     config.retrain.epochs = 60
     config.postprocess.finetune_epochs = 4
+    # pinned: the committed run used no cap
+    config.postprocess.max_components = None
   return config

@@ -132,9 +132,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.postprocess = dict(
       merge_threshold=0.1,  # Symmetric-KL threshold for merging components.
-      # A cap on the values after merging (zero included), e.g. 16 for 4-bit
-      # packed indices; None: merge by the threshold alone (the committed runs).
-      max_components=config_dict.placeholder(int),
+      # A cap on the values per leaf after merging (zero included): 16, as
+      # gmp_jax.merge_components' default, fits 4-bit indices; None = merge
+      # by the threshold alone. The retraining's per-epoch pruned metrics
+      # merge the same way.
+      max_components=config_dict.FieldReference(16, field_type=int),
       codebook_dtype='float32',
       # Fine-tuning after quantisation (experiments/stages/finetune.py), the mask
       # fixed: epochs of training; 0 = off.
@@ -211,4 +213,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_batch_size = 256
   elif arg:
     raise ValueError(f'Unknown config argument {arg!r}; expected "smoke".')
+  else:
+    # pinned: the committed run used no cap
+    config.postprocess.max_components = None
   return config

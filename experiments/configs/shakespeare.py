@@ -77,6 +77,8 @@ def get_config(arg: str | None = None):
   rc.epochs = 1
   rc.batch_size = 32
   config.postprocess.finetune_epochs = 1
+  # pinned: the committed run used no cap
+  config.postprocess.max_components = None
   config.eval_batch_size = 64
   config.loop.log_every_steps = 100
   config.loop.eval_every_epochs = 1

@@ -3,12 +3,13 @@
 `check_config` looks up every name the config gives (model, student,
 dataset, task) in `experiments.infra.registry` and runs each check once:
 the stages' own (`stages.teacher.check_config`,
-`stages.retrain.check_config`, `stages.finetune.check_config`),
-augmentation (`augment.max_shift`), the train loop
-(`loop.LoopOptions.check`) and the mesh (`distributed.make_runtime`). A bad
-value raises ValueError naming the field before a minute of training is
-spent; what the checks resolve comes back as a `CheckedConfig`, which the
-stages read instead of asking the config again.
+`stages.retrain.check_config`, `stages.finetune.check_config`), the merge
+options (`evaluation.merge_options`), augmentation (`augment.max_shift`),
+the train loop (`loop.LoopOptions.check`) and the mesh
+(`distributed.make_runtime`). A bad value raises ValueError naming the
+field before a minute of training is spent; what the checks resolve comes
+back as a `CheckedConfig`, which the stages read instead of asking the
+config again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import ml_collections
 
 from experiments.image import augment
 from experiments.infra import distributed
+from experiments.infra import evaluation
 from experiments.infra import loop
 from experiments.infra import registry
 from experiments.infra import tasks
@@ -99,6 +101,7 @@ def check_config(config: ml_collections.ConfigDict) -> CheckedConfig:
   teacher.check_config(config, info)
   retrain.check_config(config)
   epochs, mode = finetune.check_config(config)
+  evaluation.merge_options(config)
   shift = check_augmentation(config, info)
   options = loop.LoopOptions.from_config(config)
   options.check()

@@ -9,7 +9,7 @@ metrics from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -60,9 +60,31 @@ class TestSet:
     return evaluate
 
 
+def merge_options(config) -> dict[str, Any]:
+  """`gmp_jax.merge_components`' keyword arguments from a pipeline config.
+
+  The postprocess stage merges with them, and so do the retraining's
+  per-epoch pruned metrics. A config without `postprocess.max_components`
+  (written before the field existed) merges without a cap, as it did then.
+
+  Raises:
+    ValueError: a `postprocess.max_components` that is neither None nor an
+      int >= 2 (checked before any stage runs, `config_check`).
+  """
+  pc = config.postprocess
+  cap = pc.get('max_components')
+  if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)
+                          or cap < 2):
+    raise ValueError('postprocess.max_components must be None (no cap) or '
+                     'an int >= 2 (the zero value and one other), got '
+                     f'{cap!r}.')
+  return {'threshold': pc.merge_threshold, 'max_components': cap}
+
+
 def epoch_metrics(evaluate: Callable[[Any], dict[str, float]], *,
                   pruned: bool, raw: bool = True, metric: str = 'accuracy',
-                  params_of: Callable[[Any], Any] | None = None
+                  params_of: Callable[[Any], Any] | None = None,
+                  merge: Mapping[str, Any] | None = None
                   ) -> Callable[[Any], dict[str, float]]:
   """`state -> {metric: float}` for a training stage's epoch ends.
 
@@ -70,7 +92,9 @@ def epoch_metrics(evaluate: Callable[[Any], dict[str, float]], *,
   of the state, by default its `params`: the finetune stage passes the
   quantised params of its state); with `pruned`, ``test_pruned_<metric>``
   of their quantised copy (`gmp_jax.quantize` with the state's mixture,
-  merged by `gmp_jax.merge_components`) and its `nonzero_fraction`.
+  merged by `gmp_jax.merge_components` with the keyword arguments `merge`,
+  the postprocess stage's `merge_options`; None = the library's defaults)
+  and its `nonzero_fraction`.
   Every evaluation is one call of `evaluate` (from `TestSet.evaluator` or
   a task's `evaluator`), so the epoch metrics reuse the program that
   evaluates the final weights. Each is one pass over the test set (0.43 s
@@ -80,6 +104,7 @@ def epoch_metrics(evaluate: Callable[[Any], dict[str, float]], *,
   if not (raw or pruned):
     raise ValueError('epoch_metrics needs raw or pruned (or both).')
   params_of = params_of or (lambda state: state.params)
+  merge = dict(merge or {})
 
   def metrics(state: gmp_jax.TrainState) -> dict[str, float]:
     out = {}
@@ -90,7 +115,7 @@ def epoch_metrics(evaluate: Callable[[Any], dict[str, float]], *,
       # Merged first, as post-processing will: an unmerged component next
       # to 0 would hold weights that the file prunes.
       q = gmp_jax.quantize(state.params,
-                           gmp_jax.merge_components(state.mixture))
+                           gmp_jax.merge_components(state.mixture, **merge))
       out[f'test_pruned_{metric}'] = evaluate(q)[metric]
       leaves = jax.tree.leaves(q)
       nonzero = sum(int(jnp.count_nonzero(w)) for w in leaves)

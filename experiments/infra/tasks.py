@@ -102,7 +102,8 @@ class Task:
     return evaluate
 
   def epoch_metrics(self, evaluate: Callable[[Any], Metrics], *,
-                    pruned: bool, raw: bool = True
+                    pruned: bool, raw: bool = True,
+                    merge: Mapping[str, Any] | None = None
                     ) -> Callable[[Any], Metrics]:
     """`state -> metrics` at a training stage's epoch ends
     (`evaluation.epoch_metrics` with this task's headline metric).
@@ -110,11 +111,12 @@ class Task:
     With `raw`, ``test_<key>`` of every metric of the weights; with
     `pruned`, ``test_pruned_<metric>`` of their quantised copy
     (`gmp_jax.quantize` with the state's mixture, merged by
-    `gmp_jax.merge_components` as post-processing will) and its
+    `gmp_jax.merge_components` as post-processing will, with the keyword
+    arguments `merge`: `evaluation.merge_options(config)`) and its
     ``nonzero_fraction``.
     """
     return evaluation.epoch_metrics(evaluate, pruned=pruned, raw=raw,
-                                    metric=self.metric)
+                                    metric=self.metric, merge=merge)
 
 
 class Classification(Task):

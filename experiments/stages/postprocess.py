@@ -1,8 +1,9 @@
 """The postprocess stage: merge the mixture's components, prune, quantise.
 
 `run` reads the retrained weights and mixture (`retrain.load_retrained`),
-merges components closer than `postprocess.merge_threshold`
-(`gmp_jax.merge_components`), sets every weight to its component's mean
+merges components closer than `postprocess.merge_threshold`, then down to
+at most `postprocess.max_components` values (`gmp_jax.merge_components`,
+`evaluation.merge_options`), sets every weight to its component's mean
 (the zero component's weights to 0, `gmp_jax.quantize`), evaluates, and
 writes `postprocess/quantized.gmpz` (`OUTPUTS`) with float32 codebooks,
 which hold float32 weights exactly, and the merged mixture as metadata.
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 
 import gmp_jax
+from experiments.infra import evaluation
 from experiments.infra import monitor
 from experiments.stages import retrain
 
@@ -27,8 +29,7 @@ def run(ctx) -> dict[str, Any]:
   """Merges components, prunes and quantises; evaluates."""
   student, params, mixture = retrain.load_retrained(ctx)
   merged = gmp_jax.merge_components(
-      mixture, threshold=ctx.config.postprocess.merge_threshold,
-      max_components=ctx.config.postprocess.get('max_components'))
+      mixture, **evaluation.merge_options(ctx.config))
   quantized = gmp_jax.quantize(params, merged)
   test = ctx.evaluator(student)(quantized)
   # float32 codebooks hold float32 weights exactly.

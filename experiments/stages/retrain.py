@@ -45,6 +45,7 @@ import optax
 
 import gmp_jax
 from experiments.image import models
+from experiments.infra import evaluation
 from experiments.infra import loop
 from experiments.infra import monitor
 from experiments.infra import workdir_layout
@@ -360,7 +361,8 @@ def run(ctx) -> dict[str, Any]:
                     epochs=rc.epochs, batch_size=rc.batch_size,
                     eval_fn=ctx.task.epoch_metrics(
                         ctx.evaluator(student_model), pruned=True,
-                        raw=rc.get('eval_raw_each_epoch', False)),
+                        raw=rc.get('eval_raw_each_epoch', False),
+                        merge=evaluation.merge_options(config)),
                     summary_fn=mixture_summary, teacher_params=teacher_params)
   test = ctx.evaluator(student_model)(state.params)
   mixture = jax.device_get(state.mixture)
