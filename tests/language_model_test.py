@@ -162,12 +162,17 @@ def test_pipeline_and_baselines_on_the_sample(tmp_path):
   assert rho['rho'] == pytest.approx(0.05, rel=1e-3)
   # `python -m experiments.tools.baselines`; the table from its JSON.
   assert cli.call(baselines, [config_arg, f'--workdir={workdir}',
-                              '--kmeans=4,16', '--int_bits=8']) == 0
+                              '--kmeans=4,16', '--kmeans_ft=4',
+                              '--int_bits=8']) == 0
   table = json.load(open(os.path.join(workdir, 'baselines',
                                       'baselines.json')))
   names = [r['name'] for r in table['rows']]
-  assert names == ['teacher', 'kmeans4', 'kmeans16', 'int8', 'gmp_jax']
+  assert names == ['teacher', 'kmeans4', 'kmeans16', 'kmeans4_ft', 'int8',
+                   'gmp_jax']
   rows = {r['name']: r for r in table['rows']}
+  # The pipeline's fine-tuning budget, from the k-means file.
+  assert rows['kmeans4_ft']['finetune_epochs'] == 1
+  assert rows['kmeans4_ft']['bits_per_byte'] < rows['kmeans4']['bits_per_byte']
   assert rows['gmp_jax']['bits_per_byte'] == pytest.approx(t2['finetuned'],
                                                            rel=1e-5)
   assert rows['gmp_jax']['file_bytes'] == report['file_bytes']

@@ -15,7 +15,9 @@ weighted in `config.retrain`):
 
 `run` reads `postprocess/quantized.gmpz` and writes
 `finetune/quantized.gmpz` (`OUTPUTS`), the post-processed weights unchanged
-when the stage is off.
+when the stage is off. `setup` and `train` also serve the k-means +
+fine-tuning baseline (`experiments.tools.baselines`), with the same budget
+and loss on a tree quantised leaf by leaf (`setup`'s `leaf_values`).
 
 Config (`config.postprocess`):
   finetune_epochs: epochs of training; None or 0 skips it.
@@ -27,7 +29,8 @@ Config (`config.postprocess`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -113,10 +116,38 @@ def _codebook_mode(config, student, quantized, retrained, tx):
           lambda s: _all_values(s.codebook))
 
 
-def _straight_through_mode(config, student, quantized, retrained, tx):
-  codebook, _, mask = gmp_jax.codebook_from_quantized(quantized)
-  if config.postprocess.get('finetune_per_leaf'):
-    codebook = gmp_jax.per_leaf_codebook_tree(codebook, mask)
+def leaf_values_codebook(quantized, leaves: Collection[str]):
+  """Per-leaf codebooks of a tree quantised leaf by leaf.
+
+  Each leaf of `leaves` (`jax.tree_util.keystr` paths) gets its own sorted
+  distinct non-zero values as its codebook and its non-zero weights as
+  kept (exact zeros stay zero, as everywhere in this stage); a leaf with no
+  non-zero value is not coded (kept as is).
+
+  Returns:
+    `(codebook, mask)`: trees like `quantized`, None where not coded, for
+    `gmp_jax.create_straight_through_state`.
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(quantized)
+  codebook, mask = [None] * len(flat), [None] * len(flat)
+  for i, (path, x) in enumerate(flat):
+    if jax.tree_util.keystr(path) not in leaves:
+      continue
+    x = np.asarray(jax.device_get(x))
+    if np.any(x != 0):
+      codebook[i], mask[i] = np.unique(x[x != 0]), x != 0
+  return (jax.tree_util.tree_unflatten(treedef, codebook),
+          jax.tree_util.tree_unflatten(treedef, mask))
+
+
+def _straight_through_mode(config, student, quantized, retrained, tx,
+                           leaves=None):
+  if leaves is None:
+    codebook, _, mask = gmp_jax.codebook_from_quantized(quantized)
+    if config.postprocess.get('finetune_per_leaf'):
+      codebook = gmp_jax.per_leaf_codebook_tree(codebook, mask)
+  else:
+    codebook, mask = leaf_values_codebook(quantized, leaves)
   start = quantized if retrained is None else retrained
   state = gmp_jax.create_straight_through_state(
       gmp_jax.masked_latent(start, mask), codebook, mask, tx,
@@ -137,7 +168,8 @@ MODES = {
 
 
 def setup(config: ml_collections.ConfigDict, student: str, quantized,
-          teacher_params, dataset, retrained=None) -> CodebookTraining:
+          teacher_params, dataset, retrained=None, *,
+          leaf_values: Collection[str] | None = None) -> CodebookTraining:
   """The fine-tuning state, its pure step and the data it trains on.
 
   Args:
@@ -149,10 +181,16 @@ def setup(config: ml_collections.ConfigDict, student: str, quantized,
     retrained: the retrained (unquantised) params, where the
       'straight_through' mode starts its latent weights; None starts them
       at the quantised values.
+    leaf_values: optional leaf paths (`jax.tree_util.keystr`) of a tree
+      quantised leaf by leaf (per-leaf k-means): whatever
+      `finetune_mode`, straight-through training of these leaves, each
+      with its own distinct values as its codebook (`leaf_values_codebook`).
   """
   tx = optax.adam(config.postprocess.finetune_learning_rate)
-  state, step, params_fn, codebook_fn = MODES[mode(config)](
-      config, student, quantized, retrained, tx)
+  build = (MODES[mode(config)] if leaf_values is None else
+           functools.partial(_straight_through_mode, leaves=leaf_values))
+  state, step, params_fn, codebook_fn = build(config, student, quantized,
+                                              retrained, tx)
   data, online = student_lib.distillation_data(
       config, teacher_params, *student_lib.train_split(config, dataset))
   if online:
@@ -160,6 +198,21 @@ def setup(config: ml_collections.ConfigDict, student: str, quantized,
     step = student_lib.with_online_teacher(
         step, lambda xb: teacher(teacher_params, xb))
   return CodebookTraining(state, step, data, params_fn, codebook_fn)
+
+
+def train(ctx, name: str, student: str, training: CodebookTraining,
+          teacher_params):
+  """`training` (`setup`) for `postprocess.finetune_epochs` epochs at
+  `finetune_batch_size`, as training stage `name` of `ctx` (`ctx.train`:
+  its seeds, checkpoints and epoch records), with the test metrics of
+  `student` at epoch ends; returns the trained state."""
+  return ctx.train(name, training.state, training.train_step, training.data,
+                   epochs=epochs(ctx.config),
+                   batch_size=batch_size(ctx.config),
+                   eval_fn=evaluation.epoch_metrics(
+                       ctx.evaluator(student), pruned=False,
+                       params_of=training.params_of),
+                   teacher_params=teacher_params)
 
 
 # ----------------------------------------------------------------------------
@@ -194,13 +247,7 @@ def run(ctx) -> dict[str, Any]:
                              ctx.dataset, retrained)
     evaluate = ctx.evaluator(student_model)
     start = evaluate(training.params_of(training.state))[metric]
-    state = ctx.train('finetune', training.state, training.train_step,
-                      training.data, epochs=num_epochs,
-                      batch_size=batch_size(config),
-                      eval_fn=evaluation.epoch_metrics(
-                          evaluate, pruned=False,
-                          params_of=training.params_of),
-                      teacher_params=teacher_params)
+    state = train(ctx, 'finetune', student_model, training, teacher_params)
     record['mode'] = finetune_mode
     record[f'start_{metric}'] = start
     record['codebook_before'] = training.codebook_of(training.state).tolist()

@@ -1,14 +1,26 @@
 """Post-training baselines on a pipeline run's teacher, through the same codec.
 
   python -m experiments.tools.baselines \\
-      --config=experiments/configs/shakespeare.py --workdir=workdir/shakespeare
+      --config=experiments/configs/shakespeare.py \\
+      --workdir=workdir/shakespeare \\
+      [--kmeans=4,8,16,32] [--kmeans_ft=16,32] [--int_bits=8,4]
 
-reads the teacher of a finished pipeline run (``teacher/params.gmpz``) and,
-with no retraining at all, compresses it by
+reads the teacher of a finished pipeline run (``teacher/params.gmpz``) and
+compresses it by
 
-* **per-leaf k-means** (``kmeans<K>``, TFMOT-style weight clustering): each
-  covered leaf's values replaced by the nearest of K centroids, fitted by
-  Lloyd's algorithm in 1-D (`kmeans_1d`, started at the quantiles);
+* **per-leaf k-means** (``kmeans<K>``, TFMOT-style weight clustering, no
+  retraining): each covered leaf's values replaced by the nearest of K
+  centroids (in float32), fitted by Lloyd's algorithm in 1-D (`kmeans_1d`,
+  started at the quantiles);
+* **per-leaf k-means, then fine-tuning** (``kmeans<K>_ft``, as DKM or
+  TFMOT's cluster-then-train): from ``kmeans<K>``, each covered leaf's K
+  centroids and a latent float per weight (started at the teacher's), each
+  weight reading its leaf's nearest centroid, trained by the
+  straight-through estimator with the pipeline's fine-tuning budget and
+  loss: `experiments.stages.finetune`'s `setup` and `train`
+  (``postprocess.finetune_epochs``, its learning rate and batch size, the
+  distillation loss of ``config.retrain``). Zero is no special value
+  here: only weights whose centroid is exactly 0 stay 0;
 * **uniform per-channel int-b** (``int<b>``): each covered leaf stored as
   integer codes :math:`q = \\mathrm{round}(w / s_c)` in
   :math:`[-(2^{b-1}-1), 2^{b-1}-1]` and one float32 scale per output
@@ -22,14 +34,20 @@ compare; each is scored on the same test split by the task's evaluator.
 The table (``baselines/baselines.json``, ``baselines/baselines.md``) and a
 figure of the metric against file bytes (``figures/baselines.png``) also
 hold the teacher and the run's compressed file, plus any other finished
-runs given by ``--also`` (other settings on the same teacher).
+runs given by ``--also`` (other settings on the same teacher), and set each
+baseline file against the smallest gmp_jax file that scores at least as
+well (`front_ratios`). ``--kmeans_ft`` (unset: the K of ``--kmeans``;
+empty: none) picks the fine-tuned rows; their epoch records go to
+``baselines/metrics.jsonl`` (rewritten by every invocation), their
+checkpoints are removed once trained.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -46,6 +64,7 @@ from experiments.infra import jsonio
 from experiments.infra import cli
 from experiments.infra import monitor
 from experiments.infra import workdir_layout
+from experiments.stages import finetune
 from experiments.stages import retrain
 from experiments.stages import runner
 
@@ -60,12 +79,10 @@ def kmeans_1d(values: np.ndarray, k: int, *, iterations: int = 50
   An empty cluster keeps its centroid.
 
   Raises:
-    ValueError: k < 1 or no values.
+    ValueError: k < 1, or k above the number of values.
   """
   values = np.asarray(values, np.float64).ravel()
-  if k < 1 or not values.size:
-    raise ValueError(f'kmeans_1d needs k >= 1 and values; got k={k}, '
-                     f'{values.size} values.')
+  _check_k(k, values.size)
   centroids = np.unique(np.quantile(values, (np.arange(k) + 0.5) / k))
   for _ in range(iterations):
     index = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
@@ -77,6 +94,27 @@ def kmeans_1d(values: np.ndarray, k: int, *, iterations: int = 50
     centroids = np.sort(moved)
   index = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
   return centroids, index
+
+
+def _check_k(k: int, size: int) -> None:
+  if not 1 <= k <= size:
+    raise ValueError(f'k-means needs k >= 1 and k <= the number of values; '
+                     f'got k={k} for {size} values.')
+
+
+def nearest_centroids(w: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+  """Each float32 weight's nearest float32 centroid (sorted), ties to the
+  lower, by float32 distances: the value the straight-through step reads
+  (`gmp_jax.straight_through_params`), so ``kmeans<K>_ft`` starts exactly
+  at ``kmeans<K>``."""
+  w = np.asarray(w, np.float32)
+  # + 0: a centroid -0.0 as +0.0, as a weight kept at zero reads it.
+  c = np.sort(np.asarray(centroids, np.float32)) + np.float32(0)
+  if len(c) == 1:
+    return np.full(w.shape, c[0])
+  hi = np.clip(np.searchsorted(c, w), 1, len(c) - 1)
+  lo = hi - 1
+  return np.where(np.abs(w - c[lo]) <= np.abs(w - c[hi]), c[lo], c[hi])
 
 
 def int_quantize(w: np.ndarray, bits: int) -> dict[str, np.ndarray]:
@@ -111,27 +149,83 @@ def _map_covered(fn, params, covered):
       else np.asarray(x), params)
 
 
-def _kmeans_params(params, covered, k):
+def _check_leaves(params, covered, ks) -> None:
+  """Every k against every covered leaf's size, the leaf named."""
+  for p, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if jax.tree_util.keystr(p) in covered:
+      for k in ks:
+        try:
+          _check_k(k, int(np.size(x)))
+        except ValueError as e:
+          raise ValueError(f'Leaf {jax.tree_util.keystr(p)}: {e}') from None
+
+
+def kmeans_params(params, covered: Collection[str], k: int):
+  """`params` with each covered leaf (`keystr` paths) by `kmeans_1d`, each
+  weight at its nearest centroid (`nearest_centroids`).
+
+  Raises:
+    ValueError: k < 1 or above a covered leaf's size (the leaf named).
+  """
+  _check_leaves(params, covered, [k])
+
   def fit(w):
-    centroids, index = kmeans_1d(w, k)
-    return centroids.astype(np.float32)[index].reshape(w.shape)
+    centroids, _ = kmeans_1d(w, k)
+    return nearest_centroids(w, centroids).astype(np.float32)
   return _map_covered(fit, params, covered)
 
 
+def kmeans_finetune(ctx, name: str, teacher, quantized,
+                    covered: Collection[str]):
+  """`quantized` (`kmeans_params` of `teacher`) fine-tuned as the pipeline's
+  finetune stage would (`finetune.setup` with `leaf_values=covered`, then
+  `finetune.train`): the covered leaves' own centroids and latent weights
+  started at the teacher's, by the straight-through estimator, as training
+  stage `name` (`ctx.train`). Returns the host params."""
+  model = ctx.config.model
+  training = ctx.timer.run(name, 'data', finetune.setup, ctx.config, model,
+                           quantized, teacher, ctx.dataset, teacher,
+                           leaf_values=covered)
+  state = finetune.train(ctx, name, model, training, teacher)
+  return jax.device_get(training.params_of(state))
+
+
 def run(config, workdir: str, *, kmeans: Sequence[int] = (4, 8, 16, 32),
+        kmeans_ft: Sequence[int] | None = None,
         int_bits: Sequence[int] = (8, 4),
         also: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-  """Every baseline of the module docstring; returns the table's dict."""
+  """Every baseline of the module docstring; returns the table's dict.
+
+  `kmeans_ft`: the K of the k-means + fine-tuning rows; None = `kmeans`'s.
+  None are made when the config has no fine-tuning
+  (``postprocess.finetune_epochs`` 0).
+
+  Raises:
+    ValueError: a k below 1 or above a covered leaf's size (named), before
+      any baseline runs.
+  """
   ctx = runner.Context(config, workdir, monitor.StageTimer())
   teacher, _ = workdir_layout.load_params(
       ctx.path(workdir_layout.TEACHER_PARAMS))
   teacher = jax.device_get(teacher)
   mixture = retrain.initial_mixture(teacher, config.retrain)
   covered = _covered(teacher, mixture)
+  kmeans_ft = list(kmeans if kmeans_ft is None else kmeans_ft)
+  _check_leaves(teacher, covered, [*kmeans, *kmeans_ft])
+  ft_epochs = finetune.epochs(config)
+  if kmeans_ft and not ft_epochs:
+    monitor.log_info('postprocess.finetune_epochs is 0: no k-means + '
+                     'fine-tuning rows.')
+    kmeans_ft = []
   evaluate = ctx.evaluator(config.model)
   metric = ctx.metric
   out_dir = ctx.path('baselines')
   os.makedirs(out_dir, exist_ok=True)
+  # The fine-tuning's epoch records go to baselines/metrics.jsonl (this
+  # invocation's only), not the run's (whose report plots every stage there).
+  ctx.log = monitor.MetricsLog(out_dir)
+  if os.path.exists(ctx.log.path):
+    os.remove(ctx.log.path)
   parameters = sum(int(np.size(x)) for x in jax.tree.leaves(teacher))
   raw_bytes = 4 * parameters
   rows = []
@@ -154,9 +248,26 @@ def run(config, workdir: str, *, kmeans: Sequence[int] = (4, 8, 16, 32),
                      time.perf_counter() - start)
 
   add('teacher', 'teacher', teacher, os.path.join(out_dir, 'teacher.gmpz'))
+  clustered = {}  # The k-means trees the fine-tuning starts from.
   for k in kmeans:
-    add(f'kmeans{k}', 'kmeans', _kmeans_params(teacher, covered, k),
+    params = kmeans_params(teacher, covered, k)
+    if k in kmeans_ft:
+      clustered[k] = params
+    add(f'kmeans{k}', 'kmeans', params,
         os.path.join(out_dir, f'kmeans{k}.gmpz'), extra={'k': k})
+  for k in kmeans_ft:
+    name = f'kmeans{k}_ft'
+    # A fresh start each time: no resuming from an earlier run's checkpoints.
+    train_dir = os.path.join(out_dir, name)
+    shutil.rmtree(train_dir, ignore_errors=True)
+    start = clustered.pop(k, None)
+    tuned = kmeans_finetune(
+        ctx, os.path.join('baselines', name), teacher,
+        kmeans_params(teacher, covered, k) if start is None else start,
+        covered)
+    shutil.rmtree(train_dir, ignore_errors=True)
+    add(name, 'kmeans_ft', tuned, os.path.join(out_dir, f'{name}.gmpz'),
+        extra={'k': k, 'finetune_epochs': ft_epochs})
   for bits in int_bits:
     stored = _map_covered(lambda w, b=bits: int_quantize(w, b), teacher,
                           covered)
@@ -208,35 +319,43 @@ def markdown(table) -> str:
                  else '') + (f"tau {r['tau']:.4g}, {r['retrain_epochs']} "
                              f"retraining epochs, "
                              f"{100 * r['nonzero_fraction']:.1f}% non-zero")
+    elif r['kind'] == 'kmeans_ft':
+      setting = f"{r['finetune_epochs']} fine-tuning epochs"
     lines.append(f"| {r['name']} | {r[metric]:.4f} | "
                  f"{100 * (r[metric] / base - 1):+.1f}% | "
                  f"{r['file_bytes']:,} | {r['cr_file']:.1f}x | {setting} |")
-  lines += ['', 'Against each k-means file: the smallest gmp_jax file that scores '
-            'at least as well, and how many times smaller it is.', '',
-            f'| k-means | {metric} | bytes | gmp_jax file | bytes | smaller |',
+  lines += ['', 'Against each baseline file (k-means, k-means + fine-tuning, '
+            'int-b): the smallest gmp_jax file that scores at least as well, '
+            'and how many times smaller it is.', '',
+            f'| baseline | {metric} | bytes | gmp_jax file | bytes | smaller |',
             '|---|---:|---:|---|---:|---:|']
   for row in front_ratios(table):
     if row['gmp'] is None:
-      lines.append(f"| {row['kmeans']} | {row['value']:.4f} | "
+      lines.append(f"| {row['baseline']} | {row['value']:.4f} | "
                    f"{row['bytes']:,} | none as good | | |")
     else:
-      lines.append(f"| {row['kmeans']} | {row['value']:.4f} | "
+      lines.append(f"| {row['baseline']} | {row['value']:.4f} | "
                    f"{row['bytes']:,} | {row['gmp']} | {row['gmp_bytes']:,} | "
                    f"{row['smaller']:.2f}x |")
   return '\n'.join(lines) + '\n'
 
 
+# The kinds of row `front_ratios` sets gmp_jax's files against.
+COMPETITORS = ('kmeans', 'kmeans_ft', 'int')
+
+
 def front_ratios(table) -> list[dict[str, Any]]:
-  """Per k-means row: the smallest gmp_jax file with a metric no worse."""
+  """Per baseline row (`COMPETITORS`, in table order): the smallest gmp_jax
+  file with a metric no worse, and how many times smaller it is."""
   metric = table['metric']
   lower = metric != 'accuracy'  # bits per byte, cross-entropy: lower wins
   gmp = [r for r in table['rows'] if r['kind'] == 'gmp_jax']
   out = []
-  for k in (r for r in table['rows'] if r['kind'] == 'kmeans'):
+  for k in (r for r in table['rows'] if r['kind'] in COMPETITORS):
     good = [g for g in gmp if (g[metric] <= k[metric] if lower
                                else g[metric] >= k[metric])]
     best = min(good, key=lambda g: g['file_bytes']) if good else None
-    out.append({'kmeans': k['name'], 'value': k[metric],
+    out.append({'baseline': k['name'], 'kind': k['kind'], 'value': k[metric],
                 'bytes': k['file_bytes'],
                 'gmp': None if best is None else best['name'],
                 'gmp_bytes': None if best is None else best['file_bytes'],
@@ -254,7 +373,8 @@ def plot(table, path: str) -> str:
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
   styles = {'teacher': ('k', '*'), 'kmeans': ('tab:blue', 'o'),
-            'int': ('tab:orange', 's'), 'gmp_jax': ('tab:green', 'D')}
+            'kmeans_ft': ('tab:purple', 'v'), 'int': ('tab:orange', 's'),
+            'gmp_jax': ('tab:green', 'D')}
   for kind, (color, marker) in styles.items():
     rows = sorted((r for r in table['rows'] if r['kind'] == kind),
                   key=lambda r: r['file_bytes'])
@@ -262,7 +382,7 @@ def plot(table, path: str) -> str:
       continue
     ax.plot([r['file_bytes'] for r in rows], [r[metric] for r in rows],
             marker=marker, color=color, label=kind,
-            linestyle='-' if kind == 'kmeans' else 'none')
+            linestyle='-' if kind.startswith('kmeans') else 'none')
     for r in rows:
       ax.annotate(r['name'], (r['file_bytes'], r[metric]), fontsize=7,
                   xytext=(3, 3), textcoords='offset points')
@@ -282,6 +402,8 @@ def _define_flags() -> None:
   importing this module next to another absl program defines none)."""
   flags.DEFINE_string('workdir', None, 'A finished (or teacher-done) run.')
   flags.DEFINE_list('kmeans', ['4', '8', '16', '32'], 'K of the k-means runs.')
+  flags.DEFINE_list('kmeans_ft', None, 'K of the k-means + fine-tuning runs '
+                    '(unset: --kmeans\'s; empty: none).')
   flags.DEFINE_list('int_bits', ['8', '4'], 'Bits of the int-b runs.')
   flags.DEFINE_multi_string('also', [], 'label=workdir of another finished run '
                             'on the same teacher, shown beside this one.')
@@ -301,6 +423,8 @@ def main(argv):
     also.append((label, path))
   table = run(FLAGS.config, FLAGS.workdir,
               kmeans=[int(k) for k in FLAGS.kmeans],
+              kmeans_ft=(None if FLAGS.kmeans_ft is None
+                         else [int(k) for k in FLAGS.kmeans_ft]),
               int_bits=[int(b) for b in FLAGS.int_bits], also=also)
   print(markdown(table))
   return 0
