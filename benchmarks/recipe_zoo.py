@@ -3,7 +3,7 @@
   python -m benchmarks.recipe_zoo --json=results/zoo.json
   python -m benchmarks.recipe_zoo --families=mlp,cnn --smoke   # seconds
   python -m benchmarks.recipe_zoo \\
-      --tables_from=results/zoo.json,results/zoo_leaf_scale.json
+      --tables_from=results/zoo.json,results/zoo_uncapped.json,results/zoo_leaf_scale.json
   python -m benchmarks.recipe_zoo --max_components=0 --json=nocap.json
 
 Each family trains a float teacher, then runs "Compress your own model" with
@@ -33,8 +33,10 @@ narrower models (CI).
 included): by default the library's, 16 (4-bit indices); `0` turns the cap
 off. Each family's figures record it (`max_components`, null = no cap), so
 running the zoo both ways measures what the cap costs.
-`results/zoo.json` and `results/zoo_leaf_scale.json` were run before the
-library capped by default, as with `--max_components=0`.
+`results/zoo.json` is the defaults (capped at 16); `results/zoo_uncapped.json`
+and `results/zoo_leaf_scale.json` were run before the library capped by
+default, as with `--max_components=0`: the same teachers, so the first two
+differ by the cap alone.
 """
 
 from __future__ import annotations
@@ -432,12 +434,15 @@ def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
 
 
 def _rows(reports, middle):
-  """Table rows: family, leaf_scale, `middle(f, fmt)` cells, kept, CR_file."""
+  """Table rows: family, leaf_scale, cap, `middle(f, fmt)` cells, kept,
+  CR_file. A report without `max_components` predates the cap: none."""
   for report in reports:
+    cap = report.get('max_components')
     for name, f in report['families'].items():
       fmt = ((lambda v: f'{100 * v:.2f}%') if f['metric'] == 'accuracy'
              else (lambda v: f'{v:.4f}'))
       cells = [name, report.get('leaf_scale') or 'None (default)',
+               'none' if cap is None else str(cap),
                *middle(f, fmt), f'{100 * f["kept"]:.2f}%',
                f'{f["cr_file"]:.1f}x']
       yield '| ' + ' | '.join(cells) + ' |'
@@ -445,9 +450,9 @@ def _rows(reports, middle):
 
 def format_table(*reports: dict[str, Any]) -> str:
   """README's table: one row per family and report (e.g. default, 'rms')."""
-  head = ['| family | leaf_scale | metric (test) | teacher | quantised, no '
-          'fine-tuning | fine-tuned file | kept | CR_file |',
-          '|---|---|---|---:|---:|---:|---:|---:|']
+  head = ['| family | leaf_scale | values cap | metric (test) | teacher | '
+          'quantised, no fine-tuning | fine-tuned file | kept | CR_file |',
+          '|---|---|---:|---|---:|---:|---:|---:|---:|']
   return '\n'.join(head + list(_rows(reports, lambda f, fmt: (
       f['metric'], *(fmt(f[s]['test'])
                      for s in ('teacher', 'quantized', 'finetuned'))))))
@@ -457,8 +462,9 @@ def stages_table(*reports: dict[str, Any]) -> str:
   """Every stage on the validation split, with tau, kept and CR_file."""
   stages = ('teacher', 'quantized_initial', 'retrained', 'quantized',
             'finetuned')
-  head = ['| family | leaf_scale | tau (rule) | ' + ' | '.join(stages) +
-          ' | kept | CR_file |', '|---|---|' + '---:|' * (len(stages) + 3)]
+  head = ['| family | leaf_scale | values cap | tau (rule) | '
+          + ' | '.join(stages) + ' | kept | CR_file |',
+          '|---|---|' + '---:|' * (len(stages) + 4)]
   return '\n'.join(head + list(_rows(reports, lambda f, fmt: (
       f'{f["tau"]:.3f}', *(fmt(f[s]['valid']) for s in stages)))))
 

@@ -103,14 +103,18 @@ def test_unknown_family_is_named():
     recipe_zoo.run(['mlp', 'vit'], smoke=True)
 
 
+_COMMITTED = ('zoo.json', 'zoo_uncapped.json', 'zoo_leaf_scale.json')
+
+
 def test_readme_table_is_the_committed_zoo():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   reports = []
-  for name in ('zoo.json', 'zoo_leaf_scale.json'):
+  for name in _COMMITTED:
     with open(os.path.join(root, 'results', name)) as f:
       reports.append(json.load(f))
-  assert reports[0]['leaf_scale'] is None
-  assert reports[1]['leaf_scale'] == 'rms'
+  assert [r['leaf_scale'] for r in reports] == [None, None, 'rms']
+  # The defaults cap at 16 values; the other two predate the cap.
+  assert [r.get('max_components') for r in reports] == [16, None, None]
   with open(os.path.join(root, 'README.md')) as f:
     readme = f.read()
   assert recipe_zoo.format_table(*reports) in readme
@@ -118,8 +122,7 @@ def test_readme_table_is_the_committed_zoo():
 
 def test_tables_from_prints_the_committed_tables(capsys):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  paths = [os.path.join(root, 'results', n)
-           for n in ('zoo.json', 'zoo_leaf_scale.json')]
+  paths = [os.path.join(root, 'results', n) for n in _COMMITTED]
   assert cli.call(recipe_zoo, [f'--tables_from={",".join(paths)}']) == 0
   printed = capsys.readouterr().out
   reports = []
@@ -129,5 +132,5 @@ def test_tables_from_prints_the_committed_tables(capsys):
   assert recipe_zoo.format_table(*reports) in printed
   rows = [l for l in printed.splitlines() if l.startswith('| cnn | rms |')]
   assert len(rows) == 2  # One in each table.
-  cnn = reports[1]['families']['cnn']
+  cnn = reports[2]['families']['cnn']
   assert f'{100 * cnn["quantized_initial"]["valid"]:.2f}%' in rows[1]
