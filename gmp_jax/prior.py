@@ -24,10 +24,11 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import functools
 import math
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -280,6 +281,8 @@ def init_mixture(params, num_components: int = 17, *,
                  learn_zero_proportion: bool | None = None,
                  means_range: tuple[float, float] | None = None,
                  leaf_scale: str | Sequence[float] | None = None,
+                 scale_groups: (Mapping[str, str]
+                                | Sequence[tuple[str, str]] | None) = None,
                  dtype=jnp.float32) -> GaussianMixture:
   r"""Initialises a mixture prior from the covered weights' own statistics.
 
@@ -316,6 +319,17 @@ def init_mixture(params, num_components: int = 17, *,
   RMS, a few outliers of one leaf would otherwise set the spacing for all,
   and a symmetric range puts no mean closer to 0 than half the spacing.
 
+  `scale_groups` lets chosen leaves share one scale (with 'rms' only): each
+  covered leaf joins the first group whose regex matches its path, and a
+  group g's scale is the RMS of its leaves' weights pooled,
+
+  .. math::
+
+    s_g = \sqrt{\textstyle\sum_{l \in g} \sum_{i \in l} w_i^2
+                 \,/\, \sum_{l \in g} n_l},
+
+  every leaf of g then using s_g. A leaf no group matches keeps its own s_l.
+
   Giving `zero_proportion` restores the published recipe's fixed pi_0 (Ullrich
   et al. 2017; their tutorial used K=17, sigma=0.25, pi_0=0.99 fixed, as
   `experiments/configs/mnist.py` pins): the non-zero components then share
@@ -340,6 +354,14 @@ def init_mixture(params, num_components: int = 17, *,
       empty leaf gets 1). Or a sequence of positive floats, one s_l per
       covered leaf in signature order (e.g. a saved `mixture.leaf_scales`).
       The scales are fixed: stored in `leaf_scales`, never learned.
+    scale_groups: with `leaf_scale='rms'`, groups of leaves that share one
+      scale (pooled RMS, above): an ordered mapping ``{name: regex}`` or a
+      sequence of ``(name, regex)`` pairs, e.g. ``{'conv': r'conv',
+      'dense': r'Dense_\d+'}``. A regex is matched with `re.search` against
+      a leaf's path as `mixture.signature` shows it
+      (`jax.tree_util.keystr`, e.g. ``"['Dense_0']['kernel']"``); a leaf
+      joins the first group that matches, and a leaf no group matches keeps
+      its own RMS. None: every leaf its own scale.
     dtype: dtype of the mixture parameters.
 
   Returns:
@@ -349,7 +371,10 @@ def init_mixture(params, num_components: int = 17, *,
     ValueError: bad K, std or pi_0, no compressible leaves, NaN/inf
       weights, or with `leaf_scale` an unknown name, a sequence of the wrong
       length or with a non-positive entry, or a leaf whose weights are all
-      zero or all equal (it has no scale; leave it out with `filter_fn`).
+      zero or all equal (it has no scale; leave it out with `filter_fn`),
+      or `scale_groups` without `leaf_scale='rms'`, with an empty name, a
+      regex that is no string or does not compile, a group that gets no
+      covered leaf, or one whose pooled weights are all zero.
     TypeError: a custom filter chose an integer leaf.
   """
   if (not isinstance(num_components, (int, np.integer))
@@ -375,9 +400,15 @@ def init_mixture(params, num_components: int = 17, *,
           'finite weights.')
     if values.size:
       low, high = min(low, values.min()), max(high, values.max())
+  if scale_groups is not None and not (isinstance(leaf_scale, str)
+                                       and leaf_scale == 'rms'):
+    raise ValueError(
+        f"scale_groups needs leaf_scale='rms' (the groups' scales are pooled "
+        f'RMS), got leaf_scale={leaf_scale!r}; give explicit per-leaf floats '
+        'without scale_groups instead.')
   scales = None
   if leaf_scale is not None:
-    scales = _leaf_scales(chosen, leaf_scale)
+    scales = _leaf_scales(chosen, leaf_scale, scale_groups)
     low, high = _normalised_range(chosen, scales)
   if means_range is not None:
     low, high = means_range
@@ -427,14 +458,82 @@ _SCALED_RANGE_QUANTILE = 0.999
 _RANGE_SAMPLE = 1 << 24
 
 
-def _leaf_scales(chosen, leaf_scale) -> tuple[float, ...]:
+def _group_of_leaf(chosen, scale_groups) -> tuple[list[str], list]:
+  """(group names, each chosen leaf's group index or None): first match."""
+  items = (list(scale_groups.items()) if isinstance(scale_groups, Mapping)
+           else None if isinstance(scale_groups, (str, bytes))
+           else list(scale_groups))
+  if items is None or not all(isinstance(x, (tuple, list)) and len(x) == 2
+                              for x in items):
+    raise ValueError(
+        'scale_groups must be a mapping {name: regex} or a sequence of '
+        f'(name, regex) pairs, got {scale_groups!r}.')
+  names, patterns = [], []
+  for name, regex in items:
+    if not isinstance(name, str) or not name:
+      raise ValueError(f'scale_groups: group name {name!r} (regex {regex!r}) '
+                       'must be a non-empty string.')
+    if name in names:
+      raise ValueError(f'scale_groups: group name {name!r} appears twice.')
+    if not isinstance(regex, str):
+      raise ValueError(f'scale_groups: group {name!r} has regex {regex!r} of '
+                       f'type {type(regex).__name__}; give a string.')
+    try:
+      patterns.append(re.compile(regex))
+    except re.error as e:
+      raise ValueError(f'scale_groups: group {name!r} has an invalid regex '
+                       f'{regex!r}: {e}.') from e
+    names.append(name)
+  paths = [path for path, _ in chosen]
+  groups = [next((g for g, p in enumerate(patterns) if p.search(path)), None)
+            for path in paths]
+  for g, (name, pattern) in enumerate(zip(names, patterns)):
+    if g in groups:
+      continue
+    earlier = [names[groups[i]] for i, path in enumerate(paths)
+               if pattern.search(path)]
+    if earlier:
+      raise ValueError(
+          f'scale_groups: group {name!r} (regex {pattern.pattern!r}) gets no '
+          f'leaf: every covered leaf it matches is taken by an earlier group '
+          f'({", ".join(repr(x) for x in dict.fromkeys(earlier))}); a leaf '
+          'joins the first group that matches.')
+    shown = ', '.join(paths[:5]) + (', ...' if len(paths) > 5 else '')
+    raise ValueError(
+        f'scale_groups: group {name!r} (regex {pattern.pattern!r}) matches '
+        f'no covered leaf; the {len(paths)} covered leaves are {shown} (the '
+        'regex is matched with re.search against these path strings).')
+  return names, groups
+
+
+def _leaf_scales(chosen, leaf_scale, scale_groups=None) -> tuple[float, ...]:
   """One positive scale s_l per chosen leaf (see `init_mixture`)."""
   if isinstance(leaf_scale, str):
     if leaf_scale not in LEAF_SCALES:
       raise ValueError(f'leaf_scale must be None, one of {LEAF_SCALES} or '
                        f'one float per covered leaf, got {leaf_scale!r}.')
+    names, groups = ([], [None] * len(chosen)) if scale_groups is None else (
+        _group_of_leaf(chosen, scale_groups))
+    # Pooled sum of w^2 and count of each group, float64.
+    sums, counts = [0.0] * len(names), [0] * len(names)
+    for (_, leaf), g in zip(chosen, groups):
+      if g is not None:
+        values = np.ravel(np.asarray(leaf, np.float32))
+        sums[g] += float(np.sum(np.square(values, dtype=np.float64)))
+        counts[g] += values.size
+    pooled = []
+    for name, total, n in zip(names, sums, counts):
+      if n and total == 0.0:
+        raise ValueError(
+            f'scale_groups: every weight of group {name!r} is zero, so its '
+            'pooled RMS is zero and it has no scale; leave its leaves out '
+            'with filter_fn or out of the group.')
+      pooled.append(math.sqrt(total / n) if n else 1.0)
     scales = []
-    for path, leaf in chosen:
+    for (path, leaf), g in zip(chosen, groups):
+      if g is not None:
+        scales.append(pooled[g])
+        continue
       values = np.ravel(np.asarray(leaf, np.float32))
       if not values.size:
         scales.append(1.0)

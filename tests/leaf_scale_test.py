@@ -295,3 +295,119 @@ def test_codebook_from_a_scaled_quantisation_round_trips():
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(quantized)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert all(m is None or m.dtype == bool for m in jax.tree.leaves(mask))
+
+
+# ----------------------------------------------------------------------------
+# Scale groups: leaves sharing one pooled-RMS scale
+# ----------------------------------------------------------------------------
+
+# Two groups of two leaves each, with scales differing within a group, plus
+# a leaf no group matches.
+_GROUP_SCALES = {('a', 'kernel'): 0.3, ('a', 'bias'): 0.05,
+                 ('b', 'kernel'): 0.02, ('b', 'bias'): 0.004}
+_GROUPS = {'a': r"^\['a'\]", 'b': r"^\['b'\]"}
+
+
+def _grouped_tree(seed=0):
+  rng = np.random.default_rng(seed)
+  shapes = {'kernel': (16, 8), 'bias': (8,)}
+  tree = {m: {n: jnp.asarray(rng.normal(0.0, _GROUP_SCALES[m, n], shapes[n]),
+                             jnp.float32) for n in shapes} for m in 'ab'}
+  tree['lone'] = jnp.asarray(rng.normal(0.0, 0.7, (5, 3)), jnp.float32)
+  return tree
+
+
+def _np_rms(*leaves):
+  flat = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in leaves])
+  return np.sqrt(np.sum(flat**2) / flat.size)
+
+
+@pytest.mark.parametrize('as_pairs', [False, True])
+def test_group_scales_are_the_pooled_rms(as_pairs):
+  params = _grouped_tree()
+  groups = tuple(_GROUPS.items()) if as_pairs else _GROUPS
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms',
+                                 scale_groups=groups)
+  want = {"['a']": _np_rms(params['a']['kernel'], params['a']['bias']),
+          "['b']": _np_rms(params['b']['kernel'], params['b']['bias']),
+          "['lone']": _np_rms(params['lone'])}
+  assert len(mixture.leaf_scales) == 5
+  for (path, _, _), s in zip(mixture.signature, mixture.leaf_scales):
+    np.testing.assert_allclose(s, want[path[:path.index(']') + 1]],
+                               rtol=1e-6, err_msg=path)
+  # The ungrouped leaf keeps the scale it has without groups.
+  alone = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  assert mixture.leaf_scales[-1] == alone.leaf_scales[-1]
+
+
+def test_first_matching_group_wins():
+  params = _grouped_tree()
+  # 'kernels' matches both kernels, but ['a']['kernel'] is claimed by 'a'.
+  groups = [('a', r"\['a'\]"), ('kernels', r'kernel'), ('rest', r'.')]
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms',
+                                 scale_groups=groups)
+  got = dict(zip([p for p, _, _ in mixture.signature], mixture.leaf_scales))
+  a = _np_rms(params['a']['kernel'], params['a']['bias'])
+  rest = _np_rms(params['b']['bias'], params['lone'])
+  want = {"['a']['bias']": a, "['a']['kernel']": a,
+          "['b']['kernel']": _np_rms(params['b']['kernel']),
+          "['b']['bias']": rest, "['lone']": rest}
+  assert got.keys() == want.keys()
+  for path in want:
+    np.testing.assert_allclose(got[path], want[path], rtol=1e-6,
+                               err_msg=path)
+
+
+def test_quantize_with_groups_gives_group_scale_times_means():
+  params = _grouped_tree()
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms',
+                                 scale_groups=_GROUPS)
+  got = np.asarray(gmp_jax.quantize(params, mixture)['b']['bias'], np.float64)
+  w = np.asarray(params['b']['bias'], np.float64)
+  s = _np_rms(params['b']['kernel'], params['b']['bias'])
+  score = _np_component_log_density(w / s, mixture)
+  k = np.argmax(score, axis=-1)
+  means = np.asarray(mixture.means, np.float64)
+  np.testing.assert_allclose(got, np.where(k == 0, 0.0, s * means[k]),
+                             rtol=1e-6, atol=0)
+  assert np.any(got != 0)
+
+
+@pytest.mark.parametrize('groups,match', [
+    ({'a': r"\['a'\]", 'conv': r'conv'},
+     r"'conv' \(regex 'conv'\) matches no covered leaf.*\['a'\]\['bias'\]"),
+    ({'a': r"\['a'\]", 'again': r"\['a'\]\['kernel'\]"},
+     r"'again'.*taken by an earlier group \('a'\)"),
+    ({'bad': r'kernel('}, "group 'bad' has an invalid regex 'kernel\\('"),
+    ({'': r'kernel'}, "group name '' .*non-empty"),
+    ([(3, r'kernel')], 'group name 3 .*non-empty'),
+    ({'k': 3}, "group 'k' has regex 3 of type int"),
+    ([('a', 'x'), ('a', 'y')], "'a' appears twice"),
+    ('kernel', 'must be a mapping'),
+])
+def test_bad_scale_groups_are_named(groups, match):
+  with pytest.raises(ValueError, match=match):
+    gmp_jax.init_mixture(_grouped_tree(), 17, leaf_scale='rms',
+                         scale_groups=groups)
+
+
+def test_all_zero_group_is_named():
+  params = _grouped_tree()
+  params['b'] = jax.tree.map(jnp.zeros_like, params['b'])
+  with pytest.raises(ValueError, match="group 'b' is zero.*pooled RMS"):
+    gmp_jax.init_mixture(params, 17, leaf_scale='rms', scale_groups=_GROUPS)
+  # One zero leaf inside a group with weights is fine.
+  params = _grouped_tree()
+  params['b']['bias'] = jnp.zeros_like(params['b']['bias'])
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms',
+                                 scale_groups=_GROUPS)
+  np.testing.assert_allclose(
+      mixture.leaf_scales[2],
+      _np_rms(params['b']['kernel'], params['b']['bias']), rtol=1e-6)
+
+
+@pytest.mark.parametrize('leaf_scale', [None, (1.0,) * 5])
+def test_groups_need_rms(leaf_scale):
+  with pytest.raises(ValueError, match="scale_groups needs leaf_scale='rms'"):
+    gmp_jax.init_mixture(_grouped_tree(), 17, leaf_scale=leaf_scale,
+                         scale_groups=_GROUPS)

@@ -108,6 +108,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # None = one scale for every leaf (the published recipe); 'rms' = the
       # prior on w / s_l with s_l each leaf's RMS (gmp_jax.init_mixture).
       leaf_scale=config_dict.placeholder(str),
+      # None = each leaf its own scale; with leaf_scale='rms', (name, regex)
+      # pairs whose leaves share one pooled RMS (gmp_jax.init_mixture).
+      scale_groups=config_dict.placeholder(tuple),
       # Gamma hyperpriors (alpha, beta) on the precisions, Beta on pi_0.
       zero_gamma=(5000.0, 2.0),
       gamma=(250.0, 0.1),

@@ -74,7 +74,7 @@ def initial_mixture(params, rc: ml_collections.ConfigDict
       init_std=rc.get('init_std'),
       zero_proportion=rc.get('zero_proportion'),
       learn_zero_proportion=rc.get('learn_zero_proportion'),
-      leaf_scale=rc.get('leaf_scale'))
+      leaf_scale=rc.get('leaf_scale'), scale_groups=rc.get('scale_groups'))
 
 
 def _pair(value) -> tuple[float, float] | None:
