@@ -103,7 +103,7 @@ def test_unknown_family_is_named():
     recipe_zoo.run(['mlp', 'vit'], smoke=True)
 
 
-_COMMITTED = ('zoo.json', 'zoo_uncapped.json', 'zoo_leaf_scale.json')
+_COMMITTED = ('zoo.json', 'zoo_leaf_scale.json', 'zoo_leaf_scale_cap16.json')
 
 
 def test_readme_table_is_the_committed_zoo():
@@ -112,9 +112,9 @@ def test_readme_table_is_the_committed_zoo():
   for name in _COMMITTED:
     with open(os.path.join(root, 'results', name)) as f:
       reports.append(json.load(f))
-  assert [r['leaf_scale'] for r in reports] == [None, None, 'rms']
-  # The defaults cap at 16 values; the other two predate the cap.
-  assert [r.get('max_components') for r in reports] == [16, None, None]
+  assert [r['leaf_scale'] for r in reports] == [None, 'rms', 'rms']
+  # The defaults cap at 16 values; zoo_leaf_scale.json predates the cap.
+  assert [r.get('max_components') for r in reports] == [16, None, 16]
   with open(os.path.join(root, 'README.md')) as f:
     readme = f.read()
   assert recipe_zoo.format_table(*reports) in readme
@@ -131,6 +131,6 @@ def test_tables_from_prints_the_committed_tables(capsys):
       reports.append(json.load(f))
   assert recipe_zoo.format_table(*reports) in printed
   rows = [l for l in printed.splitlines() if l.startswith('| cnn | rms |')]
-  assert len(rows) == 2  # One in each table.
-  cnn = reports[2]['families']['cnn']
-  assert f'{100 * cnn["quantized_initial"]["valid"]:.2f}%' in rows[1]
+  assert len(rows) == 4  # Two reports, in each table.
+  cnn = reports[1]['families']['cnn']  # Its row in the stages table:
+  assert f'{100 * cnn["quantized_initial"]["valid"]:.2f}%' in rows[2]
