@@ -85,7 +85,7 @@ def test_table_has_one_row_per_family(zoo):
   report, _ = zoo
   table = recipe_zoo.format_table(report).splitlines()
   assert len(table) == 2 + 1
-  assert table[2].startswith('| cnn | None (default) | accuracy |')
+  assert table[2].startswith('| cnn | None (default) | 16 | accuracy |')
 
 
 def test_max_components_flag():
