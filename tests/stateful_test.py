@@ -74,7 +74,7 @@ def _train(apply_fn, params, model_state, x, y, *, seed=0):
     step = gmp_jax.compile_step(gmp_jax.make_multi_step(
         gmp_jax.make_train_step(apply_fn, tx, tau=5e-2,
                                 dataset_size=len(x), use_prior=use_prior,
-                                stateful=True, seed=seed)))
+                                stateful=True, seed=seed), kind='scan'))
     data = {'x': x, 'label': y}
     for _ in range(steps // 5):
       idx = rng.integers(0, len(x), size=(5, 32))

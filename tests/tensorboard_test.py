@@ -186,3 +186,26 @@ def test_write_after_close(tmp_path):
   writer.close()
   with pytest.raises(ValueError, match='closed'):
     writer.write({'step': 1, 'loss': 1.0})
+
+
+def test_writer_leaves_torch_unimported(tmp_path):
+  """tensorboardX imports PyTorch when it can; the writer hides it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec('torch') is None:
+    pytest.skip('torch is not installed: nothing to hide')
+  code = (
+      'import sys\n'
+      'from experiments.tools import tensorboard\n'
+      f'w = tensorboard.TensorBoardWriter({str(tmp_path)!r})\n'
+      "w.write({'stage': 'a', 'step': 1, 'loss': 0.5, 'means': [0.0, 1.0]})\n"
+      "assert 'torch' not in sys.modules\n"
+      'import torch\n'  # Still importable afterwards.
+      'print(torch.zeros(2).sum().item())\n')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, '-c', code], cwd=repo,
+                       capture_output=True, text=True, timeout=120,
+                       check=True)
+  assert out.stdout.strip() == '0.0'
+  assert glob.glob(os.path.join(tmp_path, 'events.out.tfevents.*'))

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 import numbers
 import os
+import sys
 import time
 from typing import Any
 
@@ -71,6 +72,25 @@ def _numeric_array(tag: str, value: Any) -> np.ndarray:
   return array.astype(np.float64)
 
 
+def _import_tensorboardx():
+  """`import tensorboardX`, without the PyTorch import it does when it can.
+
+  tensorboardX's writer imports torch, if installed, only to accept torch
+  tensors (seconds of CPU per process); the values here are numbers and
+  NumPy arrays. Where torch is not imported yet, it is hidden for the
+  import; an earlier import of torch is left as it is.
+  """
+  if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  sys.modules['torch'] = None  # `import torch` raises ImportError.
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules['torch']
+  return tensorboardX
+
+
 class TensorBoardWriter:
   """Writes `metrics.jsonl`-style records as TensorBoard events.
 
@@ -91,7 +111,7 @@ class TensorBoardWriter:
 
   def __init__(self, logdir: str | os.PathLike, *, histograms: bool = True,
                per_entry_scalars: bool = True):
-    import tensorboardX  # pylint: disable=g-import-not-at-top
+    tensorboardX = _import_tensorboardx()
     self.logdir = os.fspath(logdir)
     self.histograms = histograms
     self.per_entry_scalars = per_entry_scalars
