@@ -357,7 +357,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _define_flags() -> None:
   flags.DEFINE_string('json', None, 'Write the report to this file.')
-  flags.DEFINE_bool('smoke', False, 'Tiny windows, batch 16, JAX only, no '
+  flags.DEFINE_bool('smoke', False, 'Two one-step windows, one step per '
+                    'multi-step dispatch, batch 16, JAX only, no '
                     'post-processing (for tests).')
   flags.DEFINE_string('batch_sizes', None, 'Comma-separated (default 128,256).')
   flags.DEFINE_string('configs', None,
@@ -379,8 +380,10 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   args = flags.FLAGS
   if args.smoke:
+    # Compile-bound: one step per window and per multi-step dispatch (an
+    # unrolled dispatch of k steps compiles k steps).
     defaults = dict(configs='jax_plain,jax_gmp,jax_gmp_multi', batch_sizes='16',
-                    windows=2, window_steps=2, warmup_steps=1, multi_steps=2,
+                    windows=2, window_steps=1, warmup_steps=1, multi_steps=1,
                     num_examples=64, postprocess_runs=0)
   else:
     defaults = dict(configs=','.join(ALL_CONFIGS), batch_sizes='128,256',

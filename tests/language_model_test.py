@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import tau_ratio
 import gmp_jax
+import helpers
 from experiments.infra import cli
 from experiments.tools import baselines
 from experiments.language import task as language_model
@@ -122,12 +123,15 @@ def test_int_quantize_per_channel():
     baselines.int_quantize(w, 1)
 
 
-@pytest.mark.xla_optimized
+# The smoke config on fewer windows, for the pipeline and both tools alike.
+SAMPLE_RUN = {'data.num_train': 192, 'retrain.num_train': 64}
+
+
 @pytest.mark.slow
 def test_pipeline_and_baselines_on_the_sample(tmp_path):
   from experiments.stages import runner as pipeline  # pylint: disable=import-outside-toplevel
   from experiments.configs import shakespeare  # pylint: disable=import-outside-toplevel
-  config = shakespeare.get_config('smoke')
+  config = helpers.override(shakespeare.get_config('smoke'), **SAMPLE_RUN)
   workdir = str(tmp_path / 'lm')
   report = pipeline.train_and_evaluate(config, workdir)
   assert report['metric'] == 'bits_per_byte'
@@ -152,16 +156,17 @@ def test_pipeline_and_baselines_on_the_sample(tmp_path):
   assert not any('ln' in name for name in covered)
   # The teacher's rho at the config's tau (`python -m benchmarks.tau_ratio`)
   # is the ratio the retraining calibrated to.
-  config_arg = f'--config={os.path.abspath(shakespeare.__file__)}:smoke'
+  config_args = [f'--config={os.path.abspath(shakespeare.__file__)}:smoke',
+                 *(f'--config.{k}={v}' for k, v in SAMPLE_RUN.items())]
   rho_path = tmp_path / 'tau_ratio.json'
-  assert cli.call(tau_ratio, [config_arg, f'--workdir={workdir}',
+  assert cli.call(tau_ratio, [*config_args, f'--workdir={workdir}',
                               f'--json={rho_path}']) == 0
   rho = json.loads(rho_path.read_text())
   assert rho['model'] == 'transformer_tiny' and rho['dataset'] == 'shakespeare'
   assert rho['tau'] == pytest.approx(retrain['tau'], rel=1e-3)
   assert rho['rho'] == pytest.approx(0.05, rel=1e-3)
   # `python -m experiments.tools.baselines`; the table from its JSON.
-  assert cli.call(baselines, [config_arg, f'--workdir={workdir}',
+  assert cli.call(baselines, [*config_args, f'--workdir={workdir}',
                               '--kmeans=4,16', '--kmeans_ft=4',
                               '--int_bits=8']) == 0
   table = json.load(open(os.path.join(workdir, 'baselines',

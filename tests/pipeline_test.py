@@ -23,9 +23,9 @@ from experiments.configs import mnist as mnist_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# The module's runs retrain for 3 epochs: room to kill the CLI between two
-# checkpoints (`test_sigkill_mid_retraining_resumes_to_the_same_numbers`).
-RETRAIN_EPOCHS = 3
+# The module's runs retrain for 2 epochs: room to kill the CLI between its
+# two checkpoints (`test_sigkill_mid_retraining_resumes_to_the_same_numbers`).
+RETRAIN_EPOCHS = 2
 
 
 def _smoke(**overrides):

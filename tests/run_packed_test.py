@@ -6,6 +6,7 @@ loaded as float32 and the registered model applied directly.
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -39,9 +40,10 @@ def test_greedy_generation_matches_dense_decoding(capsys):
   assert 'packed' in capsys.readouterr().err
   model = registry.model('transformer').build('shakespeare')
   dense = gmp_jax.load_compressed(os.path.join(LM, 'model.gmpz'))
+  apply = jax.jit(lambda p, tokens: model.apply({'params': p}, tokens))
   out = list(prompt)
   for _ in range(4):  # Unpadded windows: the full causal model each time.
-    logits = model.apply({'params': dense}, jnp.asarray([out], jnp.int32))
+    logits = apply(dense, jnp.asarray([out], jnp.int32))
     out.append(int(np.argmax(np.asarray(logits)[0, -1])))
   assert got == bytes(out[len(prompt):])
 

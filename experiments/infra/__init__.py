@@ -8,6 +8,7 @@
 * `evaluation`: the test set on the device and the epoch-end metrics.
 * `monitor`: logs, the metrics log, stage timings.
 * `distributed`: the device mesh, in one process or several.
+* `launch`: the multi-process flags, checked before jax starts.
 * `sharding`: data-parallel and FSDP shardings of the state and the batch.
 * `jsonio`: JSON files written atomically (`json_default` for arrays).
 * `stage_seeds`: every training stage's seeds, from its name.

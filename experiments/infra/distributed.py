@@ -1,7 +1,8 @@
 """Runs on a device mesh, in one process or several (`jax.distributed`).
 
 `initialize` starts this process's part of a multi-process run from the
-`experiments.mnist` flags. `Runtime` is what the pipeline and the train loop
+`experiments.mnist` flags (`launch` checks them without jax; `join` starts
+`jax.distributed`). `Runtime` is what the pipeline and the train loop
 need to know about the mesh (`config.mesh`):
 
 * where arrays go: the train state replicated (data parallel) or split
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import dataclasses
-import socket
 import time
 from typing import Any
 
@@ -34,13 +34,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from experiments.infra import launch as launch_lib
 from experiments.infra import sharding
 
-DEFAULT_INIT_TIMEOUT_S = 300
-
-
-class DistributedError(RuntimeError):
-  """A multi-process run could not start (bad flags, no coordinator)."""
+DEFAULT_INIT_TIMEOUT_S = launch_lib.DEFAULT_INIT_TIMEOUT_S
+DistributedError = launch_lib.DistributedError
 
 
 def initialize(*, coordinator_address: str | None,
@@ -48,6 +46,9 @@ def initialize(*, coordinator_address: str | None,
                auto: bool = False,
                timeout_s: int = DEFAULT_INIT_TIMEOUT_S) -> bool:
   """Calls `jax.distributed.initialize` when the flags ask for it.
+
+  `launch.check` then `join`; `experiments.main` calls the two apart, the
+  check before it imports jax.
 
   Args:
     coordinator_address: ``host:port`` of process 0's coordinator.
@@ -65,69 +66,48 @@ def initialize(*, coordinator_address: str | None,
       count, or a malformed address.
     DistributedError: the coordinator did not answer within `timeout_s`.
   """
-  given = {'--coordinator_address': coordinator_address,
-           '--num_processes': num_processes, '--process_id': process_id}
-  missing = [k for k, v in given.items() if v is None]
-  if len(missing) == 3:
-    if not auto:
-      return False
+  return join(launch_lib.check(
+      coordinator_address=coordinator_address, num_processes=num_processes,
+      process_id=process_id, auto=auto, timeout_s=timeout_s))
+
+
+def join(launch: launch_lib.Launch | None) -> bool:
+  """Starts this process's part of the run `launch_lib.check` returned.
+
+  Waits for every process until the flag's timeout, counted from the check.
+
+  Returns:
+    Whether this is a distributed run (False for `launch` None).
+
+  Raises:
+    DistributedError: not every process joined in time.
+  """
+  if launch is None:
+    return False
+  remaining = max(1, int(launch.deadline - time.monotonic()))
+  if launch.auto:
     try:
-      jax.distributed.initialize(initialization_timeout=timeout_s)
+      jax.distributed.initialize(initialization_timeout=remaining)
     except Exception as e:  # pylint: disable=broad-except
       raise DistributedError(
           f'--distributed: jax.distributed.initialize() found no cluster or '
-          f'could not connect within {timeout_s} s: {e}') from e
+          f'could not connect within {launch.timeout_s} s: {e}') from e
     return True
-  if missing:
-    raise ValueError(
-        f'A multi-process run needs --coordinator_address, --num_processes '
-        f'and --process_id together; missing {", ".join(missing)}.')
-  if num_processes < 1:
-    raise ValueError(f'--num_processes must be >= 1, got {num_processes}.')
-  if not 0 <= process_id < num_processes:
-    raise ValueError(
-        f'--process_id must be in [0, {num_processes}) for '
-        f'--num_processes={num_processes}, got {process_id}.')
-  host, _, port = coordinator_address.rpartition(':')
-  if not host or not port.isdigit():
-    raise ValueError(f'--coordinator_address must be host:port, got '
-                     f'{coordinator_address!r}.')
-  deadline = time.monotonic() + timeout_s
-  if process_id != 0:
-    # JAX aborts the process when the coordinator never answers; a plain
-    # TCP probe first turns that case into a clear error.
-    _wait_for_port(host, int(port), deadline, what=(
-        f'Process {process_id} of {num_processes}: no coordinator answered '
-        f'at {coordinator_address} within {timeout_s} s. Start process 0 '
-        'with the same --coordinator_address (it serves that port), or '
-        'raise --distributed_timeout_s.'))
   logging.info('Joining a %d-process run at %s as process %d (waiting up '
-               'to %d s for every process).', num_processes,
-               coordinator_address, process_id, timeout_s)
+               'to %d s for every process).', launch.num_processes,
+               launch.coordinator_address, launch.process_id,
+               launch.timeout_s)
   try:
     jax.distributed.initialize(
-        coordinator_address, num_processes, process_id,
-        initialization_timeout=max(1, int(deadline - time.monotonic())))
+        launch.coordinator_address, launch.num_processes, launch.process_id,
+        initialization_timeout=remaining)
   except Exception as e:  # pylint: disable=broad-except
     raise DistributedError(
-        f'Process {process_id} of {num_processes} could not join the run at '
-        f'{coordinator_address} within {timeout_s} s (is process 0 running '
-        f'and reachable, and are all {num_processes} processes started?): '
-        f'{e}') from e
+        f'Process {launch.process_id} of {launch.num_processes} could not '
+        f'join the run at {launch.coordinator_address} within '
+        f'{launch.timeout_s} s (is process 0 running and reachable, and are '
+        f'all {launch.num_processes} processes started?): {e}') from e
   return True
-
-
-def _wait_for_port(host: str, port: int, deadline: float, *, what: str
-                   ) -> None:
-  """Returns once `host:port` accepts a TCP connection; raises at `deadline`."""
-  while True:
-    try:
-      with socket.create_connection((host, port), timeout=1.0):
-        return
-    except OSError:
-      if time.monotonic() >= deadline:
-        raise DistributedError(what) from None
-      time.sleep(0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,4 +255,4 @@ def make_runtime(config: ml_collections.ConfigDict) -> Runtime | None:
 
 
 __all__ = ('DEFAULT_INIT_TIMEOUT_S', 'DistributedError', 'Runtime',
-           'initialize', 'make_runtime')
+           'initialize', 'join', 'make_runtime')
