@@ -48,23 +48,10 @@ def initialize(*, coordinator_address: str | None,
   """Calls `jax.distributed.initialize` when the flags ask for it.
 
   `launch.check` then `join`; `experiments.main` calls the two apart, the
-  check before it imports jax.
-
-  Args:
-    coordinator_address: ``host:port`` of process 0's coordinator.
-    num_processes: P.
-    process_id: this process, in [0, P).
-    auto: `--distributed`: let JAX detect the cluster (Cloud TPU, SLURM)
-      when the three flags above are not given.
-    timeout_s: how long to wait for every process to connect.
+  check before it imports jax. The arguments and errors are `launch.check`'s.
 
   Returns:
     Whether this is a distributed run.
-
-  Raises:
-    ValueError: some but not all of the three flags, a bad process id or
-      count, or a malformed address.
-    DistributedError: the coordinator did not answer within `timeout_s`.
   """
   return join(launch_lib.check(
       coordinator_address=coordinator_address, num_processes=num_processes,
