@@ -123,8 +123,12 @@ def test_int_quantize_per_channel():
     baselines.int_quantize(w, 1)
 
 
-# The smoke config on fewer windows, for the pipeline and both tools alike.
-SAMPLE_RUN = {'data.num_train': 192, 'retrain.num_train': 64}
+# The smoke config on fewer windows, for the pipeline and both tools alike,
+# on a 2-device mesh: the language model's only run on a mesh, at 2 devices
+# rather than conftest's 4, which on 2 cores costs about 10 s more for the
+# same sharded programs.
+SAMPLE_RUN = {'data.num_train': 192, 'retrain.num_train': 64,
+              'mesh.num_devices': 2}
 
 
 @pytest.mark.slow

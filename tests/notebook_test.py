@@ -30,6 +30,11 @@ def run(tmp_path_factory):
     mp.setenv('GMP_JAX_NOTEBOOK_SMOKE', '1')
     mp.setenv('GMP_JAX_NOTEBOOK_WORKDIR', workdir)
     mp.setenv('JAX_PLATFORMS', 'cpu')
+    # One CPU device, not conftest's four: the notebook's pipeline then
+    # compiles single-device programs (about 10 s less on 2 cores). The
+    # mesh paths it would take on a TPU are tested by the pipeline's own
+    # mesh tests.
+    mp.setenv('JAX_NUM_CPU_DEVICES', '1')
     client = NotebookClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name='python3',
         allow_errors=False, resources={'metadata': {'path': REPO}})
