@@ -26,7 +26,10 @@ training images; Shakespeare's validation bytes) and on the test split;
 the kept fraction of the covered weights, the values per leaf and CR_file.
 Defaults are judged on the validation figures; the test figures are
 reported once. `--leaf_scale=rms` runs the same with per-leaf scales
-(`init_mixture(..., leaf_scale='rms')`), a candidate default. `--smoke` runs every stage on a few hundred examples with
+(`init_mixture(..., leaf_scale='rms')`), a candidate default;
+`--zero_proportion=0.99` fixes the zero component's share as the published
+recipe does (`init_mixture(..., zero_proportion=0.99)`), with or without
+them. `--smoke` runs every stage on a few hundred examples with
 narrower models (CI).
 
 `--max_components` is `merge_components`' cap on the values per leaf (zero
@@ -292,6 +295,7 @@ def max_components_of(flag: int) -> int | None:
 
 def run_family(name: str, *, smoke: bool = False, seed: int = 0,
                leaf_scale: str | None = None,
+               zero_proportion: float | None = None,
                max_components: int | None = LIBRARY_MAX_COMPONENTS,
                workdir: str | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -334,7 +338,8 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
 
   # 1-2. The prior from the weights, tau by the rule.
   mixture = gmp_jax.init_mixture(teacher, NUM_COMPONENTS,
-                                 leaf_scale=leaf_scale)
+                                 leaf_scale=leaf_scale,
+                                 zero_proportion=zero_proportion)
   data_loss = gmp_jax.LossOptions().data_loss()
   probe = [with_teacher(b) for b in
            _batches(x_train, y_train, family.batch_size, np.random.default_rng(
@@ -415,6 +420,7 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
 
 def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
         leaf_scale: str | None = None,
+        zero_proportion: float | None = None,
         max_components: int | None = LIBRARY_MAX_COMPONENTS,
         workdir: str | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -424,10 +430,12 @@ def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
                      f'{sorted(FAMILIES)}.')
   return {'command': 'python -m benchmarks.recipe_zoo', 'smoke': smoke,
           'seed': seed, 'leaf_scale': leaf_scale,
+          'zero_proportion': zero_proportion,
           'max_components': max_components,
           'versions': {'jax': jax.__version__},
           'families': {f: run_family(f, smoke=smoke, seed=seed,
                                      leaf_scale=leaf_scale,
+                                     zero_proportion=zero_proportion,
                                      max_components=max_components,
                                      workdir=workdir, log=log)
                        for f in families}}
@@ -441,7 +449,10 @@ def _rows(reports, middle):
     for name, f in report['families'].items():
       fmt = ((lambda v: f'{100 * v:.2f}%') if f['metric'] == 'accuracy'
              else (lambda v: f'{v:.4f}'))
-      cells = [name, report.get('leaf_scale') or 'None (default)',
+      start = report.get('leaf_scale') or 'None (default)'
+      if report.get('zero_proportion') is not None:
+        start += f", pi_0 {report['zero_proportion']} fixed"
+      cells = [name, start,
                'none' if cap is None else str(cap),
                *middle(f, fmt), f'{100 * f["kept"]:.2f}%',
                f'{f["cr_file"]:.1f}x']
@@ -481,7 +492,8 @@ def main(argv) -> int:
     return 0
   cap = max_components_of(FLAGS.max_components)
   report = run(FLAGS.families, smoke=FLAGS.smoke, seed=FLAGS.seed,
-               leaf_scale=FLAGS.leaf_scale, max_components=cap,
+               leaf_scale=FLAGS.leaf_scale,
+               zero_proportion=FLAGS.zero_proportion, max_components=cap,
                workdir=FLAGS.workdir)
   report['command'] = cli.command('benchmarks.recipe_zoo')
   print(format_table(report))
@@ -501,6 +513,9 @@ def _define_flags():
   flags.DEFINE_string('json', None, 'Write the figures here.')
   flags.DEFINE_string('leaf_scale', None, "init_mixture's leaf_scale (e.g. "
                       "'rms'); None: the library default.")
+  flags.DEFINE_float('zero_proportion', None, "init_mixture's zero_proportion "
+                     '(e.g. 0.99, fixed as in the published recipe); None: '
+                     'the library default (learned, from the weights).')
   flags.DEFINE_integer('max_components', LIBRARY_MAX_COMPONENTS,
                        "merge_components' cap on the values per leaf, zero "
                        'included (the library default: 4-bit indices); 0: '

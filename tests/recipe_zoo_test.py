@@ -88,6 +88,35 @@ def test_table_has_one_row_per_family(zoo):
   assert table[2].startswith('| cnn | None (default) | 16 | accuracy |')
 
 
+def test_table_names_a_fixed_zero_proportion(zoo):
+  report, _ = zoo
+  assert report['zero_proportion'] is None  # The default: learned.
+  fixed = dict(report, zero_proportion=0.99, leaf_scale='rms')
+  rows = recipe_zoo.format_table(report, fixed).splitlines()[2:]
+  assert rows[0].startswith('| cnn | None (default) | 16 |')
+  assert rows[1].startswith('| cnn | rms, pi_0 0.99 fixed | 16 |')
+
+
+def test_zero_proportion_reaches_init_mixture(monkeypatch):
+  """`--zero_proportion` (and `--leaf_scale`) go to init_mixture as given."""
+  seen = {}
+
+  def init_mixture(*args, **kwargs):
+    seen.update(kwargs)
+    raise RuntimeError('stop after init_mixture')
+
+  monkeypatch.setattr(recipe_zoo.gmp_jax, 'init_mixture', init_mixture)
+  monkeypatch.setattr(recipe_zoo, '_train_teacher',
+                      lambda family, apply_fn, params, state, *a: (params,
+                                                                    state))
+  monkeypatch.setattr(recipe_zoo, '_evaluator',
+                      lambda predict, metric, split: lambda p, m: 0.0)
+  with pytest.raises(RuntimeError, match='stop after init_mixture'):
+    recipe_zoo.run_family('mlp', smoke=True, zero_proportion=0.99,
+                          leaf_scale='rms', log=lambda msg: None)
+  assert seen['zero_proportion'] == 0.99 and seen['leaf_scale'] == 'rms'
+
+
 def test_max_components_flag():
   """16 by default (the library's); 0 turns the cap off; 1 is refused."""
   assert recipe_zoo.LIBRARY_MAX_COMPONENTS == 16
