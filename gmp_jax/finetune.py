@@ -125,14 +125,14 @@ def _is_none(x) -> bool:
   return x is None
 
 
-def _covered_paths(params, mixture) -> set[str]:
+def _covered_paths(params, mixture, filter_fn=None) -> set[str]:
   if mixture is None:
-    return {p for p, _ in prior_lib.select_leaves(params)}
+    return {p for p, _ in prior_lib.select_leaves(params, filter_fn)}
   prior_lib.mixture_leaves(params, mixture)  # Validates the pairing.
   return {p for p, _, _ in mixture.signature}
 
 
-def codebook_from_quantized(params, mixture=None, *,
+def codebook_from_quantized(params, mixture=None, *, filter_fn=None,
                             max_size: int = DEFAULT_MAX_CODEBOOK):
   """Splits a quantised tree into a codebook, assignments and a mask.
 
@@ -144,8 +144,13 @@ def codebook_from_quantized(params, mixture=None, *,
       them, the distinct values as below) the codebook is its K-1
       non-zero means in the leaves' dtype (entries no weight uses stay in
       the codebook and get zero gradient); every non-zero weight must equal
-      one of them. Without it, every floating leaf is coded and the
-      codebook is the sorted distinct non-zero values of those leaves.
+      one of them. Without it, the leaves `filter_fn` chooses are coded
+      and the codebook is the sorted distinct non-zero values of those
+      leaves.
+    filter_fn: without a mixture, the coded leaves: the `filter_fn` the
+      mixture was made with (`init_mixture`'s; default ``'no_norm'``), so
+      leaves the prior did not cover stay as they are. Not with `mixture`,
+      whose leaves are the coded ones.
     max_size: the largest codebook accepted.
 
   Returns:
@@ -164,7 +169,10 @@ def codebook_from_quantized(params, mixture=None, *,
   """
   if not max_size >= 1:
     raise ValueError(f'max_size must be >= 1, got {max_size!r}.')
-  covered = _covered_paths(params, mixture)
+  if mixture is not None and filter_fn is not None:
+    raise ValueError('Pass a mixture or a filter_fn, not both: the '
+                     "mixture's leaves are the coded ones.")
+  covered = _covered_paths(params, mixture, filter_fn)
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   coded = [(jax.tree_util.keystr(p), leaf) for p, leaf in flat
            if jax.tree_util.keystr(p) in covered]

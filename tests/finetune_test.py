@@ -63,6 +63,34 @@ def test_expand_reproduces_the_quantized_tree_bit_for_bit(use_mixture):
     np.testing.assert_array_equal(codebook, np.unique(values[values != 0]))
 
 
+def test_filter_fn_codes_only_the_leaves_the_mixture_covered():
+  """Kernels-only: the float biases stay uncoded, whatever their values."""
+  params = _params(0)
+  mixture = gmp_jax.init_mixture(params, 5, filter_fn='kernels',
+                                 init_std=0.08, zero_proportion=0.6)
+  q = gmp_jax.quantize(params, gmp_jax.merge_components(mixture,
+                                                        threshold=0.0))
+  codebook, indices, mask = finetune.codebook_from_quantized(
+      q, filter_fn='kernels')
+  flat_q = jax.tree_util.tree_flatten_with_path(q)[0]
+  flat_i = jax.tree.leaves(indices, is_leaf=lambda x: x is None)
+  flat_m = jax.tree.leaves(mask, is_leaf=lambda x: x is None)
+  kernels = []
+  for (path, leaf), i, m in zip(flat_q, flat_i, flat_m):
+    if 'kernel' in jax.tree_util.keystr(path):
+      kernels.append(np.asarray(leaf))
+      np.testing.assert_array_equal(m, np.asarray(leaf) != 0)
+    else:  # A bias: not coded, though its values are floats.
+      assert i is None and m is None
+  values = np.concatenate([k.ravel() for k in kernels])
+  np.testing.assert_array_equal(codebook, np.unique(values[values != 0]))
+  # Without the filter the biases' distinct values join the codebook.
+  everything, _, _ = finetune.codebook_from_quantized(q, max_size=10**6)
+  assert everything.size > codebook.size
+  with pytest.raises(ValueError, match='not both'):
+    finetune.codebook_from_quantized(q, mixture, filter_fn='kernels')
+
+
 def test_codebook_gradient_is_the_sum_of_per_weight_gradients():
   _, _, q = _quantized()
   x, labels = _batch()

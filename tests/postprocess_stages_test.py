@@ -125,6 +125,39 @@ def test_rerun_runs_nothing(run):
           for n in pipeline.STAGES} == before
 
 
+@pytest.mark.parametrize('mode', ['codebook', 'straight_through'])
+def test_finetune_codes_only_the_leaves_of_retrain_filter(run, mode):
+  """`retrain.filter` = kernels: the biases are not fine-tuning's to move.
+
+  The module's run quantised biases too (its filter is the default); with
+  its retrained float biases put back, the tree is what a kernels-only run
+  quantises. Set up with that filter, the stage's codebook holds the
+  kernels' values alone (NumPy) and the biases come out as they went in.
+  """
+  from experiments.infra import workdir_layout  # pylint: disable=import-outside-toplevel
+  from experiments.stages import finetune  # pylint: disable=import-outside-toplevel
+  workdir, _ = run
+  retrained = gmp_jax.load_compressed(os.path.join(workdir, 'retrain',
+                                                   'state.gmpz'))
+  quantized = {layer: dict(leaves, bias=np.asarray(retrained[layer]['bias']))
+               for layer, leaves in _load(workdir, 'postprocess').items()}
+  teacher, _ = workdir_layout.load_params(
+      os.path.join(workdir, workdir_layout.TEACHER_PARAMS))
+  config = _config(**{'retrain.filter': 'kernels',
+                      'postprocess.finetune_mode': mode})
+  training = finetune.setup(config, 'lenet300100', quantized, teacher,
+                            pipeline.load_data(config))
+  kernels = np.concatenate([np.asarray(v['kernel']).ravel()
+                            for v in quantized.values()])
+  np.testing.assert_array_equal(
+      np.sort(training.codebook_of(training.state)),
+      np.unique(kernels[kernels != 0]))
+  out = training.params_of(training.state)
+  for layer, leaves in quantized.items():
+    np.testing.assert_array_equal(np.asarray(out[layer]['bias']),
+                                  np.asarray(leaves['bias']))
+
+
 def _rerun_from_finetune(workdir, copy, **overrides):
   """Copies a finished run and reruns it from the finetune stage on."""
   shutil.copytree(workdir, copy)

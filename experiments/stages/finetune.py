@@ -104,7 +104,8 @@ def _all_values(codebook) -> np.ndarray:
 
 def _codebook_mode(config, student, quantized, retrained, tx):
   del retrained  # Assignments come from the quantised tree.
-  codebook, indices, _ = gmp_jax.codebook_from_quantized(quantized)
+  codebook, indices, _ = gmp_jax.codebook_from_quantized(
+      quantized, filter_fn=config.retrain.get('filter'))
   if config.postprocess.get('finetune_per_leaf'):
     codebook, indices = gmp_jax.tiled_per_leaf_codebook(codebook, indices)
   state = gmp_jax.create_codebook_state(codebook, indices, tx,
@@ -143,7 +144,8 @@ def leaf_values_codebook(quantized, leaves: Collection[str]):
 def _straight_through_mode(config, student, quantized, retrained, tx,
                            leaves=None):
   if leaves is None:
-    codebook, _, mask = gmp_jax.codebook_from_quantized(quantized)
+    codebook, _, mask = gmp_jax.codebook_from_quantized(
+        quantized, filter_fn=config.retrain.get('filter'))
     if config.postprocess.get('finetune_per_leaf'):
       codebook = gmp_jax.per_leaf_codebook_tree(codebook, mask)
   else:
