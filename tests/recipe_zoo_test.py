@@ -132,7 +132,9 @@ def test_unknown_family_is_named():
     recipe_zoo.run(['mlp', 'vit'], smoke=True)
 
 
-_COMMITTED = ('zoo.json', 'zoo_leaf_scale.json', 'zoo_leaf_scale_cap16.json')
+_COMMITTED = ('zoo.json', 'zoo_leaf_scale.json', 'zoo_leaf_scale_cap16.json',
+              'zoo_leaf_scale_pi099_mlp_gru.json',
+              'zoo_leaf_scale_pi099_cnn.json')
 
 
 def test_readme_table_is_the_committed_zoo():
@@ -141,9 +143,10 @@ def test_readme_table_is_the_committed_zoo():
   for name in _COMMITTED:
     with open(os.path.join(root, 'results', name)) as f:
       reports.append(json.load(f))
-  assert [r['leaf_scale'] for r in reports] == [None, 'rms', 'rms']
+  assert [r['leaf_scale'] for r in reports] == [None] + ['rms'] * 4
+  assert [r.get('zero_proportion') for r in reports] == [None] * 3 + [0.99] * 2
   # The defaults cap at 16 values; zoo_leaf_scale.json predates the cap.
-  assert [r.get('max_components') for r in reports] == [16, None, 16]
+  assert [r.get('max_components') for r in reports] == [16, None, 16, 16, 16]
   with open(os.path.join(root, 'README.md')) as f:
     readme = f.read()
   assert recipe_zoo.format_table(*reports) in readme
