@@ -28,12 +28,13 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
+from absl import app
 from absl import flags
 
 from experiments.infra import cli
+from experiments.infra import jsonio
 
 SETTINGS = ('default', 'false')
 PROGRAMS = ('data', 'prior', 'both')
@@ -160,18 +161,14 @@ def _define_flags() -> None:
 
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
-    raise SystemExit(f'Unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   results = run(programs=tuple(f.programs), pipelines=tuple(f.pipelines),
                 optimized=f.optimized)
   results['command'] = cli.command('benchmarks.emitters')
   print(table(results))
   if f.json:
-    with tempfile.NamedTemporaryFile(
-        'w', dir=os.path.dirname(os.path.abspath(f.json)) or '.',
-        delete=False, suffix='.tmp') as tmp:
-      json.dump(results, tmp, indent=1)
-    os.replace(tmp.name, f.json)
+    jsonio.write_json_atomic(f.json, results)
   return 0
 
 
