@@ -385,7 +385,9 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
   say(f'quantized {figures["quantized"]} kept {figures["kept"]:.4f}')
 
   # 5. Straight-through fine-tuning of the shared values, mask fixed.
-  codebook, _, mask = gmp_jax.codebook_from_quantized(quantized)
+  # Under per-leaf scales each leaf snaps to its own values only.
+  codebook, _, mask = gmp_jax.codebook_from_quantized(
+      quantized, per_leaf=leaf_scale is not None)
   ft_tx = optax.adam(1e-4)
   ft = gmp_jax.create_straight_through_state(
       gmp_jax.masked_latent(state.params, mask), codebook, mask, ft_tx,

@@ -133,7 +133,8 @@ def _covered_paths(params, mixture, filter_fn=None) -> set[str]:
 
 
 def codebook_from_quantized(params, mixture=None, *, filter_fn=None,
-                            max_size: int = DEFAULT_MAX_CODEBOOK):
+                            max_size: int = DEFAULT_MAX_CODEBOOK,
+                            per_leaf: bool = False):
   """Splits a quantised tree into a codebook, assignments and a mask.
 
   Args:
@@ -151,15 +152,26 @@ def codebook_from_quantized(params, mixture=None, *, filter_fn=None,
       mixture was made with (`init_mixture`'s; default ``'no_norm'``), so
       leaves the prior did not cover stay as they are. Not with `mixture`,
       whose leaves are the coded ones.
-    max_size: the largest codebook accepted.
+    max_size: the largest codebook accepted (per leaf with `per_leaf`).
+    per_leaf: for a tree quantised leaf by leaf (`init_mixture(...,
+      leaf_scale=...)`, whose leaves hold their own values s_l mu_k, or
+      per-leaf k-means): each coded leaf gets its own sorted distinct
+      non-zero values as its codebook, so straight-through fine-tuning
+      (`create_straight_through_state`, which takes the tree) snaps its
+      weights to its own values only. A shared codebook would be the union
+      of every leaf's values, and a weight could move to another leaf's.
+      A coded leaf with no non-zero weight is then left uncoded (None).
 
   Returns:
     `(codebook, indices, mask)`: `codebook` a (K,) array of the shared
-    non-zero values in the leaves' dtype; `indices` a tree like `params`
-    with int32 arrays a_i (0 = pruned, k = `codebook[k - 1]`) for coded
-    leaves and None elsewhere; `mask` the same with booleans `a_i != 0`
-    (True = kept). `expand_codebook(codebook, indices, params)` gives back
-    `params` bit for bit (a pruned -0.0 comes back as +0.0).
+    non-zero values in the leaves' dtype (with `per_leaf`, a tree like
+    `params` with one such array per coded leaf, None elsewhere);
+    `indices` a tree like `params` with int32 arrays a_i (0 = pruned,
+    k = `codebook[k - 1]`, the leaf's own codebook with `per_leaf`) for
+    coded leaves and None elsewhere; `mask` the same with booleans
+    `a_i != 0` (True = kept). Without `per_leaf`,
+    `expand_codebook(codebook, indices, params)` gives back `params` bit
+    for bit (a pruned -0.0 comes back as +0.0).
 
   Raises:
     ValueError: coded leaves of different dtypes, non-finite or
@@ -177,15 +189,17 @@ def codebook_from_quantized(params, mixture=None, *, filter_fn=None,
   coded = [(jax.tree_util.keystr(p), leaf) for p, leaf in flat
            if jax.tree_util.keystr(p) in covered]
   dtypes = {np.dtype(leaf.dtype) for _, leaf in coded}
-  if len(dtypes) != 1:
+  if len(dtypes) != 1 and not per_leaf:
     raise ValueError('The coded leaves must share one dtype to share a '
                      f'codebook; got {sorted(map(str, dtypes))}.')
-  dtype = dtypes.pop()
   host = {p: np.asarray(jax.device_get(leaf)) for p, leaf in coded}
   for p, x in host.items():
     if not np.all(np.isfinite(x.astype(np.float32))):
       raise ValueError(f'Leaf {p} has non-finite values; expected a '
                        'quantised tree.')
+  if per_leaf:
+    return _leaf_codebooks(flat, treedef, host, max_size)
+  dtype = dtypes.pop()
   nonzero = [x[x != 0] for x in host.values()]
   if mixture is None or mixture.leaf_scales is not None:
     # Per-leaf scales give each leaf its own values s_l mu_k: the codebook is
@@ -222,6 +236,30 @@ def codebook_from_quantized(params, mixture=None, *, filter_fn=None,
   mask = jax.tree.map(lambda i: None if i is None else i != 0, indices,
                       is_leaf=_is_none)
   return jnp.asarray(codebook), indices, mask
+
+
+def _leaf_codebooks(flat, treedef, host, max_size: int):
+  """`codebook_from_quantized(..., per_leaf=True)` of the checked leaves."""
+  codebooks, indices = [None] * len(flat), [None] * len(flat)
+  for i, (path, _) in enumerate(flat):
+    x = host.get(jax.tree_util.keystr(path))
+    if x is None or not np.any(x != 0):
+      continue
+    values = np.unique(x[x != 0])
+    if values.size > max_size:
+      raise ValueError(
+          f'Leaf {jax.tree_util.keystr(path)} has {values.size} distinct '
+          f'non-zero values, more than max_size={max_size}; pass a '
+          'quantised tree (gmp_jax.quantize).')
+    index = np.searchsorted(values, x) + 1
+    codebooks[i] = jnp.asarray(values)
+    indices[i] = jnp.asarray(np.where(x != 0, index, 0).astype(np.int32))
+  if all(c is None for c in codebooks):
+    raise ValueError('Every coded weight is zero; nothing to fine-tune.')
+  indices = jax.tree_util.tree_unflatten(treedef, indices)
+  mask = jax.tree.map(lambda i: None if i is None else i != 0, indices,
+                      is_leaf=_is_none)
+  return jax.tree_util.tree_unflatten(treedef, codebooks), indices, mask
 
 
 def tiled_per_leaf_codebook(codebook: jax.Array, indices):

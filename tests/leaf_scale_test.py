@@ -297,6 +297,73 @@ def test_codebook_from_a_scaled_quantisation_round_trips():
   assert all(m is None or m.dtype == bool for m in jax.tree.leaves(mask))
 
 
+def test_per_leaf_codebooks_hold_each_leaf_own_values():
+  """`per_leaf=True`: each leaf's codebook is its own distinct values, and
+  straight-through assignment never gives a leaf another leaf's value."""
+  params = _tree()
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  quantized = gmp_jax.quantize(params, mixture)
+  codebook, indices, mask = gmp_jax.codebook_from_quantized(
+      quantized, per_leaf=True)
+  for name, x in quantized.items():
+    x = np.asarray(x)
+    own = np.unique(x[x != 0])
+    np.testing.assert_array_equal(np.asarray(codebook[name]), own)
+    a = np.asarray(indices[name])
+    np.testing.assert_array_equal(a != 0, x != 0)
+    np.testing.assert_array_equal(np.asarray(mask[name]), x != 0)
+    np.testing.assert_array_equal(own[a[a != 0] - 1], x[x != 0])
+  # Latent weights at the unquantised values: each leaf reads its own
+  # nearest value (a NumPy argmin over that leaf's values) ...
+  latent = gmp_jax.masked_latent(params, mask)
+  snapped = gmp_jax.straight_through_params(latent, codebook, mask)
+  for name, x in quantized.items():
+    x, w = np.asarray(x), np.asarray(params[name])
+    own = np.unique(x[x != 0])
+    want = own[np.argmin(np.abs(w[..., None] - own), axis=-1)]
+    np.testing.assert_array_equal(np.asarray(snapped[name]),
+                                  np.where(x != 0, want, 0))
+  # ... whereas the shared codebook, the union of every leaf's values, lets
+  # some weight take a value its leaf never held.
+  shared, _, shared_mask = gmp_jax.codebook_from_quantized(quantized)
+  union = gmp_jax.straight_through_params(latent, shared, shared_mask)
+  assert any(not np.isin(np.asarray(union[k])[np.asarray(x) != 0],
+                         np.asarray(x)[np.asarray(x) != 0]).all()
+             for k, x in quantized.items())
+
+
+def test_per_leaf_codebooks_edge_cases():
+  params = _tree()
+  quantized = gmp_jax.quantize(params, gmp_jax.init_mixture(
+      params, 17, leaf_scale='rms'))
+  # A coded leaf with no non-zero weight stays uncoded.
+  some_zero = dict(quantized, bias=jnp.zeros_like(quantized['bias']))
+  codebook, indices, mask = gmp_jax.codebook_from_quantized(
+      some_zero, per_leaf=True)
+  assert codebook['bias'] is None and indices['bias'] is None
+  assert mask['bias'] is None and codebook['dense'] is not None
+  # Leaves of different dtypes need not share one.
+  mixed = dict(quantized, bias=quantized['bias'].astype(jnp.bfloat16))
+  codebook, _, _ = gmp_jax.codebook_from_quantized(mixed, per_leaf=True)
+  assert codebook['bias'].dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match='share one dtype'):
+    gmp_jax.codebook_from_quantized(mixed)
+  # max_size counts per leaf.
+  most = max(np.unique(np.asarray(x)[np.asarray(x) != 0]).size
+             for x in quantized.values())
+  gmp_jax.codebook_from_quantized(quantized, per_leaf=True, max_size=most)
+  with pytest.raises(ValueError, match=f'more than max_size={most - 1}'):
+    gmp_jax.codebook_from_quantized(quantized, per_leaf=True,
+                                    max_size=most - 1)
+  with pytest.raises(ValueError, match='Every coded weight is zero'):
+    gmp_jax.codebook_from_quantized(jax.tree.map(jnp.zeros_like, quantized),
+                                    per_leaf=True)
+  with pytest.raises(ValueError, match='non-finite'):
+    gmp_jax.codebook_from_quantized(
+        dict(quantized, bias=quantized['bias'].at[0].set(jnp.nan)),
+        per_leaf=True)
+
+
 # ----------------------------------------------------------------------------
 # Scale groups: leaves sharing one pooled-RMS scale
 # ----------------------------------------------------------------------------

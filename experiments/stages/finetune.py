@@ -117,39 +117,21 @@ def _codebook_mode(config, student, quantized, retrained, tx):
           lambda s: _all_values(s.codebook))
 
 
-def leaf_values_codebook(quantized, leaves: Collection[str]):
-  """Per-leaf codebooks of a tree quantised leaf by leaf.
-
-  Each leaf of `leaves` (`jax.tree_util.keystr` paths) gets its own sorted
-  distinct non-zero values as its codebook and its non-zero weights as
-  kept (exact zeros stay zero, as everywhere in this stage); a leaf with no
-  non-zero value is not coded (kept as is).
-
-  Returns:
-    `(codebook, mask)`: trees like `quantized`, None where not coded, for
-    `gmp_jax.create_straight_through_state`.
-  """
-  flat, treedef = jax.tree_util.tree_flatten_with_path(quantized)
-  codebook, mask = [None] * len(flat), [None] * len(flat)
-  for i, (path, x) in enumerate(flat):
-    if jax.tree_util.keystr(path) not in leaves:
-      continue
-    x = np.asarray(jax.device_get(x))
-    if np.any(x != 0):
-      codebook[i], mask[i] = np.unique(x[x != 0]), x != 0
-  return (jax.tree_util.tree_unflatten(treedef, codebook),
-          jax.tree_util.tree_unflatten(treedef, mask))
-
-
 def _straight_through_mode(config, student, quantized, retrained, tx,
                            leaves=None):
   if leaves is None:
+    # Per-leaf scales give each leaf its own values: each leaf then snaps
+    # to its own only.
+    own_values = bool(config.retrain.get('leaf_scale'))
     codebook, _, mask = gmp_jax.codebook_from_quantized(
-        quantized, filter_fn=config.retrain.get('filter'))
-    if config.postprocess.get('finetune_per_leaf'):
+        quantized, filter_fn=config.retrain.get('filter'),
+        per_leaf=own_values)
+    if config.postprocess.get('finetune_per_leaf') and not own_values:
       codebook = gmp_jax.per_leaf_codebook_tree(codebook, mask)
   else:
-    codebook, mask = leaf_values_codebook(quantized, leaves)
+    codebook, _, mask = gmp_jax.codebook_from_quantized(
+        quantized, per_leaf=True,
+        filter_fn=lambda path, _: jax.tree_util.keystr(path) in leaves)
   start = quantized if retrained is None else retrained
   state = gmp_jax.create_straight_through_state(
       gmp_jax.masked_latent(start, mask), codebook, mask, tx,
@@ -186,7 +168,8 @@ def setup(config: ml_collections.ConfigDict, student: str, quantized,
     leaf_values: optional leaf paths (`jax.tree_util.keystr`) of a tree
       quantised leaf by leaf (per-leaf k-means): whatever
       `finetune_mode`, straight-through training of these leaves, each
-      with its own distinct values as its codebook (`leaf_values_codebook`).
+      with its own distinct values as its codebook
+      (`gmp_jax.codebook_from_quantized(..., per_leaf=True)`).
   """
   tx = optax.adam(config.postprocess.finetune_learning_rate)
   build = (MODES[mode(config)] if leaf_values is None else
