@@ -12,10 +12,17 @@ import struct
 
 import numpy as np
 import pytest
-from tensorboardX.proto import event_pb2
 
 from experiments.infra import cli
 from experiments.tools import tensorboard
+
+
+def _event_pb2():
+  # Imported here, not at collection: tensorboardX imports torch when it can
+  # (seconds per test process); the writer's own import hides it.
+  tensorboard._import_tensorboardx()
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  return event_pb2
 
 
 def _crc32c(data: bytes) -> int:
@@ -46,7 +53,7 @@ def _read_events(logdir):
       (payload_crc,) = struct.unpack(
           '<I', data[pos + 12 + length:pos + 16 + length])
       assert payload_crc == _masked(_crc32c(payload)), path
-      events.append(event_pb2.Event.FromString(payload))
+      events.append(_event_pb2().Event.FromString(payload))
       pos += 16 + length
   return events
 

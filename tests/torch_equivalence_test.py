@@ -4,16 +4,31 @@
 against; these tests pin it to `gmp_jax` on the same weights and batch.
 """
 
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip('torch')
+import gmp_jax
+from experiments.image import models
 
-import gmp_jax  # pylint: disable=g-import-not-at-top
-from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
-from experiments.image import models  # pylint: disable=g-import-not-at-top
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec('torch') is None,
+    reason='PyTorch is not installed (the bench extra)')
+
+# Imported by the fixture below, not at collection (torch takes seconds of
+# CPU to import, in every test process).
+torch = ref = None
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _import_torch():
+  global torch, ref  # pylint: disable=global-statement
+  import torch as torch_module  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+  torch, ref = torch_module, torch_reference
 
 TAU = 5e-3
 DATASET_SIZE = 60_000
