@@ -45,7 +45,7 @@ in the default config, on the chosen teacher.
 
 `:smoke` runs every stage in well under a minute on the 64 KiB sample shipped
 in tests/data (used by the tests), with `transformer_tiny` (the same model at
-2 layers, d_model 64: 141,312 parameters) and one train step per compiled
+1 layer, d_model 64: 91,328 parameters) and one train step per compiled
 call, as compilation, not training, is most of its time.
 """
 
