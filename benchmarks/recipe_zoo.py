@@ -37,9 +37,11 @@ included): by default the library's, 16 (4-bit indices); `0` turns the cap
 off. Each family's figures record it (`max_components`, null = no cap), so
 running the zoo both ways measures what the cap costs.
 `results/zoo.json` is the defaults (capped at 16); `results/zoo_uncapped.json`
-and `results/zoo_leaf_scale.json` were run before the library capped by
-default, as with `--max_components=0`: the same teachers, so the first two
-differ by the cap alone.
+was run before the library capped by default, as with `--max_components=0`,
+and `results/zoo_leaf_scale.json` with `--leaf_scale=rms --max_components=0`:
+the same teachers, so the first two differ by the cap alone. Under
+`--leaf_scale`, fine-tuning gives each leaf its own values as its codebook
+(`codebook_from_quantized(..., per_leaf=True)`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ import optax
 import gmp_jax
 from gmp_jax.flax import nnx_apply
 from experiments.infra import cli
+from experiments.infra import jsonio
 
 FLAGS = flags.FLAGS
 NUM_COMPONENTS = 17
@@ -500,10 +503,7 @@ def main(argv) -> int:
   report['command'] = cli.command('benchmarks.recipe_zoo')
   print(format_table(report))
   if FLAGS.json:
-    tmp = FLAGS.json + '.tmp'
-    with open(tmp, 'w') as f:
-      f.write(json.dumps(report, indent=1) + '\n')
-    os.replace(tmp, FLAGS.json)
+    jsonio.write_json_atomic(FLAGS.json, report)
   return 0
 
 

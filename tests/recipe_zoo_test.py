@@ -145,7 +145,7 @@ def test_readme_table_is_the_committed_zoo():
       reports.append(json.load(f))
   assert [r['leaf_scale'] for r in reports] == [None] + ['rms'] * 4
   assert [r.get('zero_proportion') for r in reports] == [None] * 3 + [0.99] * 2
-  # The defaults cap at 16 values; zoo_leaf_scale.json predates the cap.
+  # The defaults cap at 16 values; zoo_leaf_scale.json is run without a cap.
   assert [r.get('max_components') for r in reports] == [16, None, 16, 16, 16]
   with open(os.path.join(root, 'README.md')) as f:
     readme = f.read()
