@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+from absl import app
 import jax
 import numpy as np
 import pytest
@@ -227,3 +228,40 @@ def test_no_fine_tuned_rows_without_a_fine_tuning_budget(run, tmp_path):
   table = baselines.run(config, str(tmp_path), kmeans=(), kmeans_ft=(K,),
                         int_bits=())
   assert [r['name'] for r in table['rows']] == ['teacher']
+
+
+def test_table_from_recomputes_the_front(tmp_path):
+  """`--table_from`: the front of a table written with the old keys, by
+  hand: each baseline against the smallest gmp_jax file at least as good."""
+  from experiments.infra import cli  # pylint: disable=import-outside-toplevel
+  row = lambda name, kind, value, size: {  # pylint: disable=unnecessary-lambda-assignment
+      'name': name, 'kind': kind, 'bits_per_byte': value,
+      'file_bytes': size, 'cr_file': 1000 / size}
+  gmp = dict(tau_ratio=0.05, tau=1.0, retrain_epochs=1, nonzero_fraction=0.5)
+  table = {'metric': 'bits_per_byte', 'rows': [
+      row('teacher', 'teacher', 2.0, 1000), row('kmeans4', 'kmeans', 3.0, 200),
+      row('kmeans16', 'kmeans', 2.1, 400), row('int4', 'int', 2.2, 380),
+      dict(row('a', 'gmp_jax', 2.5, 100), **gmp),
+      dict(row('b', 'gmp_jax', 2.15, 150), **gmp)],
+      'front': [{'kmeans': 'kmeans4', 'smaller': 9.0}]}  # Old keys.
+  path = tmp_path / 'baselines.json'
+  path.write_text(json.dumps(table))
+  assert cli.call(baselines, [f'--table_from={path}']) == 0
+  front = json.loads(path.read_text())['front']
+  assert [(f['baseline'], f['kind'], f['gmp']) for f in front] == [
+      ('kmeans4', 'kmeans', 'a'), ('kmeans16', 'kmeans', None),
+      ('int4', 'int', 'b')]
+  assert front[0]['smaller'] == 2.0 and front[2]['smaller'] == 380 / 150
+  assert front[1]['smaller'] is None
+  md = (tmp_path / 'baselines.md').read_text()
+  assert '| int4 | 2.2000 | 380 | b | 150 | 2.53x |' in md
+  assert '| kmeans16 | 2.1000 | 400 | none as good | | |' in md
+  # Bad input: not a table; both ways at once; neither.
+  bad = tmp_path / 'bad.json'
+  bad.write_text('{"rows": []}')
+  with pytest.raises(ValueError, match=r"lacks \['metric'\]"):
+    cli.call(baselines, [f'--table_from={bad}'])
+  with pytest.raises(app.UsageError, match='without --config and --workdir'):
+    cli.call(baselines, [f'--table_from={path}', f'--workdir={tmp_path}'])
+  with pytest.raises(app.UsageError, match='are required'):
+    cli.call(baselines, [])

@@ -4,6 +4,8 @@
       --config=experiments/configs/shakespeare.py \\
       --workdir=workdir/shakespeare \\
       [--kmeans=4,8,16,32] [--kmeans_ft=16,32] [--int_bits=8,4]
+  python -m experiments.tools.baselines \\
+      --table_from=results/shakespeare/baselines.json
 
 reads the teacher of a finished pipeline run (``teacher/params.gmpz``) and
 compresses it by
@@ -39,7 +41,9 @@ baseline file against the smallest gmp_jax file that scores at least as
 well (`front_ratios`). ``--kmeans_ft`` (unset: the K of ``--kmeans``;
 empty: none) picks the fine-tuned rows; their epoch records go to
 ``baselines/metrics.jsonl`` (rewritten by every invocation), their
-checkpoints are removed once trained.
+checkpoints are removed once trained. ``--table_from`` re-renders a table
+written earlier (its front recomputed by the current `front_ratios`) without
+running a model.
 """
 
 from __future__ import annotations
@@ -407,14 +411,43 @@ def _define_flags() -> None:
   flags.DEFINE_list('int_bits', ['8', '4'], 'Bits of the int-b runs.')
   flags.DEFINE_multi_string('also', [], 'label=workdir of another finished run '
                             'on the same teacher, shown beside this one.')
+  flags.DEFINE_string('table_from', None, 'A baselines.json written earlier: '
+                      'recompute its front by the current rules and rewrite '
+                      'it and the baselines.md beside it (no model runs; '
+                      'instead of --config and --workdir).')
   config_flags.DEFINE_config_file('config', None, 'The run\'s config.',
                                   lock_config=True)
-  flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def rewrite_table(path: str) -> dict[str, Any]:
+  """Re-renders a written `baselines.json`: its rows as they are, the front
+  recomputed (`front_ratios`), the JSON and the `baselines.md` beside it
+  rewritten atomically. Returns the table."""
+  with open(path) as f:
+    table = json.load(f)
+  missing = {'metric', 'rows'} - set(table)
+  if missing:
+    raise ValueError(f'{path} is not a baselines table: it lacks '
+                     f'{sorted(missing)}.')
+  table['front'] = front_ratios(table)
+  jsonio.write_json_atomic(path, table)
+  fileio.write_atomic(os.path.join(os.path.dirname(path), 'baselines.md'),
+                      markdown(table))
+  return table
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.table_from:
+    if FLAGS.config is not None or FLAGS.workdir is not None:
+      raise app.UsageError('--table_from runs no model: pass it without '
+                           '--config and --workdir.')
+    print(markdown(rewrite_table(FLAGS.table_from)))
+    return 0
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError('--config and --workdir are required (or '
+                         '--table_from).')
   also = []
   for item in FLAGS.also:
     label, sep, path = item.partition('=')
