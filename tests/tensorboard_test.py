@@ -40,6 +40,7 @@ def _masked(crc: int) -> int:
 
 def _read_events(logdir):
   """Every Event in every event file of `logdir`, CRCs checked."""
+  event_pb2 = _event_pb2()
   events = []
   for path in sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*'))):
     data = open(path, 'rb').read()
@@ -53,7 +54,7 @@ def _read_events(logdir):
       (payload_crc,) = struct.unpack(
           '<I', data[pos + 12 + length:pos + 16 + length])
       assert payload_crc == _masked(_crc32c(payload)), path
-      events.append(_event_pb2().Event.FromString(payload))
+      events.append(event_pb2.Event.FromString(payload))
       pos += 16 + length
   return events
 

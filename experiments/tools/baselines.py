@@ -296,12 +296,18 @@ def run(config, workdir: str, *, kmeans: Sequence[int] = (4, 8, 16, 32),
   table = {'metric': metric, 'parameters': parameters,
            'raw_float32_bytes': raw_bytes, 'covered_leaves': len(covered),
            'rows': rows}
-  table['front'] = front_ratios(table)
-  jsonio.write_json_atomic(os.path.join(out_dir, 'baselines.json'), table)
-  fileio.write_atomic(os.path.join(out_dir, 'baselines.md'),
-                      markdown(table))
+  write_table(table, os.path.join(out_dir, 'baselines.json'))
   plot(table, ctx.path('figures', 'baselines.png'))
   return table
+
+
+def write_table(table, path: str) -> None:
+  """Sets `table['front']` (`front_ratios`) and writes the table atomically
+  as JSON to `path` and as Markdown to the `baselines.md` beside it."""
+  table['front'] = front_ratios(table)
+  jsonio.write_json_atomic(path, table)
+  fileio.write_atomic(os.path.join(os.path.dirname(path), 'baselines.md'),
+                      markdown(table))
 
 
 def _at(tree, path):
@@ -429,10 +435,7 @@ def rewrite_table(path: str) -> dict[str, Any]:
   if missing:
     raise ValueError(f'{path} is not a baselines table: it lacks '
                      f'{sorted(missing)}.')
-  table['front'] = front_ratios(table)
-  jsonio.write_json_atomic(path, table)
-  fileio.write_atomic(os.path.join(os.path.dirname(path), 'baselines.md'),
-                      markdown(table))
+  write_table(table, path)
   return table
 
 
