@@ -27,6 +27,7 @@ the kept fraction of the covered weights, the values per leaf and CR_file.
 Defaults are judged on the validation figures; the test figures are
 reported once. `--leaf_scale=rms` runs the same with per-leaf scales
 (`init_mixture(..., leaf_scale='rms')`), a candidate default;
+`--tau_ratio` is `calibrate_tau`'s ratio (default 0.05, the library's);
 `--zero_proportion=0.99` fixes the zero component's share as the published
 recipe does (`init_mixture(..., zero_proportion=0.99)`), with or without
 them. `--smoke` runs every stage on a few hundred examples with
@@ -64,6 +65,7 @@ import numpy as np
 import optax
 
 import gmp_jax
+from gmp_jax.calibration import DEFAULT_RATIO
 from gmp_jax.flax import nnx_apply
 from experiments.infra import cli
 from experiments.infra import jsonio
@@ -300,6 +302,7 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
                leaf_scale: str | None = None,
                zero_proportion: float | None = None,
                max_components: int | None = LIBRARY_MAX_COMPONENTS,
+               tau_ratio: float = DEFAULT_RATIO,
                workdir: str | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
   """README's recipe on one family; returns its figures (see the docstring).
@@ -351,7 +354,7 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
       lambda p, b: data_loss(predict(p, teacher_state, b['x']), b)[0],
       teacher, mixture,
       probe)
-  tau = gmp_jax.calibrate_tau(scales, dataset_size=n)
+  tau = gmp_jax.calibrate_tau(scales, dataset_size=n, ratio=tau_ratio)
   figures['tau'] = float(tau)
   initial = gmp_jax.quantize(teacher, mixture)
   figures['quantized_initial'] = measure(initial, teacher_state)
@@ -427,6 +430,7 @@ def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
         leaf_scale: str | None = None,
         zero_proportion: float | None = None,
         max_components: int | None = LIBRARY_MAX_COMPONENTS,
+        tau_ratio: float = DEFAULT_RATIO,
         workdir: str | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
   unknown = sorted(set(families) - set(FAMILIES))
@@ -436,12 +440,13 @@ def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
   return {'command': 'python -m benchmarks.recipe_zoo', 'smoke': smoke,
           'seed': seed, 'leaf_scale': leaf_scale,
           'zero_proportion': zero_proportion,
-          'max_components': max_components,
+          'max_components': max_components, 'tau_ratio': tau_ratio,
           'versions': {'jax': jax.__version__},
           'families': {f: run_family(f, smoke=smoke, seed=seed,
                                      leaf_scale=leaf_scale,
                                      zero_proportion=zero_proportion,
                                      max_components=max_components,
+                                     tau_ratio=tau_ratio,
                                      workdir=workdir, log=log)
                        for f in families}}
 
@@ -457,6 +462,9 @@ def _rows(reports, middle):
       start = report.get('leaf_scale') or 'None (default)'
       if report.get('zero_proportion') is not None:
         start += f", pi_0 {report['zero_proportion']} fixed"
+      ratio = report.get('tau_ratio', DEFAULT_RATIO)
+      if ratio != DEFAULT_RATIO:
+        start += f', tau ratio {ratio:g}'
       cells = [name, start,
                'none' if cap is None else str(cap),
                *middle(f, fmt), f'{100 * f["kept"]:.2f}%',
@@ -499,7 +507,7 @@ def main(argv) -> int:
   report = run(FLAGS.families, smoke=FLAGS.smoke, seed=FLAGS.seed,
                leaf_scale=FLAGS.leaf_scale,
                zero_proportion=FLAGS.zero_proportion, max_components=cap,
-               workdir=FLAGS.workdir)
+               tau_ratio=FLAGS.tau_ratio, workdir=FLAGS.workdir)
   report['command'] = cli.command('benchmarks.recipe_zoo')
   print(format_table(report))
   if FLAGS.json:
@@ -522,6 +530,9 @@ def _define_flags():
                        "merge_components' cap on the values per leaf, zero "
                        'included (the library default: 4-bit indices); 0: '
                        'no cap.', lower_bound=0)
+  flags.DEFINE_float('tau_ratio', DEFAULT_RATIO,
+                     "calibrate_tau's ratio rho (the library default).",
+                     lower_bound=0.0)
   flags.DEFINE_string('workdir', None, 'Keep each family\'s file here.')
   flags.DEFINE_list('tables_from', [], 'Only print the tables of these '
                     'JSON reports (test split; every stage on validation).')

@@ -105,15 +105,27 @@ def _xla_optimized(request):
       os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = saved_env
 
 
-# The longest modules (BUILD_NOTES' CI durations table), scheduled first:
-# `-n 2 --dist loadscope` hands out whole modules in collection order, and
-# a long one collected last would leave the other worker idle at the end.
+# The longest modules by summed time (BUILD_NOTES' CI durations tables, both
+# legs), scheduled first: `-n 2 --dist loadscope` hands out whole modules in
+# this order, and a long one handed out last would leave the other worker
+# idle at the end. A stale list costs time, never a result.
 _LONGEST_FIRST = (
-    'pipeline_test.py', 'multiprocess_pipeline_test.py',
-    'language_model_test.py', 'postprocess_stages_test.py',
-    'notebook_test.py', 'readme_lm_recipe_test.py', 'stateful_test.py',
-    'train_test.py', 'sharding_test.py', 'scaling_smoke_test.py',
-    'scale_benchmark_test.py', 'committed_results_test.py')
+    'pipeline_test.py', 'committed_results_test.py',
+    'multiprocess_pipeline_test.py', 'postprocess_stages_test.py',
+    'scale_benchmark_test.py', 'language_model_test.py', 'notebook_test.py',
+    'train_test.py', 'benchmark_smoke_test.py', 'scaling_smoke_test.py',
+    'readme_lm_recipe_test.py', 'torch_equivalence_test.py',
+    'sharding_test.py', 'prior_kernel_test.py', 'stateful_test.py',
+    'sweep_test.py', 'recipe_zoo_test.py', 'entry_points_test.py',
+    'prior_test.py', 'multiprocess_test.py', 'tpu_lowering_test.py',
+    'equinox_test.py', 'transformer_test.py', 'readme_recipes_test.py')
+
+
+def pytest_configure(config):
+  # xdist (>= 3.6) otherwise re-sorts loadscope's modules by their number of
+  # tests, which would undo the order below.
+  if hasattr(config.option, 'loadscopereorder'):
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):

@@ -117,6 +117,30 @@ def test_zero_proportion_reaches_init_mixture(monkeypatch):
   assert seen['zero_proportion'] == 0.99 and seen['leaf_scale'] == 'rms'
 
 
+def test_tau_ratio_reaches_calibrate_tau_and_the_table(monkeypatch, zoo):
+  """`--tau_ratio` is calibrate_tau's ratio; a non-default one is named."""
+  seen = {}
+
+  def calibrate_tau(scales, **kwargs):
+    seen.update(kwargs)
+    raise RuntimeError('stop after calibrate_tau')
+
+  monkeypatch.setattr(recipe_zoo.gmp_jax, 'calibrate_tau', calibrate_tau)
+  monkeypatch.setattr(recipe_zoo, '_train_teacher',
+                      lambda family, apply_fn, params, state, *a: (params,
+                                                                    state))
+  monkeypatch.setattr(recipe_zoo, '_evaluator',
+                      lambda predict, metric, split: lambda p, m: 0.0)
+  with pytest.raises(RuntimeError, match='stop after calibrate_tau'):
+    recipe_zoo.run_family('mlp', smoke=True, tau_ratio=0.2,
+                          log=lambda msg: None)
+  assert seen['ratio'] == 0.2
+  report, _ = zoo
+  assert report['tau_ratio'] == 0.05  # The library's default.
+  rows = recipe_zoo.format_table(dict(report, tau_ratio=0.2)).splitlines()
+  assert rows[2].startswith('| cnn | None (default), tau ratio 0.2 | 16 |')
+
+
 def test_max_components_flag():
   """16 by default (the library's); 0 turns the cap off; 1 is refused."""
   assert recipe_zoo.LIBRARY_MAX_COMPONENTS == 16
