@@ -68,3 +68,44 @@ def test_what_the_pass_resolves():
   assert (checked.runtime is None) == (jax.device_count() == 1)
   off = config_check.check_config(_smoke(**{'postprocess.finetune_epochs': 0}))
   assert off.finetune_epochs == 0 and off.augment_shift == 0
+
+
+def _untyped_none_fields(config, prefix=''):
+  """Fields holding a plain None, which `--config.FIELD=...` cannot set."""
+  from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
+  for name in config.keys():
+    value = config[name]
+    if isinstance(value, config_dict.ConfigDict):
+      yield from _untyped_none_fields(value, f'{prefix}{name}.')
+    elif value is None:
+      try:
+        config.get_ref(name)  # A typed placeholder has a reference.
+      except ValueError:
+        yield prefix + name
+
+
+@pytest.mark.parametrize('module, arg', [
+    (m, a) for m in ('mnist', 'lenet300', 'lenet5', 'fashion_mnist')
+    for a in (None, 'smoke')] + [('shakespeare', a)
+                                  for a in (None, 'smoke', 'converged')])
+def test_every_none_field_can_be_set_from_the_command_line(module, arg):
+  """A None option is a typed placeholder, so the flag parser accepts it."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  config_module = importlib.import_module(f'experiments.configs.{module}')
+  assert list(_untyped_none_fields(config_module.get_config(arg))) == []
+  if module != 'shakespeare' or arg is not None:
+    return
+  # What a user types, parsed by the same flag machinery as the entry point.
+  argv = ['prog', f'--config={config_module.__file__}',
+          '--config.retrain.zero_proportion=0.99',
+          '--config.retrain.learn_zero_proportion=true',
+          '--config.retrain.init_std=0.05']
+  values = flags.FlagValues()
+  # sys_argv: the overrides it defines as flags (else the real sys.argv's).
+  config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv)
+  values(argv)
+  rc = values.config.retrain
+  assert (rc.zero_proportion, rc.learn_zero_proportion, rc.init_std) == (
+      0.99, True, 0.05)

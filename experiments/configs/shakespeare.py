@@ -68,9 +68,11 @@ def get_config(arg: str | None = None):
   config.teacher.warmup_steps = 100
   rc = config.retrain
   rc.filter = 'no_norm'  # gmp_jax.filters' default: no normalisation layers.
-  rc.init_std = None  # The three: init_mixture's defaults.
-  rc.zero_proportion = None
-  rc.learn_zero_proportion = None
+  # The three: init_mixture's defaults (None), typed so that the command
+  # line can still set them (e.g. --config.retrain.zero_proportion=0.99).
+  rc.init_std = config_dict.placeholder(float)
+  rc.zero_proportion = config_dict.placeholder(float)
+  rc.learn_zero_proportion = config_dict.placeholder(bool)
   rc.tau_ratio = 0.05  # gmp_jax.calibration.DEFAULT_RATIO.
   rc.distillation = 'kl'  # gmp_jax.LossOptions' default.
   rc.temperature = 1.0
