@@ -91,14 +91,16 @@ def _untyped_none_fields(config, prefix=''):
 def test_every_none_field_can_be_set_from_the_command_line(module, arg):
   """A None option is a typed placeholder, so the flag parser accepts it."""
   import importlib  # pylint: disable=import-outside-toplevel
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   config_module = importlib.import_module(f'experiments.configs.{module}')
   assert list(_untyped_none_fields(config_module.get_config(arg))) == []
-  if module != 'shakespeare' or arg is not None:
-    return
-  # What a user types, parsed by the same flag machinery as the entry point.
-  argv = ['prog', f'--config={config_module.__file__}',
+
+
+def test_shakespeare_mixture_options_parse_from_the_command_line():
+  """What a user types, parsed by the same flag machinery as the entry point."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from experiments.configs import shakespeare  # pylint: disable=import-outside-toplevel
+  argv = ['prog', f'--config={shakespeare.__file__}',
           '--config.retrain.zero_proportion=0.99',
           '--config.retrain.learn_zero_proportion=true',
           '--config.retrain.init_std=0.05']

@@ -97,43 +97,40 @@ def test_table_names_a_fixed_zero_proportion(zoo):
   assert rows[1].startswith('| cnn | rms, pi_0 0.99 fixed | 16 |')
 
 
-def test_zero_proportion_reaches_init_mixture(monkeypatch):
-  """`--zero_proportion` (and `--leaf_scale`) go to init_mixture as given."""
+def _keywords_reaching(monkeypatch, library_fn, **run_kwargs):
+  """The keyword arguments `run_family` passes `gmp_jax.<library_fn>`.
+
+  The teacher is not trained and the evaluations return 0; the run stops
+  at that call.
+  """
   seen = {}
 
-  def init_mixture(*args, **kwargs):
+  def stop(*args, **kwargs):
     seen.update(kwargs)
-    raise RuntimeError('stop after init_mixture')
+    raise RuntimeError(f'stop at {library_fn}')
 
-  monkeypatch.setattr(recipe_zoo.gmp_jax, 'init_mixture', init_mixture)
+  monkeypatch.setattr(recipe_zoo.gmp_jax, library_fn, stop)
   monkeypatch.setattr(recipe_zoo, '_train_teacher',
                       lambda family, apply_fn, params, state, *a: (params,
                                                                     state))
   monkeypatch.setattr(recipe_zoo, '_evaluator',
                       lambda predict, metric, split: lambda p, m: 0.0)
-  with pytest.raises(RuntimeError, match='stop after init_mixture'):
-    recipe_zoo.run_family('mlp', smoke=True, zero_proportion=0.99,
-                          leaf_scale='rms', log=lambda msg: None)
+  with pytest.raises(RuntimeError, match=f'stop at {library_fn}'):
+    recipe_zoo.run_family('mlp', smoke=True, log=lambda msg: None,
+                          **run_kwargs)
+  return seen
+
+
+def test_zero_proportion_reaches_init_mixture(monkeypatch):
+  """`--zero_proportion` (and `--leaf_scale`) go to init_mixture as given."""
+  seen = _keywords_reaching(monkeypatch, 'init_mixture',
+                            zero_proportion=0.99, leaf_scale='rms')
   assert seen['zero_proportion'] == 0.99 and seen['leaf_scale'] == 'rms'
 
 
 def test_tau_ratio_reaches_calibrate_tau_and_the_table(monkeypatch, zoo):
   """`--tau_ratio` is calibrate_tau's ratio; a non-default one is named."""
-  seen = {}
-
-  def calibrate_tau(scales, **kwargs):
-    seen.update(kwargs)
-    raise RuntimeError('stop after calibrate_tau')
-
-  monkeypatch.setattr(recipe_zoo.gmp_jax, 'calibrate_tau', calibrate_tau)
-  monkeypatch.setattr(recipe_zoo, '_train_teacher',
-                      lambda family, apply_fn, params, state, *a: (params,
-                                                                    state))
-  monkeypatch.setattr(recipe_zoo, '_evaluator',
-                      lambda predict, metric, split: lambda p, m: 0.0)
-  with pytest.raises(RuntimeError, match='stop after calibrate_tau'):
-    recipe_zoo.run_family('mlp', smoke=True, tau_ratio=0.2,
-                          log=lambda msg: None)
+  seen = _keywords_reaching(monkeypatch, 'calibrate_tau', tau_ratio=0.2)
   assert seen['ratio'] == 0.2
   report, _ = zoo
   assert report['tau_ratio'] == 0.05  # The library's default.
