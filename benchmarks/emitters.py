@@ -47,7 +47,8 @@ import gmp_jax
 from experiments.image import models
 model = models.get_model('poster')
 params = models.init_params(model, jax.random.key(0))
-mixture = gmp_jax.init_mixture(params, 17, init_std=0.25, zero_proportion=0.99)
+mixture = gmp_jax.init_mixture(params, 17, leaf_scale=None, init_std=0.25,
+                               zero_proportion=0.99)
 x, t = jnp.zeros((8, 28, 28, 1)), jnp.zeros((8, 10))
 data = lambda p: gmp_jax.distillation_loss(model.apply({'params': p}, x), t, 4.0)
 prior = lambda p, m: -gmp_jax.mixture_log_prob(p, m)

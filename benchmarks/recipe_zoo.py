@@ -3,14 +3,16 @@
   python -m benchmarks.recipe_zoo --json=results/zoo.json
   python -m benchmarks.recipe_zoo --families=mlp,cnn --smoke   # seconds
   python -m benchmarks.recipe_zoo \\
-      --tables_from=results/zoo.json,results/zoo_uncapped.json,results/zoo_leaf_scale.json
+      --tables_from=results/zoo.json,results/zoo_leaf_scale.json,results/zoo_shared.json
   python -m benchmarks.recipe_zoo --max_components=0 --json=nocap.json
 
 Each family trains a float teacher, then runs "Compress your own model" with
-the library's defaults and nothing tuned: `init_mixture(teacher, 17)`, tau
+the library's defaults and nothing tuned: `init_mixture(teacher, 17)` (per-leaf
+scales), tau
 by `calibrate_tau` at the default ratio, `gmp_optimizer()`, KL distillation
 (`LossOptions().data_loss()`), `merge_components` + `quantize`, straight-through
-fine-tuning of the shared values, `save_compressed`. Only the data, the
+fine-tuning of each leaf's values (`codebook_from_quantized(quantized,
+merged)`), `save_compressed`. Only the data, the
 model and the epoch budgets are the family's own (`FAMILIES`).
 
 Families (all Flax NNX):
@@ -25,24 +27,23 @@ the fine-tuned file reloaded, on the validation split (the last 5,000
 training images; Shakespeare's validation bytes) and on the test split;
 the kept fraction of the covered weights, the values per leaf and CR_file.
 Defaults are judged on the validation figures; the test figures are
-reported once. `--leaf_scale=rms` runs the same with per-leaf scales
-(`init_mixture(..., leaf_scale='rms')`), a candidate default;
+reported once. `--leaf_scale=none` runs the same with one mixture in
+weight units (`init_mixture(..., leaf_scale=None)`, the default before
+per-leaf scales);
 `--tau_ratio` is `calibrate_tau`'s ratio (default 0.05, the library's);
 `--zero_proportion=0.99` fixes the zero component's share as the published
-recipe does (`init_mixture(..., zero_proportion=0.99)`), with or without
-them. `--smoke` runs every stage on a few hundred examples with
+recipe does (`init_mixture(..., zero_proportion=0.99)`). `--smoke` runs every stage on a few hundred examples with
 narrower models (CI).
 
 `--max_components` is `merge_components`' cap on the values per leaf (zero
 included): by default the library's, 16 (4-bit indices); `0` turns the cap
 off. Each family's figures record it (`max_components`, null = no cap), so
 running the zoo both ways measures what the cap costs.
-`results/zoo.json` is the defaults (capped at 16); `results/zoo_uncapped.json`
-was run before the library capped by default, as with `--max_components=0`,
-and `results/zoo_leaf_scale.json` with `--leaf_scale=rms --max_components=0`:
-the same teachers, so the first two differ by the cap alone. Under
-`--leaf_scale`, fine-tuning gives each leaf its own values as its codebook
-(`codebook_from_quantized(..., per_leaf=True)`).
+`results/zoo.json` is the defaults (per-leaf scales, capped at 16),
+`results/zoo_leaf_scale.json` the same with `--max_components=0`, and
+`results/zoo_shared.json` one mixture (run before per-leaf scales became
+the default, as with `--leaf_scale=none`; `results/zoo_uncapped.json` is
+that without the cap).
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ VALID_IMAGES = 5_000
 # merge_components' default cap on the values per leaf (16: 4-bit indices).
 LIBRARY_MAX_COMPONENTS = inspect.signature(
     gmp_jax.merge_components).parameters['max_components'].default
+# init_mixture's default leaf scale ('rms': per-leaf scales).
+LIBRARY_LEAF_SCALE = inspect.signature(
+    gmp_jax.init_mixture).parameters['leaf_scale'].default
 
 
 # ------------------------------------------------------------------ models --
@@ -299,7 +303,7 @@ def max_components_of(flag: int) -> int | None:
 
 
 def run_family(name: str, *, smoke: bool = False, seed: int = 0,
-               leaf_scale: str | None = None,
+               leaf_scale: str | None = LIBRARY_LEAF_SCALE,
                zero_proportion: float | None = None,
                max_components: int | None = LIBRARY_MAX_COMPONENTS,
                tau_ratio: float = DEFAULT_RATIO,
@@ -392,8 +396,7 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
 
   # 5. Straight-through fine-tuning of the shared values, mask fixed.
   # Under per-leaf scales each leaf snaps to its own values only.
-  codebook, _, mask = gmp_jax.codebook_from_quantized(
-      quantized, per_leaf=leaf_scale is not None)
+  codebook, _, mask = gmp_jax.codebook_from_quantized(quantized, merged)
   ft_tx = optax.adam(1e-4)
   ft = gmp_jax.create_straight_through_state(
       gmp_jax.masked_latent(state.params, mask), codebook, mask, ft_tx,
@@ -427,7 +430,7 @@ def run_family(name: str, *, smoke: bool = False, seed: int = 0,
 
 
 def run(families: Sequence[str], *, smoke: bool = False, seed: int = 0,
-        leaf_scale: str | None = None,
+        leaf_scale: str | None = LIBRARY_LEAF_SCALE,
         zero_proportion: float | None = None,
         max_components: int | None = LIBRARY_MAX_COMPONENTS,
         tau_ratio: float = DEFAULT_RATIO,
@@ -459,7 +462,10 @@ def _rows(reports, middle):
     for name, f in report['families'].items():
       fmt = ((lambda v: f'{100 * v:.2f}%') if f['metric'] == 'accuracy'
              else (lambda v: f'{v:.4f}'))
-      start = report.get('leaf_scale') or 'None (default)'
+      # A report without the key predates per-leaf scales: one mixture.
+      start = str(report.get('leaf_scale') or 'none')
+      if start == LIBRARY_LEAF_SCALE:
+        start += ' (default)'
       if report.get('zero_proportion') is not None:
         start += f", pi_0 {report['zero_proportion']} fixed"
       ratio = report.get('tau_ratio', DEFAULT_RATIO)
@@ -505,7 +511,8 @@ def main(argv) -> int:
     return 0
   cap = max_components_of(FLAGS.max_components)
   report = run(FLAGS.families, smoke=FLAGS.smoke, seed=FLAGS.seed,
-               leaf_scale=FLAGS.leaf_scale,
+               leaf_scale=(None if FLAGS.leaf_scale == 'none'
+                           else FLAGS.leaf_scale),
                zero_proportion=FLAGS.zero_proportion, max_components=cap,
                tau_ratio=FLAGS.tau_ratio, workdir=FLAGS.workdir)
   report['command'] = cli.command('benchmarks.recipe_zoo')
@@ -521,8 +528,9 @@ def _define_flags():
   flags.DEFINE_integer('seed', 0, 'Seed of the teacher, data order and '
                        'dropout.')
   flags.DEFINE_string('json', None, 'Write the figures here.')
-  flags.DEFINE_string('leaf_scale', None, "init_mixture's leaf_scale (e.g. "
-                      "'rms'); None: the library default.")
+  flags.DEFINE_string('leaf_scale', LIBRARY_LEAF_SCALE,
+                      "init_mixture's leaf_scale: 'rms' (the library's "
+                      "default), or 'none' for one mixture in weight units.")
   flags.DEFINE_float('zero_proportion', None, "init_mixture's zero_proportion "
                      '(e.g. 0.99, fixed as in the published recipe); None: '
                      'the library default (learned, from the weights).')

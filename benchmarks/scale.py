@@ -375,7 +375,8 @@ def trained_mixture(gmp, params):
   each other, so `merge_components`' KL rules keep all 17; its default cap
   merges one pair (16 shared values).
   """
-  mixture = gmp.init_mixture(params, NUM_COMPONENTS, init_std=COMPONENT_STD,
+  mixture = gmp.init_mixture(params, NUM_COMPONENTS, leaf_scale=None,
+                             init_std=COMPONENT_STD,
                              zero_proportion=ZERO_PROPORTION)
   half = np.linspace(*MEANS_RANGE, (NUM_COMPONENTS - 1) // 2)
   means = np.concatenate([-half[::-1], half])

@@ -262,7 +262,8 @@ def run_benchmark(*, configs: Sequence[str], batch_sizes: Sequence[int],
       torch_version = torch.__version__
   model = models.get_model('poster')
   params = models.init_params(model, jax.random.key(0))
-  mixture = gmp_jax.init_mixture(params, NUM_COMPONENTS, init_std=INIT_STD,
+  mixture = gmp_jax.init_mixture(params, NUM_COMPONENTS, leaf_scale=None,
+                                 init_std=INIT_STD,
                                  zero_proportion=ZERO_PROPORTION,
                                  learn_zero_proportion=False)
   setup = {'model': model, 'params': params, 'mixture': mixture,

@@ -210,8 +210,8 @@ def diagnose(params, mixture: prior_lib.GaussianMixture, *,
           f'{lost[0]}' + (f' and {len(lost) - 1} more' if len(lost) > 1
                           else '') + ' while keeping '
           f'{100 * fraction:.2f}% of all covered weights. If the leaves\' '
-          'scales differ, init_mixture(params, leaf_scale=\'rms\') puts the '
-          'prior on each leaf\'s weights over its own scale.')
+          'scales differ, init_mixture\'s default leaf_scale=\'rms\' puts '
+          'the prior on each leaf\'s weights over its own scale.')
   if ratio is not None and not RATIO_WARNING[0] <= ratio <= RATIO_WARNING[1]:
     messages.append(
         f'The prior gradient is {ratio:.3g} times the data gradient; '

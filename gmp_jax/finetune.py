@@ -134,7 +134,7 @@ def _covered_paths(params, mixture, filter_fn=None) -> set[str]:
 
 def codebook_from_quantized(params, mixture=None, *, filter_fn=None,
                             max_size: int = DEFAULT_MAX_CODEBOOK,
-                            per_leaf: bool = False):
+                            per_leaf: bool | None = None):
   """Splits a quantised tree into a codebook, assignments and a mask.
 
   Args:
@@ -153,14 +153,15 @@ def codebook_from_quantized(params, mixture=None, *, filter_fn=None,
       leaves the prior did not cover stay as they are. Not with `mixture`,
       whose leaves are the coded ones.
     max_size: the largest codebook accepted (per leaf with `per_leaf`).
-    per_leaf: for a tree quantised leaf by leaf (`init_mixture(...,
-      leaf_scale=...)`, whose leaves hold their own values s_l mu_k, or
-      per-leaf k-means): each coded leaf gets its own sorted distinct
+    per_leaf: for a tree quantised leaf by leaf (a mixture with per-leaf
+      scales, `init_mixture`'s default, whose leaves hold their own values
+      s_l mu_k, or per-leaf k-means): each coded leaf gets its own sorted distinct
       non-zero values as its codebook, so straight-through fine-tuning
       (`create_straight_through_state`, which takes the tree) snaps its
       weights to its own values only. A shared codebook would be the union
       of every leaf's values, and a weight could move to another leaf's.
       A coded leaf with no non-zero weight is then left uncoded (None).
+      None (default): True when `mixture` has `leaf_scales`, else False.
 
   Returns:
     `(codebook, indices, mask)`: `codebook` a (K,) array of the shared
@@ -181,6 +182,8 @@ def codebook_from_quantized(params, mixture=None, *, filter_fn=None,
   """
   if not max_size >= 1:
     raise ValueError(f'max_size must be >= 1, got {max_size!r}.')
+  if per_leaf is None:
+    per_leaf = mixture is not None and mixture.leaf_scales is not None
   if mixture is not None and filter_fn is not None:
     raise ValueError('Pass a mixture or a filter_fn, not both: the '
                      "mixture's leaves are the coded ones.")

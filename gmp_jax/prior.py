@@ -280,31 +280,15 @@ def init_mixture(params, num_components: int = 17, *,
                  zero_proportion: float | None = None,
                  learn_zero_proportion: bool | None = None,
                  means_range: tuple[float, float] | None = None,
-                 leaf_scale: str | Sequence[float] | None = None,
+                 leaf_scale: str | Sequence[float] | None = 'rms',
                  scale_groups: (Mapping[str, str]
                                 | Sequence[tuple[str, str]] | None) = None,
                  dtype=jnp.float32) -> GaussianMixture:
   r"""Initialises a mixture prior from the covered weights' own statistics.
 
   Every default is scale-free, so it transfers from a LeNet's weights to a
-  transformer's:
-
-  * the K-1 non-zero means are spread evenly over the range of the covered
-    weights, :math:`\mu = \mathrm{linspace}(\min w, \max w, K - 1)`
-    (or `means_range`), a spacing of
-    :math:`\Delta = (\max w - \min w) / (K - 2)`;
-  * every component starts with standard deviation `init_std`, by default
-    :math:`\Delta / 2`: the 1-sigma intervals of neighbouring means touch;
-  * the mixing proportions, the zero component's included, start at the
-    fraction of the covered weights nearest to each mean (0 included),
-    :math:`\pi_k = (n_k + 1) / (n + K)`, and are learned. So quantising
-    the trained model with the initial mixture prunes about the weights
-    nearest to zero, not all of them.
-
-  One mixture over every leaf fails when the leaves' scales differ: the
-  spacing is set by the widest leaf, and a leaf of small weights falls
-  whole into the zero component. `leaf_scale='rms'` makes the mixture a
-  prior on :math:`w / s_l` instead, with a fixed scale per covered leaf l,
+  transformer's. The prior is on :math:`w / s_l`, with a fixed scale per
+  covered leaf l (`leaf_scale='rms'`),
 
   .. math::
 
@@ -312,12 +296,25 @@ def init_mixture(params, num_components: int = 17, *,
 
   the root mean square about 0 (not the standard deviation: the zero
   component sits at 0, so a leaf's offset from 0 is part of its scale; not a
-  median |w|, which is 0 for a half-pruned leaf). The statistics above are
-  then those of the normalised weights :math:`w / s_l`, pooled over
-  leaves, and the means span :math:`\pm q`, q the 99.9% quantile of
-  :math:`|w / s_l|`, rather than the min and max: with every leaf at unit
-  RMS, a few outliers of one leaf would otherwise set the spacing for all,
-  and a symmetric range puts no mean closer to 0 than half the spacing.
+  median |w|, which is 0 for a half-pruned leaf). One mixture in weight
+  units (`leaf_scale=None`) fails when the leaves' scales differ: its
+  spacing is set by the widest leaf, and a leaf of small weights falls whole
+  into the zero component (a CNN's dense layer beside its convolutions).
+  Then, on the normalised weights pooled over leaves:
+
+  * the K-1 non-zero means are spread evenly over :math:`\pm q`, q the
+    99.9% quantile of :math:`|w / s_l|` (with `leaf_scale=None`, over the
+    weights' range, :math:`\mathrm{linspace}(\min w, \max w, K - 1)`), or
+    over `means_range`: with every leaf at unit RMS, a few outliers of one
+    leaf would otherwise set the spacing for all, and a symmetric range puts
+    no mean closer to 0 than half the spacing :math:`\Delta`;
+  * every component starts with standard deviation `init_std`, by default
+    :math:`\Delta / 2`: the 1-sigma intervals of neighbouring means touch;
+  * the mixing proportions, the zero component's included, start at the
+    fraction of the covered weights nearest to each mean (0 included),
+    :math:`\pi_k = (n_k + 1) / (n + K)`, and are learned. So quantising
+    the trained model with the initial mixture prunes about the weights
+    nearest to zero, not all of them.
 
   `scale_groups` lets chosen leaves share one scale (with 'rms' only): each
   covered leaf joins the first group whose regex matches its path, and a
@@ -330,10 +327,11 @@ def init_mixture(params, num_components: int = 17, *,
 
   every leaf of g then using s_g. A leaf no group matches keeps its own s_l.
 
-  Giving `zero_proportion` restores the published recipe's fixed pi_0 (Ullrich
-  et al. 2017; their tutorial used K=17, sigma=0.25, pi_0=0.99 fixed, as
-  `experiments/configs/mnist.py` pins): the non-zero components then share
-  1 - pi_0 equally.
+  Giving `zero_proportion` fixes pi_0, the non-zero components sharing
+  1 - pi_0 equally. The published recipe (Ullrich et al. 2017; their
+  tutorial used K=17, sigma=0.25, pi_0=0.99 fixed) is
+  `init_mixture(params, 17, leaf_scale=None, init_std=0.25,
+  zero_proportion=0.99)`, as `experiments/configs/mnist.py` pins.
 
   Args:
     params: any pytree of arrays, e.g. Flax Linen `params` or NNX state.
@@ -349,10 +347,13 @@ def init_mixture(params, num_components: int = 17, *,
       when `zero_proportion` is None, else False (pi_0 fixed).
     means_range: `(low, high)` for the non-zero means instead of the weights'
       range (in normalised units with `leaf_scale`).
-    leaf_scale: None: one mixture over the weights themselves. 'rms': the
-      prior on w / s_l with s_l each covered leaf's root mean square (an
-      empty leaf gets 1). Or a sequence of positive floats, one s_l per
-      covered leaf in signature order (e.g. a saved `mixture.leaf_scales`).
+    leaf_scale: 'rms' (default): the prior on w / s_l with s_l each covered
+      leaf's root mean square; an empty or all-zero leaf (a bias at its
+      initial zeros) has none and takes the pooled RMS of the other covered
+      weights (1 if every one is zero). None: one mixture over the weights
+      themselves, as the published recipe. Or a sequence of positive floats,
+      one s_l per covered leaf in signature order (e.g. a saved
+      `mixture.leaf_scales`).
       The scales are fixed: stored in `leaf_scales`, never learned.
     scale_groups: with `leaf_scale='rms'`, groups of leaves that share one
       scale (pooled RMS, above): an ordered mapping ``{name: regex}`` or a
@@ -370,9 +371,7 @@ def init_mixture(params, num_components: int = 17, *,
   Raises:
     ValueError: bad K, std or pi_0, no compressible leaves, NaN/inf
       weights, or with `leaf_scale` an unknown name, a sequence of the wrong
-      length or with a non-positive entry, or a leaf whose weights are all
-      zero or all equal (it has no scale; leave it out with `filter_fn`),
-      or `scale_groups` without `leaf_scale='rms'`, with an empty name, a
+      length or with a non-positive or non-finite entry, or `scale_groups` without `leaf_scale='rms'`, with an empty name, a
       regex that is no string or does not compile, a group that gets no
       covered leaf, or one whose pooled weights are all zero.
     TypeError: a custom filter chose an integer leaf.
@@ -535,21 +534,16 @@ def _leaf_scales(chosen, leaf_scale, scale_groups=None) -> tuple[float, ...]:
         scales.append(pooled[g])
         continue
       values = np.ravel(np.asarray(leaf, np.float32))
-      if not values.size:
-        scales.append(1.0)
-        continue
-      rms = math.sqrt(float(np.mean(np.square(values, dtype=np.float64))))
-      if rms == 0.0:
-        raise ValueError(
-            f'Leaf {path}: every weight is zero, so it has no scale for '
-            f"leaf_scale={leaf_scale!r}; leave it out with filter_fn.")
-      if np.all(values == values[0]):
-        raise ValueError(
-            f'Leaf {path}: all {values.size} weights equal {values[0]!r}, so '
-            f"its scale for leaf_scale={leaf_scale!r} is no spread; leave it "
-            'out with filter_fn.')
-      scales.append(rms)
-    return tuple(scales)
+      scales.append(
+          math.sqrt(float(np.mean(np.square(values, dtype=np.float64))))
+          if values.size else None)
+    # An empty or all-zero leaf (a bias at its initial zeros) has no scale of
+    # its own: it takes the RMS of every other covered weight, pooled.
+    sum_sq = sum(s * s * np.size(leaf) for s, (_, leaf) in zip(scales, chosen)
+                 if s)
+    count = sum(np.size(leaf) for s, (_, leaf) in zip(scales, chosen) if s)
+    fallback = math.sqrt(sum_sq / count) if count else 1.0
+    return tuple(s if s else fallback for s in scales)
   scales = tuple(float(x) for x in leaf_scale)
   if len(scales) != len(chosen):
     raise ValueError(f'leaf_scale has {len(scales)} entries for '

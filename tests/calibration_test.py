@@ -36,7 +36,7 @@ def _mse_grad_numpy(p, x, t):
 
 def test_gradient_scales_and_calibrate_tau_against_numpy():
   x, t, params = _linear_problem()
-  mixture = gmp_jax.init_mixture(params, 5)
+  mixture = helpers.shared_mixture(params, 5)
   batches = [{'x': x[i:i + 16], 't': t[i:i + 16]} for i in range(0, 64, 16)]
   scales = gmp_jax.gradient_scales(_mse, params, mixture, batches)
   n = params['w'].size + params['b'].size
@@ -58,7 +58,7 @@ def test_gradient_scales_and_calibrate_tau_against_numpy():
 
 def test_step_grad_ratio_matches_numpy_and_leaves_the_update_unchanged():
   x, t, params = _linear_problem(seed=1)
-  mixture = gmp_jax.init_mixture(params, 5)
+  mixture = helpers.shared_mixture(params, 5)
   tx = gmp_jax.gmp_optimizer()
   state = gmp_jax.create_train_state(params, mixture, tx)
   data_loss = lambda out, b: (jnp.mean(jnp.sum(jnp.square(out - b['t']), -1)),  # pylint: disable=unnecessary-lambda-assignment
@@ -99,7 +99,7 @@ def test_calibrate_tau_bad_input():
                           dataset_size=10)
   with pytest.raises(ValueError, match='at least one batch'):
     x, t, params = _linear_problem()
-    gmp_jax.gradient_scales(_mse, params, gmp_jax.init_mixture(params, 3), [])
+    gmp_jax.gradient_scales(_mse, params, helpers.shared_mixture(params, 3), [])
 
 
 def _numpy_kept_fraction(params, mixture):
@@ -115,7 +115,7 @@ def test_diagnose_warns_when_almost_everything_is_pruned():
   rng = np.random.default_rng(0)
   params = {'w': (0.09 * rng.normal(size=(64, 64))).astype(np.float32)}
   # The published recipe on weights of std 0.09 (the issue's transformer).
-  published = gmp_jax.init_mixture(params, 17, init_std=0.25,
+  published = helpers.shared_mixture(params, 17, init_std=0.25,
                                    zero_proportion=0.99)
   with pytest.warns(UserWarning, match=r'prune 100\.00% of the covered'):
     found = gmp_jax.diagnose(params, published)
@@ -126,7 +126,7 @@ def test_diagnose_warns_when_almost_everything_is_pruned():
   assert found.nonzero_fraction == _numpy_kept_fraction(params, published)
   assert found.nonzero_fraction == 0.0
   # The default mixture keeps what NumPy's assignment keeps, and warns not.
-  default = gmp_jax.init_mixture(params, 17)
+  default = helpers.shared_mixture(params, 17)
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     found = gmp_jax.diagnose(params, default,
@@ -141,7 +141,7 @@ def test_diagnose_warns_when_almost_everything_is_pruned():
 
 def test_diagnose_warns_when_the_ratio_is_far_off():
   x, t, params = _linear_problem()
-  mixture = gmp_jax.init_mixture(params, 5)
+  mixture = helpers.shared_mixture(params, 5)
   scales = gmp_jax.gradient_scales(_mse, params, mixture,
                                    [{'x': x, 't': t}])
   tau = gmp_jax.calibrate_tau(scales, dataset_size=64, ratio=1.0)
@@ -159,7 +159,7 @@ def test_init_mixture_defaults_from_the_weights_statistics():
   params = {'a': (0.05 * rng.normal(size=(40, 30))).astype(np.float32),
             'b': (0.05 * rng.normal(size=30)).astype(np.float32)}
   k = 9
-  mixture = gmp_jax.init_mixture(params, k)
+  mixture = helpers.shared_mixture(params, k)
   w = np.concatenate([params['a'].ravel(), params['b'].ravel()])
   means = np.linspace(w.min(), w.max(), k - 1)
   np.testing.assert_allclose(mixture.nonzero_means, means, rtol=1e-6)
@@ -175,11 +175,11 @@ def test_init_mixture_defaults_from_the_weights_statistics():
                              (counts + 1) / (counts.sum() + k), rtol=1e-5)
   assert mixture.zero_proportion is None  # learned
   # A given pi_0 is fixed, as published.
-  fixed = gmp_jax.init_mixture(params, k, zero_proportion=0.99)
+  fixed = helpers.shared_mixture(params, k, zero_proportion=0.99)
   assert fixed.zero_proportion == 0.99
   np.testing.assert_allclose(fixed.mixing_proportions[1:], 0.01 / (k - 1),
                              rtol=1e-5)
-  learned = gmp_jax.init_mixture(params, k, zero_proportion=0.9,
+  learned = helpers.shared_mixture(params, k, zero_proportion=0.9,
                                  learn_zero_proportion=True)
   assert learned.zero_proportion is None
   np.testing.assert_allclose(learned.mixing_proportions[0], 0.9, rtol=1e-6)
@@ -189,11 +189,11 @@ def test_init_mixture_bad_input():
   params = {'a': np.ones((3, 3), np.float32)}
   for std in (0.0, -1.0):
     with pytest.raises(ValueError, match='init_std'):
-      gmp_jax.init_mixture(params, 3, init_std=std)
+      helpers.shared_mixture(params, 3, init_std=std)
   for pi in (0.0, 1.0, 1.5):
     with pytest.raises(ValueError, match='zero_proportion'):
-      gmp_jax.init_mixture(params, 3, zero_proportion=pi)
+      helpers.shared_mixture(params, 3, zero_proportion=pi)
   # Constant weights still give a usable mixture.
-  mixture = gmp_jax.init_mixture(params, 3)
+  mixture = helpers.shared_mixture(params, 3)
   assert np.all(np.isfinite(mixture.variances))
   assert mixture.nonzero_means[0] < 1.0 < mixture.nonzero_means[1]

@@ -126,7 +126,7 @@ def test_retrain_quantise_save_rebuild():
   assert acc_pre > 0.5  # Chance is 0.1.
 
   # 2. Retrain with the prior: gmp_objective + gmp_optimizer, pure pieces.
-  mixture = gmp_jax.init_mixture(params, 17, init_std=0.02,
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale=None, init_std=0.02,
                                  zero_proportion=0.9)
   tx = gmp_jax.gmp_optimizer(weights=1e-3, means=1e-3)
   teacher = logits_fn(params, x)

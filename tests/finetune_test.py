@@ -19,7 +19,7 @@ _np_forward_backward = helpers.np_mlp_forward_backward
 
 def _quantized(seed=0, num_components=5):
   params = _params(seed)
-  mixture = gmp_jax.init_mixture(params, num_components, init_std=0.08,
+  mixture = helpers.shared_mixture(params, num_components, init_std=0.08,
                                  zero_proportion=0.6)
   mixture = gmp_jax.merge_components(mixture, threshold=0.0)
   return params, mixture, gmp_jax.quantize(params, mixture)
@@ -66,7 +66,7 @@ def test_expand_reproduces_the_quantized_tree_bit_for_bit(use_mixture):
 def test_filter_fn_codes_only_the_leaves_the_mixture_covered():
   """Kernels-only: the float biases stay uncoded, whatever their values."""
   params = _params(0)
-  mixture = gmp_jax.init_mixture(params, 5, filter_fn='kernels',
+  mixture = helpers.shared_mixture(params, 5, filter_fn='kernels',
                                  init_std=0.08, zero_proportion=0.6)
   q = gmp_jax.quantize(params, gmp_jax.merge_components(mixture,
                                                         threshold=0.0))
@@ -157,7 +157,7 @@ def test_codebook_gradient_matches_finite_differences():
 
 def test_unused_mixture_components_get_zero_gradient():
   params = _params()
-  mixture = gmp_jax.init_mixture(params, 5, init_std=0.08,
+  mixture = helpers.shared_mixture(params, 5, init_std=0.08,
                                  zero_proportion=0.6)
   # A far-away component that no weight is assigned to.
   mixture = mixture.replace(
@@ -216,7 +216,7 @@ def test_finetuning_keeps_zeros_and_distinct_values_and_lowers_the_loss():
 
 def test_frozen_leaves_pass_through_and_stay_fixed():
   params = _params()
-  mixture = gmp_jax.init_mixture(params, 4, init_std=0.08,
+  mixture = helpers.shared_mixture(params, 4, init_std=0.08,
                                  filter_fn=lambda p, x: x.ndim == 2)
   q = gmp_jax.quantize(params, mixture)
   codebook, indices, mask = finetune.codebook_from_quantized(q, mixture)

@@ -32,9 +32,18 @@ def train_state(params, num_components, *, weights=1e-2):
   tx = gmp_jax.gmp_optimizer(weights=weights)
   # The published recipe (sigma 0.25, pi_0 0.99 fixed), as these tests were
   # written for; init_mixture's data-driven defaults have their own tests.
-  mixture = gmp_jax.init_mixture(params, num_components, init_std=0.25,
-                                 zero_proportion=0.99)
+  mixture = gmp_jax.init_mixture(params, num_components, leaf_scale=None,
+                                 init_std=0.25, zero_proportion=0.99)
   return tx, gmp_jax.create_train_state(params, mixture, tx)
+
+
+def shared_mixture(params, *args, **kwargs):
+  """`gmp_jax.init_mixture` with one mixture in weight units (leaf_scale=None).
+
+  For tests whose NumPy or SciPy reference reads the mixture against the raw
+  weights; per-leaf scales, the default, have theirs in leaf_scale_test.py.
+  """
+  return gmp_jax.init_mixture(params, *args, leaf_scale=None, **kwargs)
 
 
 def flat_weights(params):
@@ -256,16 +265,19 @@ def assert_same_tree(a, b):
     assert b.tobytes() == a.tobytes()
 
 
-def numpy_prior_grad(w, mixture):
-  """d/dw -log sum_k pi_k N(w | mu_k, s_k^2), float64, elementwise."""
+def numpy_prior_grad(w, mixture, scale=1.0):
+  """d/dw -log sum_k pi_k N(w / c | mu_k, s_k^2), float64, elementwise.
+
+  c is the leaf's scale (`mixture.leaf_scales`; 1 without them).
+  """
   mu = np.asarray(mixture.means, np.float64)
   var = np.asarray(mixture.variances, np.float64)
   pi = np.asarray(mixture.mixing_proportions, np.float64)
-  w = np.asarray(w, np.float64).reshape(-1, 1)
+  w = np.asarray(w, np.float64).reshape(-1, 1) / scale
   log = np.log(pi) - 0.5 * np.log(2 * np.pi * var) - (w - mu) ** 2 / (2 * var)
   r = np.exp(log - log.max(axis=1, keepdims=True))
   r /= r.sum(axis=1, keepdims=True)
-  return np.sum(r * (w - mu) / var, axis=1)
+  return np.sum(r * (w - mu) / var, axis=1) / scale
 
 
 def bit_patterns(x) -> np.ndarray:

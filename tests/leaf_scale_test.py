@@ -168,17 +168,26 @@ def test_zero_stays_exactly_zero():
                                q['dense'])
 
 
-def test_no_scales_reproduce_the_default_bit_for_bit():
+def test_rms_is_the_default():
   params = _tree()
   default = gmp_jax.init_mixture(params, 17)
-  explicit = gmp_jax.init_mixture(params, 17, leaf_scale=None)
-  assert explicit.leaf_scales is None
+  explicit = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  want = [np.sqrt(np.mean(np.square(np.asarray(x, np.float64))))
+          for _, x in sorted(params.items())]
+  np.testing.assert_allclose(default.leaf_scales, want, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(explicit)):
     helpers.assert_bitwise_equal(a, b)
+
+
+def test_no_scales_reproduce_a_bare_mixture_bit_for_bit():
+  params = _tree()
+  explicit = gmp_jax.init_mixture(params, 17, leaf_scale=None)
+  assert explicit.leaf_scales is None
   # A mixture built without the field knows nothing of it.
   bare = gmp_jax.GaussianMixture(
-      default.nonzero_means, default.log_precisions, default.mixing_logits,
-      zero_proportion=default.zero_proportion, signature=default.signature)
+      explicit.nonzero_means, explicit.log_precisions,
+      explicit.mixing_logits, zero_proportion=explicit.zero_proportion,
+      signature=explicit.signature)
   assert 'leaf_scales' not in repr(bare)
   for fn in (gmp_jax.mixture_log_prob,
              jax.grad(gmp_jax.mixture_log_prob),
@@ -193,14 +202,25 @@ def test_no_scales_reproduce_the_default_bit_for_bit():
     helpers.assert_bitwise_equal(a, b)
 
 
-@pytest.mark.parametrize('bad,match', [
-    ('zeros', 'every weight is zero'), ('equal', 'all 32 weights equal')])
-def test_degenerate_leaf_is_named(bad, match):
+def test_an_all_zero_leaf_takes_the_pooled_scale_of_the_others():
+  # A bias at its initial zeros has no RMS of its own.
   params = _tree()
-  params['bias'] = (jnp.zeros((32,)) if bad == 'zeros'
-                    else jnp.full((32,), 0.5))
-  with pytest.raises(ValueError, match=rf"\['bias'\].*{match}"):
-    gmp_jax.init_mixture(params, 17, leaf_scale='rms')
+  params['bias'] = jnp.zeros((32,))
+  others = np.concatenate([np.ravel(np.asarray(x, np.float64))
+                           for k, x in params.items() if k != 'bias'])
+  mixture = gmp_jax.init_mixture(params, 17)
+  paths = [p for p, _, _ in mixture.signature]
+  scales = dict(zip(paths, mixture.leaf_scales))
+  np.testing.assert_allclose(scales["['bias']"],
+                             np.sqrt(np.mean(np.square(others))), rtol=1e-6)
+  assert all(np.isfinite(mixture.leaf_scales))
+  # An all-equal leaf has a scale: |c|.
+  params['bias'] = jnp.full((32,), -0.5)
+  scales = dict(zip(paths, gmp_jax.init_mixture(params, 17).leaf_scales))
+  assert scales["['bias']"] == pytest.approx(0.5)
+  # Nothing but zeros: unit scales.
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  assert gmp_jax.init_mixture(zeros, 17).leaf_scales == (1.0,) * len(paths)
 
 
 @pytest.mark.parametrize('leaf_scale,match', [
@@ -223,7 +243,7 @@ def test_scales_not_matching_the_signature_are_refused():
       fn(params, wrong)
 
 
-def test_scaled_init_keeps_both_leaves_where_the_default_prunes_one():
+def test_scaled_init_keeps_both_leaves_where_one_mixture_prunes_one():
   rng = np.random.default_rng(0)
   params = {'big': jnp.asarray(rng.normal(0, 0.2, (30, 40)), jnp.float32),
             'small': jnp.asarray(rng.normal(0, 0.01, (60, 50)), jnp.float32)}
@@ -232,9 +252,9 @@ def test_scaled_init_keeps_both_leaves_where_the_default_prunes_one():
     q = gmp_jax.quantize(params, mixture)
     return {k: float(np.mean(np.asarray(v) != 0)) for k, v in q.items()}
 
-  default = kept(gmp_jax.init_mixture(params, 17))
-  assert default['small'] == 0.0 and default['big'] > 0.3
-  scaled = kept(gmp_jax.init_mixture(params, 17, leaf_scale='rms'))
+  shared = kept(gmp_jax.init_mixture(params, 17, leaf_scale=None))
+  assert shared['small'] == 0.0 and shared['big'] > 0.3
+  scaled = kept(gmp_jax.init_mixture(params, 17))
   assert scaled['small'] > 0.3 and scaled['big'] > 0.3, scaled
 
 
@@ -242,14 +262,14 @@ def test_diagnose_warns_of_a_leaf_pruned_whole():
   rng = np.random.default_rng(0)
   params = {'big': jnp.asarray(rng.normal(0, 0.2, (30, 40)), jnp.float32),
             'small': jnp.asarray(rng.normal(0, 0.01, (60, 50)), jnp.float32)}
-  found = gmp_jax.diagnose(params, gmp_jax.init_mixture(params, 17),
-                           warn=False)
+  found = gmp_jax.diagnose(
+      params, gmp_jax.init_mixture(params, 17, leaf_scale=None), warn=False)
   assert any("leaf_scale='rms'" in m and "['small']" in m
              for m in found.warnings)
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     scaled = gmp_jax.diagnose(
-        params, gmp_jax.init_mixture(params, 17, leaf_scale='rms'))
+        params, gmp_jax.init_mixture(params, 17))
   assert scaled.nonzero_fraction > 0.3 and not scaled.warnings
 
 
@@ -287,7 +307,8 @@ def test_codebook_from_a_scaled_quantisation_round_trips():
   params = _tree()
   mixture = gmp_jax.init_mixture(params, 17, leaf_scale='rms')
   quantized = gmp_jax.quantize(params, mixture)
-  codebook, indices, mask = gmp_jax.codebook_from_quantized(quantized, mixture)
+  codebook, indices, mask = gmp_jax.codebook_from_quantized(
+      quantized, mixture, per_leaf=False)
   want = np.unique(np.concatenate([
       np.asarray(x)[np.asarray(x) != 0] for x in jax.tree.leaves(quantized)]))
   np.testing.assert_array_equal(np.sort(np.asarray(codebook)), want)
@@ -295,6 +316,23 @@ def test_codebook_from_a_scaled_quantisation_round_trips():
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(quantized)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert all(m is None or m.dtype == bool for m in jax.tree.leaves(mask))
+
+
+def test_per_leaf_codebooks_follow_the_mixture_by_default():
+  params = _tree()
+  for leaf_scale, per_leaf in (('rms', True), (None, False)):
+    mixture = gmp_jax.init_mixture(params, 17, leaf_scale=leaf_scale)
+    quantized = gmp_jax.quantize(params, mixture)
+    codebook, _, _ = gmp_jax.codebook_from_quantized(quantized, mixture)
+    if per_leaf:
+      for name, x in quantized.items():
+        x = np.asarray(x)
+        np.testing.assert_array_equal(np.asarray(codebook[name]),
+                                      np.unique(x[x != 0]))
+    else:
+      np.testing.assert_array_equal(
+          np.asarray(codebook),
+          np.asarray(mixture.means[1:]).astype(np.float32))
 
 
 def test_per_leaf_codebooks_hold_each_leaf_own_values():

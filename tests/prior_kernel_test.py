@@ -32,7 +32,7 @@ def _params(sizes, seed=0, dtype=jnp.float32):
 
 
 def _mixture(params, k, seed=1, dtype=jnp.float32):
-  mixture = gmp_jax.init_mixture(params, k, dtype=dtype)
+  mixture = helpers.shared_mixture(params, k, dtype=dtype)
   rng = np.random.default_rng(seed)
   return mixture.replace(
       nonzero_means=mixture.nonzero_means + jnp.asarray(
@@ -170,7 +170,7 @@ def test_far_weights_stay_finite_and_exact(sigma, k):
       np.sign(rng.normal(size=60)) * 10.0 ** rng.uniform(0, 6, size=60),
       [1e3, -1e3, 1e4, -1e4, 1e6, -1e6]]).astype(np.float32)
   params = {'w': jnp.asarray(w)}
-  mixture = gmp_jax.init_mixture(params, k, init_std=sigma)
+  mixture = helpers.shared_mixture(params, k, init_std=sigma)
   mixture = mixture.replace(nonzero_means=jnp.linspace(
       -0.3, 0.3, k - 1, dtype=jnp.float32))
 

@@ -41,7 +41,7 @@ def _scipy_log_prob(params, mixture):
 @pytest.mark.parametrize('learn_zero', [False, True])
 def test_log_prob_matches_scipy(num_components, learn_zero):
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, num_components,
+  mixture = helpers.shared_mixture(params, num_components,
                                  learn_zero_proportion=learn_zero)
   # Move away from the symmetric initialisation.
   rng = np.random.default_rng(1)
@@ -60,7 +60,7 @@ def test_log_prob_matches_scipy(num_components, learn_zero):
 @pytest.mark.parametrize('learn_zero', [False, True])
 def test_exposed_views(learn_zero):
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, 7, zero_proportion=0.9,
+  mixture = helpers.shared_mixture(params, 7, zero_proportion=0.9,
                                  learn_zero_proportion=learn_zero,
                                  init_std=0.5)
   for name in ('means', 'variances', 'mixing_proportions'):
@@ -77,7 +77,7 @@ def test_exposed_views(learn_zero):
 
 def test_zero_mean_stays_exactly_zero_under_grad():
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, 5)
+  mixture = helpers.shared_mixture(params, 5)
   grads = jax.grad(gmp_jax.mixture_log_prob, argnums=1)(params, mixture)
   moved = jax.tree.map(lambda a, g: a + 0.1 * g, mixture, grads)
   assert moved.means[0] == 0.0
@@ -87,7 +87,7 @@ def test_zero_mean_stays_exactly_zero_under_grad():
 def test_gradients_match_finite_differences(learn_zero):
   with enable_x64(True):
     params = _tree(dtype=np.float64)
-    mixture = gmp_jax.init_mixture(params, 4, dtype=jnp.float64,
+    mixture = helpers.shared_mixture(params, 4, dtype=jnp.float64,
                                    learn_zero_proportion=learn_zero,
                                    init_std=0.1)
     mixture = mixture.replace(
@@ -103,7 +103,7 @@ def test_gradients_match_finite_differences(learn_zero):
 
 def test_custom_vjp_matches_autodiff_of_naive_formula():
   params = _tree(3)
-  mixture = gmp_jax.init_mixture(params, 6)
+  mixture = helpers.shared_mixture(params, 6)
 
   def naive(p, m):
     return jnp.sum(helpers.dense_log_prob(helpers.flat_weights(p), m))
@@ -121,7 +121,7 @@ def test_custom_vjp_matches_autodiff_of_naive_formula():
                                            prior_lib._LOG_PRECISION_MIN])
 def test_finite_at_extremes(value, log_precision):
   params = {'w': jnp.array([value, -value, 0.5, 1e-3], jnp.float32)}
-  mixture = gmp_jax.init_mixture({'w': jnp.array([-1.0, 1.0, 0.0, 0.5])}, 4)
+  mixture = helpers.shared_mixture({'w': jnp.array([-1.0, 1.0, 0.0, 0.5])}, 4)
   mixture = mixture.replace(
       log_precisions=jnp.full((4,), log_precision, jnp.float32))
   fn = jax.jit(jax.value_and_grad(
@@ -136,7 +136,7 @@ def test_finite_at_extremes(value, log_precision):
 
 def test_hyperprior_matches_scipy_gamma_and_beta():
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, 4, learn_zero_proportion=True)
+  mixture = helpers.shared_mixture(params, 4, learn_zero_proportion=True)
   mixture = mixture.replace(log_precisions=jnp.array([7.0, 5.0, 6.0, 4.0]))
   hp = gmp_jax.Hyperpriors(zero_gamma=(50.0, 2.0), gamma=(25.0, 0.1),
                            zero_beta=(3.0, 2.0))
@@ -155,7 +155,7 @@ def test_hyperprior_matches_scipy_gamma_and_beta():
 
 def test_mixture_is_a_pytree_through_jit():
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, 3)
+  mixture = helpers.shared_mixture(params, 3)
   out = jax.jit(lambda m: jax.tree.map(lambda x: x * 2, m))(mixture)
   assert isinstance(out, gmp_jax.GaussianMixture)
   assert out.signature == mixture.signature
@@ -164,7 +164,7 @@ def test_mixture_is_a_pytree_through_jit():
 
 def test_mixture_is_a_frozen_dataclass_with_static_fields():
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, 3, zero_proportion=0.99)
+  mixture = helpers.shared_mixture(params, 3, zero_proportion=0.99)
   with pytest.raises(dataclasses.FrozenInstanceError):
     mixture.zero_proportion = 0.5
   paths = [jax.tree_util.keystr(p) for p, _ in
@@ -182,7 +182,7 @@ def test_mixture_is_a_frozen_dataclass_with_static_fields():
 
 def test_component_log_density_matches_scipy():
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, 5, learn_zero_proportion=True)
+  mixture = helpers.shared_mixture(params, 5, learn_zero_proportion=True)
   w = params['dense']['kernel']
   got = prior_lib.component_log_density(w, mixture)
   assert got.shape == w.shape + (5,) and got.dtype == jnp.float32
@@ -193,7 +193,7 @@ def test_component_log_density_matches_scipy():
 
 def test_filter_selects_leaves():
   params = _tree()
-  mixture = gmp_jax.init_mixture(
+  mixture = helpers.shared_mixture(
       params, 3, filter_fn=lambda path, leaf: leaf.ndim > 1)
   assert len(mixture.signature) == 2
   w = np.concatenate([np.ravel(params['conv']['kernel']),
@@ -205,7 +205,7 @@ def test_filter_selects_leaves():
 
 def test_bfloat16_leaves():
   params = _tree(dtype=jnp.bfloat16)
-  mixture = gmp_jax.init_mixture(params, 5)
+  mixture = helpers.shared_mixture(params, 5)
   want = _scipy_log_prob(params, mixture)
   np.testing.assert_allclose(gmp_jax.mixture_log_prob(params, mixture), want,
                              rtol=1e-5)
@@ -219,20 +219,20 @@ def test_bfloat16_leaves():
 @pytest.mark.parametrize('k', [0, 1, -3, 2.5, True])
 def test_bad_num_components(k):
   with pytest.raises(ValueError, match='num_components'):
-    gmp_jax.init_mixture(_tree(), k)
+    helpers.shared_mixture(_tree(), k)
 
 
 def test_no_compressible_leaves():
   with pytest.raises(ValueError, match='no compressible leaves'):
-    gmp_jax.init_mixture({'step': jnp.int32(0)}, 3)
+    helpers.shared_mixture({'step': jnp.int32(0)}, 3)
   with pytest.raises(ValueError, match='no compressible leaves'):
-    gmp_jax.init_mixture({}, 3)
+    helpers.shared_mixture({}, 3)
 
 
 def test_integer_leaf_from_custom_filter():
   params = {'w': jnp.ones(3), 'count': jnp.arange(3)}
   with pytest.raises(TypeError, match=r"\['count'\].*int"):
-    gmp_jax.init_mixture(params, 3, filter_fn=lambda p, x: True)
+    helpers.shared_mixture(params, 3, filter_fn=lambda p, x: True)
 
 
 @pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
@@ -240,7 +240,7 @@ def test_non_finite_params(bad):
   params = _tree()
   params['dense']['kernel'] = params['dense']['kernel'].at[0, 0].set(bad)
   with pytest.raises(ValueError, match=r"\['dense'\]\['kernel'\].*NaN or inf"):
-    gmp_jax.init_mixture(params, 3)
+    helpers.shared_mixture(params, 3)
 
 
 @pytest.mark.parametrize('kwargs', [{'zero_proportion': 1.0},
@@ -248,11 +248,11 @@ def test_non_finite_params(bad):
                                     {'init_std': 0.0}])
 def test_bad_options(kwargs):
   with pytest.raises(ValueError):
-    gmp_jax.init_mixture(_tree(), 3, **kwargs)
+    helpers.shared_mixture(_tree(), 3, **kwargs)
 
 
 def test_mixture_for_another_tree():
-  mixture = gmp_jax.init_mixture(_tree(), 3)
+  mixture = helpers.shared_mixture(_tree(), 3)
   other = {'layer': {'kernel': jnp.ones((3, 3))}}
   with pytest.raises(ValueError, match='built for another tree'):
     gmp_jax.mixture_log_prob(other, mixture)
@@ -264,10 +264,10 @@ def test_mixture_for_another_tree():
 
 def test_filter_that_chooses_nothing():
   with pytest.raises(ValueError, match=r'filter chose none of its 3 leaves'):
-    gmp_jax.init_mixture(_tree(), 3, filter_fn=lambda path, leaf: False)
+    helpers.shared_mixture(_tree(), 3, filter_fn=lambda path, leaf: False)
   with pytest.raises(ValueError, match=r"'no_norm' default filter chose none "
                      r'of its 1 leaves \(0 floating-point\)'):
-    gmp_jax.init_mixture({'step': jnp.int32(0)}, 3)
+    helpers.shared_mixture({'step': jnp.int32(0)}, 3)
 
 
 @pytest.mark.parametrize('field,shape', [('nonzero_means', (5,)),
@@ -276,7 +276,7 @@ def test_filter_that_chooses_nothing():
                                          ('nonzero_means', (2, 2))])
 def test_mixture_of_the_wrong_shape(field, shape):
   params = _tree()
-  mixture = gmp_jax.init_mixture(params, 4, zero_proportion=0.99)  # (3,)
+  mixture = helpers.shared_mixture(params, 4, zero_proportion=0.99)  # (3,)
   bad = mixture.replace(**{field: jnp.zeros(shape, jnp.float32)})
   for fn in (gmp_jax.mixture_log_prob, gmp_jax.quantize):
     with pytest.raises(ValueError, match=field):

@@ -24,7 +24,7 @@ def _np_assign(w, mixture):
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_quantize_matches_numpy_argmax(num_components, dtype):
   params = _params(dtype=dtype)
-  mixture = gmp_jax.init_mixture(params, num_components, init_std=0.1,
+  mixture = helpers.shared_mixture(params, num_components, init_std=0.1,
                                  zero_proportion=0.5)
   q = jax.jit(gmp_jax.quantize)(params, mixture)
   idx = jax.jit(gmp_jax.assign)(params, mixture)
@@ -45,7 +45,7 @@ def test_quantize_matches_numpy_argmax(num_components, dtype):
 
 def test_uncovered_leaves_pass_through():
   params = _params()
-  mixture = gmp_jax.init_mixture(params, 3,
+  mixture = helpers.shared_mixture(params, 3,
                                  filter_fn=lambda p, x: x.ndim == 2)
   q = gmp_jax.quantize(params, mixture)
   np.testing.assert_array_equal(q['b'], params['b'])
@@ -58,7 +58,7 @@ def test_uncovered_leaves_pass_through():
 
 def test_merge_reduces_k_when_components_coincide():
   params = _params()
-  mixture = gmp_jax.init_mixture(params, 5, init_std=0.05)
+  mixture = helpers.shared_mixture(params, 5, init_std=0.05)
   means = mixture.nonzero_means.at[2].set(mixture.nonzero_means[1] + 1e-4)
   mixture = mixture.replace(nonzero_means=means)
   merged = gmp_jax.merge_components(mixture, threshold=1e-3)
@@ -72,13 +72,13 @@ def test_merge_reduces_k_when_components_coincide():
   assert merged.means[0] == 0.0
   # Distinct components are not merged.
   assert gmp_jax.merge_components(
-      gmp_jax.init_mixture(params, 5, init_std=0.05),
+      helpers.shared_mixture(params, 5, init_std=0.05),
       threshold=1e-3).num_components == 5
 
 
 def test_merge_into_zero_keeps_mean_zero():
   params = _params()
-  mixture = gmp_jax.init_mixture(params, 4, means_range=(1e-5, 1.0),
+  mixture = helpers.shared_mixture(params, 4, means_range=(1e-5, 1.0),
                                  init_std=0.05)
   merged = gmp_jax.merge_components(mixture, threshold=1e-2)
   assert merged.num_components == 3
@@ -95,12 +95,12 @@ def test_merge_into_zero_keeps_mean_zero():
 
 
 def test_merge_bad_threshold():
-  mixture = gmp_jax.init_mixture(_params(), 3)
+  mixture = helpers.shared_mixture(_params(), 3)
   with pytest.raises(ValueError, match='threshold'):
     gmp_jax.merge_components(mixture, threshold=-1.0)
 
 
 def test_quantize_other_tree():
-  mixture = gmp_jax.init_mixture(_params(), 3)
+  mixture = helpers.shared_mixture(_params(), 3)
   with pytest.raises(ValueError, match='another tree'):
     gmp_jax.quantize({'x': jnp.ones(2)}, mixture)

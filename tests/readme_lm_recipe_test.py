@@ -62,9 +62,11 @@ def test_covers_everything_but_the_layer_norms(recipe):
 def test_tau_follows_the_rule(recipe):
   mixture, teacher = recipe['mixture'], recipe['teacher']
   covered = {p for p, _, _ in mixture.signature}
+  scales = dict(zip((p for p, _, _ in mixture.signature), mixture.leaf_scales))
   leaves = {jax.tree_util.keystr(p): x for p, x in
             jax.tree_util.tree_flatten_with_path(teacher)[0]}
-  prior_sq = sum(np.sum(helpers.numpy_prior_grad(leaves[p], mixture) ** 2)
+  prior_sq = sum(np.sum(helpers.numpy_prior_grad(leaves[p], mixture,
+                                                 scales[p]) ** 2)
                  for p in covered)
   apply_fn, data_loss = recipe['apply_fn'], recipe['data_loss']
   # One compiled gradient for the eight batches (they share a shape).

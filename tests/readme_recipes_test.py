@@ -104,8 +104,9 @@ def test_recipe_runs(kind, choice, tmp_path, monkeypatch):
   assert sorted(covered) == EXPECTED[kind][choice]
   assert np.all(np.isfinite(ns['metrics']['loss']))
 
-  # Covered leaves: NumPy argmax_k log pi_k N(w | mu_k, s_k^2), 0 for k = 0.
-  # Leaves left out: the trained values, untouched.
+  # Covered leaves: NumPy argmax_k log pi_k N(w / c_l | mu_k, s_k^2), then
+  # c_l mu_k (c_l the leaf's scale, per-leaf scales being the default), 0 for
+  # k = 0. Leaves left out: the trained values, untouched.
   merged = gmp_jax.merge_components(ns['state'].mixture)
   means = np.asarray(merged.means, np.float64)
   var = np.asarray(merged.variances, np.float64)
@@ -115,13 +116,16 @@ def test_recipe_runs(kind, choice, tmp_path, monkeypatch):
   quantised = {jax.tree_util.keystr(p): l for p, l in
                jax.tree_util.tree_flatten_with_path(ns['qparams'])[0]}
   assert set(trained) == set(quantised)
+  assert merged.leaf_scales is not None
+  scale = dict(zip(covered, merged.leaf_scales))
   for path, w in trained.items():
     w, q = np.asarray(w, np.float64), np.asarray(quantised[path], np.float64)
     if path in covered:
-      d = w[..., None] - means
+      d = w[..., None] / scale[path] - means
       k = np.argmax(log_pi - 0.5 * np.log(var) - 0.5 * d * d / var, -1)
-      np.testing.assert_allclose(q, np.where(k == 0, 0.0, means[k]),
-                                 rtol=1e-6, atol=1e-8, err_msg=path)
+      np.testing.assert_allclose(
+          q, np.where(k == 0, 0.0, scale[path] * means[k]),
+          rtol=1e-6, atol=1e-8, err_msg=path)
     else:
       np.testing.assert_array_equal(q, w, err_msg=path)
 

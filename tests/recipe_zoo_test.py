@@ -85,16 +85,17 @@ def test_table_has_one_row_per_family(zoo):
   report, _ = zoo
   table = recipe_zoo.format_table(report).splitlines()
   assert len(table) == 2 + 1
-  assert table[2].startswith('| cnn | None (default) | 16 | accuracy |')
+  assert table[2].startswith('| cnn | rms (default) | 16 | accuracy |')
 
 
 def test_table_names_a_fixed_zero_proportion(zoo):
   report, _ = zoo
   assert report['zero_proportion'] is None  # The default: learned.
-  fixed = dict(report, zero_proportion=0.99, leaf_scale='rms')
+  assert report['leaf_scale'] == 'rms'  # The library's default.
+  fixed = dict(report, zero_proportion=0.99, leaf_scale=None)
   rows = recipe_zoo.format_table(report, fixed).splitlines()[2:]
-  assert rows[0].startswith('| cnn | None (default) | 16 |')
-  assert rows[1].startswith('| cnn | rms, pi_0 0.99 fixed | 16 |')
+  assert rows[0].startswith('| cnn | rms (default) | 16 |')
+  assert rows[1].startswith('| cnn | none, pi_0 0.99 fixed | 16 |')
 
 
 def _keywords_reaching(monkeypatch, library_fn, **run_kwargs):
@@ -124,8 +125,24 @@ def _keywords_reaching(monkeypatch, library_fn, **run_kwargs):
 def test_zero_proportion_reaches_init_mixture(monkeypatch):
   """`--zero_proportion` (and `--leaf_scale`) go to init_mixture as given."""
   seen = _keywords_reaching(monkeypatch, 'init_mixture',
-                            zero_proportion=0.99, leaf_scale='rms')
-  assert seen['zero_proportion'] == 0.99 and seen['leaf_scale'] == 'rms'
+                            zero_proportion=0.99, leaf_scale=None)
+  assert seen['zero_proportion'] == 0.99 and seen['leaf_scale'] is None
+
+
+@pytest.mark.parametrize('flag,want', [(None, 'rms'), ('none', None),
+                                       ('rms', 'rms')])
+def test_leaf_scale_flag(monkeypatch, flag, want):
+  """The library's default unless given; 'none' is one mixture."""
+  seen = {}
+
+  def run(families, **kwargs):
+    seen.update(kwargs)
+    return {'families': {}}
+
+  monkeypatch.setattr(recipe_zoo, 'run', run)
+  argv = ['--families=mlp'] + ([] if flag is None else [f'--leaf_scale={flag}'])
+  assert cli.call(recipe_zoo, argv) == 0
+  assert seen['leaf_scale'] == want
 
 
 def test_tau_ratio_reaches_calibrate_tau_and_the_table(monkeypatch, zoo):
@@ -135,7 +152,7 @@ def test_tau_ratio_reaches_calibrate_tau_and_the_table(monkeypatch, zoo):
   report, _ = zoo
   assert report['tau_ratio'] == 0.05  # The library's default.
   rows = recipe_zoo.format_table(dict(report, tau_ratio=0.2)).splitlines()
-  assert rows[2].startswith('| cnn | None (default), tau ratio 0.2 | 16 |')
+  assert rows[2].startswith('| cnn | rms (default), tau ratio 0.2 | 16 |')
 
 
 def test_max_components_flag():
@@ -153,7 +170,7 @@ def test_unknown_family_is_named():
     recipe_zoo.run(['mlp', 'vit'], smoke=True)
 
 
-_COMMITTED = ('zoo.json', 'zoo_leaf_scale.json', 'zoo_leaf_scale_cap16.json',
+_COMMITTED = ('zoo.json', 'zoo_leaf_scale.json', 'zoo_shared.json',
               'zoo_leaf_scale_pi099_mlp_gru.json',
               'zoo_leaf_scale_pi099_cnn.json')
 
@@ -164,7 +181,8 @@ def test_readme_table_is_the_committed_zoo():
   for name in _COMMITTED:
     with open(os.path.join(root, 'results', name)) as f:
       reports.append(json.load(f))
-  assert [r['leaf_scale'] for r in reports] == [None] + ['rms'] * 4
+  assert [r['leaf_scale'] for r in reports] == ['rms', 'rms', None, 'rms',
+                                                'rms']
   assert [r.get('zero_proportion') for r in reports] == [None] * 3 + [0.99] * 2
   # The defaults cap at 16 values; zoo_leaf_scale.json is run without a cap.
   assert [r.get('max_components') for r in reports] == [16, None, 16, 16, 16]
@@ -183,7 +201,8 @@ def test_tables_from_prints_the_committed_tables(capsys):
     with open(path) as f:
       reports.append(json.load(f))
   assert recipe_zoo.format_table(*reports) in printed
-  rows = [l for l in printed.splitlines() if l.startswith('| cnn | rms |')]
+  rows = [l for l in printed.splitlines()
+          if l.startswith('| cnn | rms (default) |')]
   assert len(rows) == 4  # Two reports, in each table.
-  cnn = reports[1]['families']['cnn']  # Its row in the stages table:
+  cnn = reports[0]['families']['cnn']  # Its row in the stages table:
   assert f'{100 * cnn["quantized_initial"]["valid"]:.2f}%' in rows[2]

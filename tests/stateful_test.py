@@ -59,14 +59,15 @@ class NNXNet(nnx.Module):
 
 def _train(apply_fn, params, model_state, x, y, *, seed=0):
   """Pretrains without the prior, then retrains with it; stateful steps."""
-  mixture = gmp_jax.init_mixture(params, 17, init_std=0.02,
+  mixture = gmp_jax.init_mixture(params, 17, leaf_scale=None, init_std=0.02,
                                  zero_proportion=0.9)
   rng = np.random.default_rng(seed)
   state = None
   for use_prior, steps, lr in ((False, 150, 3e-3), (True, 250, 1e-3)):
     tx = gmp_jax.gmp_optimizer(weights=lr, means=1e-3)
     if use_prior:
-      mixture = gmp_jax.init_mixture(state.params, 17, init_std=0.02,
+      mixture = gmp_jax.init_mixture(state.params, 17, leaf_scale=None,
+                                     init_std=0.02,
                                      zero_proportion=0.9)
       params, model_state = state.params, state.model_state
     state = gmp_jax.create_train_state(params, mixture, tx,

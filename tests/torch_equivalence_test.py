@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import gmp_jax
+import helpers
 from experiments.image import models
 
 pytestmark = pytest.mark.skipif(
@@ -41,7 +42,7 @@ def setup():
   params = models.init_params(model, jax.random.key(0))
   # The published recipe (fixed pi_0: K - 1 mixing logits), as the torch
   # reference implements it.
-  mixture = gmp_jax.init_mixture(params, 17, init_std=0.25,
+  mixture = helpers.shared_mixture(params, 17, init_std=0.25,
                                  zero_proportion=0.99)
   # Move away from the symmetric initialisation.
   rng = np.random.default_rng(1)

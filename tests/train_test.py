@@ -327,8 +327,14 @@ def test_flax_nnx_state():
   assert np.isfinite(m['loss'])
   q = gmp_jax.quantize(ts.params, ts.mixture)
   assert type(q) is type(state)
-  values = np.concatenate([np.ravel(v) for v in jax.tree.leaves(q)])
-  allowed = np.asarray(ts.mixture.means)
-  assert np.all(np.isin(values, allowed))
+  # Each covered leaf holds only its own values s_l mu_k (per-leaf scales,
+  # the default).
+  flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in
+          jax.tree_util.tree_flatten_with_path(q)[0]}
+  means = np.asarray(ts.mixture.means)
+  for (path, _, _), scale in zip(ts.mixture.signature,
+                                 ts.mixture.leaf_scales):
+    allowed = (np.float32(scale) * means.astype(np.float32))
+    assert np.all(np.isin(flat[path], allowed)), path
   logits = nnx.merge(graphdef, q)(x)
   assert logits.shape == (32, 4)

@@ -105,8 +105,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       init_std=0.25,
       zero_proportion=0.99,
       learn_zero_proportion=False,
-      # None = one scale for every leaf (the published recipe); 'rms' = the
-      # prior on w / s_l with s_l each leaf's RMS (gmp_jax.init_mixture).
+      # None = one mixture in weight units (the published recipe; pinned
+      # here, as by every config of a committed run); 'rms' = the prior on
+      # w / s_l with s_l each leaf's RMS, gmp_jax.init_mixture's default.
       leaf_scale=config_dict.placeholder(str),
       # None = each leaf its own scale; with leaf_scale='rms', (name, regex)
       # pairs whose leaves share one pooled RMS (gmp_jax.init_mixture).
