@@ -19,6 +19,7 @@ from experiments.tools import baselines
 from experiments.language import task as language_model
 from experiments.infra import registry
 from experiments.language import transformer
+from experiments.stages import student
 
 
 def test_sample_windows_are_the_corpus_bytes_shifted_by_one():
@@ -151,6 +152,21 @@ def test_pipeline_and_baselines_on_the_sample(tmp_path):
   for key in ('grad_ratio', 'nonzero_fraction', 'test_pruned_bits_per_byte'):
     assert np.isfinite(last[key]), key
   loaded = gmp_jax.load_compressed(os.path.join(workdir, 'model.gmpz'))
+  # Every column on the validation split too; the file's, recomputed from
+  # its logits on the sample's validation windows with a float64 NumPy
+  # log-softmax.
+  valid = report['table2_valid']
+  assert set(valid) == set(t2)
+  xv, yv = language_model.load_shakespeare(source='sample')['valid']
+  logits = np.asarray(jax.jit(student.apply_fn(config.model, 'shakespeare'))(
+      jax.tree.map(np.asarray, loaded), xv), np.float64)
+  log_p = logits - logits.max(-1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(log_p, yv[..., None], -1).mean()
+  assert valid['finetuned'] == pytest.approx(nll / math.log(2), rel=1e-4)
+  assert valid['finetuned'] != pytest.approx(t2['finetuned'], rel=1e-6)
+  assert 'Validation bits per byte' in open(
+      os.path.join(workdir, 'report.md')).read()
   assert config.model == 'transformer_tiny'  # 1 block, d_model 64.
   assert set(loaded['blocks']) == {'0'}
   assert loaded['blocks']['0']['fc1']['kernel'].shape == (64, 256)

@@ -78,6 +78,7 @@ def test_smoke_report(smoke_run):
   for stage in ('teacher', 'retrain', 'postprocess', 'save', 'report'):
     assert on_disk['wall_time_s'][stage] >= 0
   assert set(on_disk['table2']) == {'original', 'retrained', 'pruned'}
+  assert 'table2_valid' not in on_disk  # MNIST has no validation split.
   # The synthetic task is learnable: the teacher beats chance clearly.
   assert on_disk['table2']['original'] > 0.5
   for path in on_disk['figures'].values():
@@ -85,6 +86,21 @@ def test_smoke_report(smoke_run):
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   md = open(os.path.join(workdir, 'report.md')).read()
   assert 'Table 1' in md and 'Table 2' in md
+
+
+def test_validation_table_needs_every_stage():
+  from experiments.stages import report  # pylint: disable=import-outside-toplevel
+  results = {'teacher': {'best_valid_m': 3.0}, 'retrain': {'valid_m': 2.0},
+             'postprocess': {'valid_m': 2.5}, 'finetune': {'valid_m': 2.1}}
+  columns = ('original', 'retrained', 'pruned', 'finetuned')
+  # A teacher that stopped early: its best epoch's value.
+  assert report._valid_table(results, 'm', columns) == {  # pylint: disable=protected-access
+      'original': 3.0, 'retrained': 2.0, 'pruned': 2.5, 'finetuned': 2.1}
+  assert report._valid_table(  # pylint: disable=protected-access
+      dict(results, teacher={'valid_m': 2.9}), 'm', columns[:3]) == {
+          'original': 2.9, 'retrained': 2.0, 'pruned': 2.5}
+  del results['postprocess']['valid_m']  # A record from before: no table.
+  assert report._valid_table(results, 'm', columns) is None  # pylint: disable=protected-access
 
 
 def test_table1_matches_poster_counts(smoke_run):

@@ -219,6 +219,9 @@ def run(ctx) -> dict[str, Any]:
   pruned = ctx.results['postprocess'][f'test_{metric}']
   record = {'epochs': num_epochs, f'pruned_{metric}': pruned,
             f'test_{metric}': pruned}
+  valid_key = f'valid_{metric}'
+  if valid_key in ctx.results['postprocess']:
+    record[valid_key] = ctx.results['postprocess'][valid_key]
   if num_epochs and not any(np.any(x) for x in jax.tree.leaves(quantized)):
     record['epochs'], record['skipped'] = 0, 'no non-zero weight'
   elif num_epochs:
@@ -239,6 +242,7 @@ def run(ctx) -> dict[str, Any]:
     record['codebook_after'] = training.codebook_of(state).tolist()
     quantized = jax.device_get(training.params_of(state))
     record[f'test_{metric}'] = evaluate(quantized)[metric]
+    record.update(ctx.valid_record(student_model, quantized))
     monitor.log_info('finetune (%s): %d epochs, test %s %.4f -> %.4f',
                      finetune_mode, num_epochs, metric, pruned,
                      record[f'test_{metric}'])

@@ -44,5 +44,6 @@ def run(ctx) -> dict[str, Any]:
                    mixture.num_components, merged.num_components, ctx.metric,
                    test[ctx.metric])
   return {f'test_{ctx.metric}': test[ctx.metric],
+          **ctx.valid_record(student, quantized),
           'components_before_merge': mixture.num_components,
           'components_after_merge': merged.num_components}

@@ -67,7 +67,10 @@ def build_report(*, config: ml_collections.ConfigDict,
     distributed: `{'num_processes', 'num_devices'}` of the run (default:
       one process, one device).
     metric: the task's headline metric (`tasks.Task.metric`); Table 2
-      holds its test values, read from the records' ``test_<metric>``.
+      holds its test values, read from the records' ``test_<metric>``,
+      and `table2_valid` (only when every stage recorded one, i.e. the
+      dataset has a validation split) the ``valid_<metric>`` values, on
+      which to choose between runs.
   """
   size = size_report.to_dict()
   totals = size['totals']
@@ -81,6 +84,9 @@ def build_report(*, config: ml_collections.ConfigDict,
   if finetune.get('epochs'):
     table2['finetuned'] = finetune[key]
   extra = {}
+  valid = _valid_table(results, metric, tuple(table2))
+  if valid is not None:
+    extra['table2_valid'] = valid
   if 'cleanup' in results:
     extra['cleanup'] = {k: v for k, v in results['cleanup'].items()
                         if k != 'wall_time_s'}
@@ -104,6 +110,22 @@ def build_report(*, config: ml_collections.ConfigDict,
       'distributed': dict(distributed or {'num_processes': 1,
                                           'num_devices': 1}),
   }
+
+
+def _valid_table(results, metric: str, columns) -> dict[str, float] | None:
+  """Table 2's columns on the validation split, or None if a stage has
+  none. A teacher that stopped early records its best epoch's value."""
+  key = f'valid_{metric}'
+  stages = {'original': 'teacher', 'retrained': 'retrain',
+            'pruned': 'postprocess', 'finetuned': 'finetune'}
+  table = {}
+  for column in columns:
+    record = results.get(stages[column]) or {}
+    value = record.get(key, record.get(f'best_{key}'))
+    if value is None:
+      return None
+    table[column] = value
+  return table
 
 
 def dataset_title(name: str) -> str:
@@ -138,7 +160,13 @@ def markdown(report: Mapping[str, Any], size_markdown: str) -> str:
             '|---|---:|---:|---:|' + ('---:|' if tuned else ''),
             f"| {title[0].upper() + title[1:]} | {show('original')} | "
             f"{show('retrained')} | {show('pruned')} |"
-            + (f" {show('finetuned')} |" if tuned else ''), '',
+            + (f" {show('finetuned')} |" if tuned else '')]
+  if 'table2_valid' in report:
+    valid = report['table2_valid']
+    lines.append(f'| Validation {title} | '
+                 + ' | '.join(format_metric(metric, valid[k]) for k in t2)
+                 + ' |')
+  lines += ['',
             '## Compressed file', '',
             f"`{report['compressed_file']}`: {report['file_bytes']:,} bytes, "
             f"CR_file {fmt(report['cr_file'], '.1f')}x, "

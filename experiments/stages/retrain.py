@@ -375,4 +375,5 @@ def run(ctx) -> dict[str, Any]:
   monitor.log_info('retrain (%s): test %s before pruning %.4f', rc.mode,
                    ctx.metric, test[ctx.metric])
   return {f'test_{ctx.metric}': test[ctx.metric], 'student': student_model,
-          'mode': rc.mode, **record}
+          'mode': rc.mode, **ctx.valid_record(student_model, state.params),
+          **record}

@@ -223,6 +223,14 @@ class Context:
           self.valid_set, self.apply_fn(model_name))
     return self._valid_evaluators[model_name]
 
+  def valid_record(self, model_name: str, params) -> dict[str, float]:
+    """`{'valid_<metric>': value}` of `params` on the validation split;
+    `{}` when the dataset has none (the image datasets)."""
+    if 'valid' not in self.dataset:
+      return {}
+    value = self.valid_evaluator(model_name)(params)[self.metric]
+    return {f'valid_{self.metric}': value}
+
   def train(self, name: str, state, train_step, data, *, epochs: int,
             batch_size: int, eval_fn, summary_fn=None, teacher_params=None,
             stop_fn=None):

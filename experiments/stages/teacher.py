@@ -92,7 +92,8 @@ def run(ctx) -> dict[str, Any]:
   test = ctx.evaluator(config.model)(state.params)
   ctx.save_params(ctx.path(workdir_layout.TEACHER_PARAMS), state.params)
   monitor.log_info('teacher: test %s %.4f', ctx.metric, test[ctx.metric])
-  return {f'test_{k}': v for k, v in test.items()}
+  return {**{f'test_{k}': v for k, v in test.items()},
+          **ctx.valid_record(config.model, state.params)}
 
 
 def valid_metrics(validate):
@@ -133,5 +134,6 @@ def _run_early_stopping(ctx, state, step, data) -> dict[str, Any]:
           'patience': tc.patience, 'max_epochs': tc.epochs,
           'epochs_run': epochs_run, 'stopped_early': epochs_run < tc.epochs,
           'best_epoch': stopper.best_epoch, **best,
+          f'valid_{ctx.metric}': stopper.best_value,
           'valid_history': list(stopper.values),
           'train_wall_time_s': stopper.elapsed_s}
