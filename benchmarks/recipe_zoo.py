@@ -7,13 +7,13 @@
   python -m benchmarks.recipe_zoo --max_components=0 --json=nocap.json
 
 Each family trains a float teacher, then runs "Compress your own model" with
-the library's defaults and nothing tuned: `init_mixture(teacher, 17)` (per-leaf
-scales), tau
-by `calibrate_tau` at the default ratio, `gmp_optimizer()`, KL distillation
-(`LossOptions().data_loss()`), `merge_components` + `quantize`, straight-through
-fine-tuning of each leaf's values (`codebook_from_quantized(quantized,
-merged)`), `save_compressed`. Only the data, the
-model and the epoch budgets are the family's own (`FAMILIES`).
+the library's defaults and nothing tuned: `init_mixture(teacher, 17)`
+(per-leaf scales), tau by `calibrate_tau` at the default ratio,
+`gmp_optimizer()`, KL distillation (`LossOptions().data_loss()`),
+`merge_components` + `quantize`, straight-through fine-tuning of each leaf's
+values (`codebook_from_quantized(quantized, merged)`), `save_compressed`.
+Only the data, the model and the epoch budgets are the family's own
+(`FAMILIES`).
 
 Families (all Flax NNX):
   mlp          LeNet-300-100 on MNIST
@@ -32,8 +32,8 @@ weight units (`init_mixture(..., leaf_scale=None)`, the default before
 per-leaf scales);
 `--tau_ratio` is `calibrate_tau`'s ratio (default 0.05, the library's);
 `--zero_proportion=0.99` fixes the zero component's share as the published
-recipe does (`init_mixture(..., zero_proportion=0.99)`). `--smoke` runs every stage on a few hundred examples with
-narrower models (CI).
+recipe does (`init_mixture(..., zero_proportion=0.99)`). `--smoke` runs
+every stage on a few hundred examples with narrower models (CI).
 
 `--max_components` is `merge_components`' cap on the values per leaf (zero
 included): by default the library's, 16 (4-bit indices); `0` turns the cap
