@@ -77,12 +77,10 @@ def build_report(*, config: ml_collections.ConfigDict,
   rows = table1(quantized)
   post = results['postprocess']
   key = f'test_{metric}'
-  table2 = {'original': results['teacher'][key],
-            'retrained': results['retrain'][key],
-            'pruned': post[key]}
   finetune = results.get('finetune') or {}
-  if finetune.get('epochs'):
-    table2['finetuned'] = finetune[key]
+  columns = [c for c in _STAGE_OF_COLUMN
+             if c != 'finetuned' or finetune.get('epochs')]
+  table2 = {c: results[_STAGE_OF_COLUMN[c]][key] for c in columns}
   extra = {}
   valid = _valid_table(results, metric, tuple(table2))
   if valid is not None:
@@ -112,15 +110,18 @@ def build_report(*, config: ml_collections.ConfigDict,
   }
 
 
+# Table 2's columns, in order, and the stage whose record each reads.
+_STAGE_OF_COLUMN = {'original': 'teacher', 'retrained': 'retrain',
+                    'pruned': 'postprocess', 'finetuned': 'finetune'}
+
+
 def _valid_table(results, metric: str, columns) -> dict[str, float] | None:
   """Table 2's columns on the validation split, or None if a stage has
   none. A teacher that stopped early records its best epoch's value."""
   key = f'valid_{metric}'
-  stages = {'original': 'teacher', 'retrained': 'retrain',
-            'pruned': 'postprocess', 'finetuned': 'finetune'}
   table = {}
   for column in columns:
-    record = results.get(stages[column]) or {}
+    record = results.get(_STAGE_OF_COLUMN[column]) or {}
     value = record.get(key, record.get(f'best_{key}'))
     if value is None:
       return None

@@ -18,6 +18,7 @@ import numpy as np
 from flax import linen as nn
 
 import gmp_jax
+from gmp_jax.prior import mixture_leaves
 
 
 class MLP(nn.Module):
@@ -30,9 +31,7 @@ class MLP(nn.Module):
 def _clustered_fraction(params, mixture) -> float:
   """Fraction of covered weights within 2 sigma of a component mean, in the
   prior's units (each leaf over its scale s_l)."""
-  flat = {jax.tree_util.keystr(p): x
-          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-  leaves = [flat[path] for path, _, _ in mixture.signature]
+  leaves = mixture_leaves(params, mixture)
   scales = mixture.leaf_scales or (1.0,) * len(leaves)
   w = np.concatenate([np.ravel(x) / s for x, s in zip(leaves, scales)])
   means, std = np.asarray(mixture.means), np.sqrt(mixture.variances)
